@@ -1,0 +1,5 @@
+import sys
+
+from kfaclab.cli import main
+
+sys.exit(main())

@@ -1,0 +1,93 @@
+"""`python -m kfaclab bench`: what a training step costs, and what the data pipeline adds.
+
+Three timings per optimizer, medians over repeated steps after warm-up, interleaved step
+by step so that drift of the machine (clock, other load) hits all alike:
+  - a training step on pre-made batches (already on the device, normalised);
+  - a training step that draws its batch from the device-resident loader (shuffle indices,
+    gather, crop, flip, normalise);
+  - the loader alone, per batch.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from kfaclab.data import load_dataset
+from kfaclab.models import build_model
+from kfaclab.optim import build_optimizer
+from kfaclab.train.config import RunConfig
+from kfaclab.train.loop import make_loaders, resolve_device
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn, device) -> float:
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def run_bench(cfg: RunConfig, optimizers=("sgd",), steps: int = 20, warmup: int = 5, rounds: int = 3,
+              progress: bool = True) -> dict:
+    device = resolve_device(cfg.device)
+    ds = load_dataset(cfg.dataset, data_root=cfg.data_root, archive=cfg.data_archive, cache_dir=cfg.cache_dir,
+                      download=cfg.download)
+    loader, _ = make_loaders(cfg, ds, device)
+    premade = [b for b, _ in zip(loader.epoch(0), range(8))]
+    stream = _forever(loader)
+    results = []
+    for name in optimizers:
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.model, loader.input_shape, ds.num_classes).to(device)
+        opt = build_optimizer(name, model, F.cross_entropy, cfg.hparams)
+        t_pre, t_load, t_data = [], [], []
+        for i in range(warmup):
+            opt.step(*premade[i % len(premade)])
+        # Interleaved step by step: drift of the machine hits the three timings alike.
+        for r in range(rounds):
+            for i in range(steps):
+                t_pre.append(_timed(lambda: opt.step(*premade[i % len(premade)]), device))
+                t_load.append(_timed(lambda: opt.step(*next(stream)), device))
+                t_data.append(_timed(lambda: next(stream), device))
+            if progress:
+                print(f"  {name}: round {r + 1}/{rounds} done", flush=True)
+        pre, load, data = (statistics.median(t) for t in (t_pre, t_load, t_data))
+        results.append({"optimizer": name, "step_premade_s": pre, "step_loader_s": load, "loader_only_s": data,
+                        "overhead_step_diff": load / pre - 1.0, "overhead_loader_share": data / pre})
+    base = results[0]["step_premade_s"]
+    for r in results:
+        r["ratio_to_first"] = r["step_premade_s"] / base
+    return {"model": cfg.model, "batch_size": cfg.batch_size, "dataset": cfg.dataset, "device": str(device),
+            "threads": torch.get_num_threads(), "steps": steps * rounds, "warmup": warmup,
+            "resolution": list(loader.input_shape), "results": results}
+
+
+def _forever(loader):
+    epoch = 0
+    while True:
+        yield from loader.epoch(epoch)
+        epoch += 1
+
+
+def format_table(b: dict) -> str:
+    lines = [f"kfaclab bench: model={b['model']} batch={b['batch_size']} input={'x'.join(map(str, b['resolution']))} "
+             f"data={b['dataset']} device={b['device']} threads={b['threads']} "
+             f"(medians of {b['steps']} steps after {b['warmup']} warm-up)",
+             f"{'optimizer':<10} {'step ms':>9} {'w/ loader ms':>13} {'loader ms':>10} {'data overhead':>14} "
+             f"{'loader/step':>12} {'vs first':>9}"]
+    for r in b["results"]:
+        lines.append(f"{r['optimizer']:<10} {1e3 * r['step_premade_s']:>9.2f} {1e3 * r['step_loader_s']:>13.2f} "
+                     f"{1e3 * r['loader_only_s']:>10.3f} {100 * r['overhead_step_diff']:>+13.1f}% "
+                     f"{100 * r['overhead_loader_share']:>11.1f}% {r['ratio_to_first']:>8.2f}x")
+    lines.append("data overhead = step with loader / step on pre-made batches - 1; "
+                 "loader/step = loader alone / step on pre-made batches")
+    return "\n".join(lines)

@@ -1,0 +1,212 @@
+"""`python -m kfaclab {train,bench}`: argument parsing and error reporting only.
+
+Bad input is one line on stderr naming the problem and the fix, with exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from kfaclab.errors import UsageError
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse prints usage + message; we want one line
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _positive_int(s):
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{s}' is not a whole number") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {v}")
+    return v
+
+
+def _positive_float(s):
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{s}' is not a number") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {s}")
+    return v
+
+
+def _hparam(s):
+    """KEY=VALUE with VALUE read as JSON when it parses (numbers, true/false), else a string."""
+    if "=" not in s:
+        raise argparse.ArgumentTypeError(f"'{s}' is not KEY=VALUE")
+    k, v = s.split("=", 1)
+    try:
+        return k, json.loads(v)
+    except json.JSONDecodeError:
+        return k, v
+
+
+def _add_data_model_args(p):
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="synthetic",
+                   help="cifar10 | svhn | cifar10-jpeg | imagefolder:PATH | synthetic (default: synthetic)")
+    g.add_argument("--data-root", help="where torchvision datasets are (or are downloaded to)")
+    g.add_argument("--data-archive", help="cifar10-jpeg archive (default: ../shared/data/cifar10-jpeg.tar.gz)")
+    g.add_argument("--cache-dir", help="decoded-array cache (default: $KFACLAB_CACHE or ~/.cache/kfaclab)")
+    g.add_argument("--no-download", dest="download", action="store_false", help="never download datasets")
+    g.add_argument("--train-subset", type=_positive_int, help="use a class-stratified subset of N training images")
+    g.add_argument("--test-subset", type=_positive_int, help="evaluate on a stratified subset of N test images")
+    g.add_argument("--resolution", type=_positive_int, help="downsample images to R x R (CPU presets)")
+    g.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop / flip")
+    m = p.add_argument_group("model and optimizer")
+    m.add_argument("--model", default="mlp", help="resnet20 | resnet32 | resnet56 | c1 | mlp | mlp:W1,W2,...")
+    m.add_argument("--batch-size", type=_positive_int, default=128)
+    m.add_argument("--lr", type=_positive_float, help="base learning rate (at --lr-base-batch-size)")
+    m.add_argument("--momentum", type=float)
+    m.add_argument("--weight-decay", type=float)
+    m.add_argument("--hparam", type=_hparam, action="append", default=[], metavar="KEY=VALUE",
+                   help="any other optimizer hyperparameter (repeatable)")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    m.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: all cores)")
+
+
+def build_parser():
+    from kfaclab.optim import OPTIMIZERS
+
+    parser = _Parser(prog="python -m kfaclab", description="kfaclab: large-batch second-order optimization")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, required=True)
+
+    t = sub.add_parser("train", help="train one model and write its run record (JSON)")
+    _add_data_model_args(t)
+    t.add_argument("--optimizer", default="sgd", help=f"{' | '.join(OPTIMIZERS)} (default: sgd)")
+    b = t.add_argument_group("budget (one of)").add_mutually_exclusive_group()
+    b.add_argument("--epochs", type=_positive_float)
+    b.add_argument("--iterations", type=_positive_int)
+    b.add_argument("--examples", type=_positive_int)
+    b.add_argument("--stopping-rule", action="store_true",
+                   help="the study's rule: epochs = (log2(B/B0) + 1) x E0")
+    t.add_argument("--rule-b0", type=_positive_int, default=128)
+    t.add_argument("--rule-e0", type=_positive_float, default=100.0)
+    s = t.add_argument_group("learning-rate schedule")
+    s.add_argument("--lr-scaling", default="none", help="none | linear | sqrt, from --lr-base-batch-size")
+    s.add_argument("--lr-base-batch-size", type=_positive_int, default=128)
+    s.add_argument("--warmup-epochs", type=float, default=0.0)
+    s.add_argument("--lr-decay", default="cosine", help="constant | cosine | step")
+    s.add_argument("--lr-milestones", type=float, nargs="+", default=[0.5, 0.75], help="fractions of the budget")
+    s.add_argument("--lr-gamma", type=float, default=0.1)
+    e = t.add_argument_group("evaluation and targets")
+    e.add_argument("--eval-every-epochs", type=float, default=1.0)
+    e.add_argument("--min-evals", type=_positive_int, default=20)
+    e.add_argument("--eval-batch-size", type=_positive_int, default=1000)
+    e.add_argument("--target-acc", type=float, nargs="+", default=[], help="target test accuracies in (0, 1]")
+    e.add_argument("--target-loss", type=float, help="also require this running training loss")
+    e.add_argument("--divergence-factor", type=float, default=10.0)
+    t.add_argument("--out", help="run record path (default: kfaclab-run-<run id>.json)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    k = sub.add_parser("bench", help="time training steps and the data pipeline")
+    _add_data_model_args(k)
+    k.add_argument("--optimizers", default="sgd", help="comma-separated, e.g. sgd,kfac (ratios to the first)")
+    k.add_argument("--steps", type=_positive_int, default=20, help="timed steps per round")
+    k.add_argument("--rounds", type=_positive_int, default=3)
+    k.add_argument("--warmup", type=_positive_int, default=5)
+    k.add_argument("--json", help="also write the results here")
+    return parser
+
+
+def _hparams(args) -> dict:
+    h = dict(args.hparam)
+    for key in ("lr", "momentum", "weight_decay"):
+        if getattr(args, key) is not None:
+            h[key] = getattr(args, key)
+    return h
+
+
+def _data_fields(args) -> dict:
+    return dict(dataset=args.dataset, data_root=args.data_root, data_archive=args.data_archive,
+                cache_dir=args.cache_dir, download=args.download, train_subset=args.train_subset,
+                test_subset=args.test_subset, resolution=args.resolution, augment=args.augment, model=args.model,
+                batch_size=args.batch_size, hparams=_hparams(args), seed=args.seed, device=args.device)
+
+
+def _train_config(args):
+    from kfaclab.train import RunConfig
+
+    if args.stopping_rule:
+        budget, value = "rule", None
+    elif args.iterations:
+        budget, value = "iterations", float(args.iterations)
+    elif args.examples:
+        budget, value = "examples", float(args.examples)
+    else:
+        budget, value = "epochs", args.epochs or 1.0
+    return RunConfig(**_data_fields(args), optimizer=args.optimizer, budget=budget, budget_value=value,
+                     rule_b0=args.rule_b0, rule_e0=args.rule_e0, lr_scaling=args.lr_scaling,
+                     lr_base_batch_size=args.lr_base_batch_size, warmup_epochs=args.warmup_epochs,
+                     lr_decay=args.lr_decay, lr_milestones=tuple(args.lr_milestones), lr_gamma=args.lr_gamma,
+                     eval_every_epochs=args.eval_every_epochs, min_evals=args.min_evals,
+                     eval_batch_size=args.eval_batch_size, targets=tuple(args.target_acc),
+                     target_loss=args.target_loss, divergence_factor=args.divergence_factor, output=args.out)
+
+
+def cmd_train(args) -> int:
+    from kfaclab.optim import resolve_hyperparameters
+    from kfaclab.train import train
+
+    cfg = _train_config(args)
+    cfg.validate("arguments")
+    resolve_hyperparameters(cfg.optimizer, cfg.hparams)  # bad names fail before any data is loaded
+    if cfg.output is None:
+        cfg.output = f"kfaclab-run-{cfg.run_id()}.json"
+    try:
+        record = train(cfg, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print(f"interrupted; the partial record (status 'interrupted') is in {cfg.output}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    f = record["final"]
+    reached = ", ".join(f"{t['test_accuracy']:.3g}@it{t['iteration']}" if t["reached"] else f"{t['test_accuracy']:.3g}:no"
+                        for t in record["targets"])
+    print(f"{record['status']}: {f['iteration']} iterations ({f['epoch']:.2f} epochs) in {f['seconds']:.1f}s, "
+          f"test accuracy {f['test_accuracy']:.4f}, test loss {f['test_loss']:.4f}"
+          + (f", targets {reached}" if reached else "") + f"; record: {cfg.output}")
+    return 0 if record["status"] in ("completed", "diverged") else 1
+
+
+def cmd_bench(args) -> int:
+    from kfaclab.bench import format_table, run_bench
+    from kfaclab.optim import resolve_hyperparameters
+    from kfaclab.train import RunConfig
+    from kfaclab.train.record import write_atomic
+
+    cfg = RunConfig(**_data_fields(args))
+    cfg.validate("arguments")
+    optimizers = [o.strip() for o in args.optimizers.split(",") if o.strip()]
+    for o in optimizers:
+        resolve_hyperparameters(o, cfg.hparams)
+    result = run_bench(cfg, optimizers, steps=args.steps, warmup=args.warmup, rounds=args.rounds)
+    print(format_table(result))
+    if args.json:
+        write_atomic(args.json, result)
+    return 0
+
+
+def main(argv=None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        if getattr(args, "threads", None):
+            import torch
+
+            torch.set_num_threads(args.threads)
+        return {"train": cmd_train, "bench": cmd_bench}[args.command](args)
+    except UsageError as e:
+        print(f"kfaclab: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

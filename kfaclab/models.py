@@ -1,0 +1,132 @@
+"""Models by name: CIFAR ResNet-20/32/56, the AlexNet-like C1 net, and MLPs.
+
+`build_model(name, input_shape, num_classes)`; the input shape and class count come from
+the dataset, so one name works at any resolution.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from kfaclab.errors import UsageError
+
+MODELS = ("resnet20", "resnet32", "resnet56", "c1", "mlp", "mlp:W1,W2,...")
+
+
+# --------------------------------------------------------------------------- CIFAR ResNet
+
+class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with BatchNorm; the shortcut is the parameter-free "option A" of
+    He et al. (2016, Sec. 4.2): subsample and pad channels with zeros, as in the CIFAR ResNets
+    whose parameter counts the paper quotes (ResNet-20: 0.27M)."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.stride, self.extra = stride, planes - in_planes
+
+    def shortcut(self, x):
+        if self.stride != 1:
+            x = x[:, :, :: self.stride, :: self.stride]
+        if self.extra:
+            x = F.pad(x, (0, 0, 0, 0, self.extra // 2, self.extra - self.extra // 2))
+        return x
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    """ResNet-(6n+2) for 32x32 images: 3 stages of n blocks with 16/32/64 channels."""
+
+    def __init__(self, depth: int, in_channels: int = 3, num_classes: int = 10):
+        super().__init__()
+        if (depth - 2) % 6:
+            raise UsageError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+        n = (depth - 2) // 6
+        self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        layers, in_planes = [], 16
+        for planes, stride in ((16, 1), (32, 2), (64, 2)):
+            for i in range(n):
+                layers.append(BasicBlock(in_planes, planes, stride if i == 0 else 1))
+                in_planes = planes
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(64, num_classes)
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+
+    def forward(self, x):
+        x = self.layers(F.relu(self.bn1(self.conv1(x))))
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+# --------------------------------------------------------------------------- C1 (AlexNet-like)
+
+def c1_net(input_shape, num_classes: int) -> nn.Sequential:
+    """The AlexNet-like C1 net this research group used for SVHN (after the cuda-convnet
+    layers-18pct / TensorFlow CIFAR-10 tutorial net):
+    conv5x5 64 -> ReLU -> BN -> maxpool 3/2 -> conv5x5 64 -> ReLU -> BN -> maxpool 3/2
+    -> FC 384 -> FC 192 -> FC classes (ReLU between the FC layers)."""
+    c, h, w = input_shape
+    pooled = lambda s: (s + 2 * 1 - 3) // 2 + 1  # maxpool 3, stride 2, padding 1
+    fh, fw = pooled(pooled(h)), pooled(pooled(w))
+    return nn.Sequential(
+        nn.Conv2d(c, 64, 5, padding=2), nn.ReLU(), nn.BatchNorm2d(64), nn.MaxPool2d(3, 2, padding=1),
+        nn.Conv2d(64, 64, 5, padding=2), nn.ReLU(), nn.BatchNorm2d(64), nn.MaxPool2d(3, 2, padding=1),
+        nn.Flatten(),
+        nn.Linear(64 * fh * fw, 384), nn.ReLU(),
+        nn.Linear(384, 192), nn.ReLU(),
+        nn.Linear(192, num_classes),
+    )
+
+
+# --------------------------------------------------------------------------- MLP
+
+def mlp(input_shape, num_classes: int, widths=(512, 256)) -> nn.Sequential:
+    """Flatten -> [Linear -> ReLU] per hidden width -> Linear to the classes."""
+    layers, fan_in = [nn.Flatten()], math.prod(input_shape)
+    for w in widths:
+        layers += [nn.Linear(fan_in, w), nn.ReLU()]
+        fan_in = w
+    layers.append(nn.Linear(fan_in, num_classes))
+    return nn.Sequential(*layers)
+
+
+def _mlp_widths(spec: str):
+    try:
+        widths = tuple(int(w) for w in spec.split(",") if w.strip())
+    except ValueError:
+        widths = ()
+    if not widths or min(widths) <= 0:
+        raise UsageError(f"bad MLP widths '{spec}'; write positive integers like mlp:512,256")
+    return widths
+
+
+def build_model(name: str, input_shape, num_classes: int) -> nn.Module:
+    """A model by name (see MODELS) for inputs of `input_shape` (C, H, W) and `num_classes`."""
+    if num_classes <= 0:
+        raise UsageError("num_classes must be positive")
+    if name.startswith("resnet") and name[6:].isdigit() and name[6:] in ("20", "32", "56"):
+        return CifarResNet(int(name[6:]), input_shape[0], num_classes)
+    if name == "c1":
+        return c1_net(input_shape, num_classes)
+    if name == "mlp":
+        return mlp(input_shape, num_classes)
+    if name.startswith("mlp:"):
+        return mlp(input_shape, num_classes, _mlp_widths(name[4:]))
+    raise UsageError(f"unknown model '{name}'; choose from {', '.join(MODELS)}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

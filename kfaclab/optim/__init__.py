@@ -1,0 +1,48 @@
+"""Optimizers behind one interface (`TrainingOptimizer`), built by name.
+
+Pure optimizer math: no I/O and no loops here. SGD comes from torch; K-FAC and TRCG live in
+their own modules.
+"""
+
+from __future__ import annotations
+
+from kfaclab.errors import UsageError
+from kfaclab.optim.base import LossFn, TrainingOptimizer
+from kfaclab.optim.sgd import SGD
+
+OPTIMIZERS: dict[str, type[TrainingOptimizer]] = {"sgd": SGD}
+
+__all__ = ["OPTIMIZERS", "TrainingOptimizer", "build_optimizer", "resolve_hyperparameters"]
+
+
+def resolve_hyperparameters(name: str, given: dict) -> dict:
+    """The optimizer's defaults overridden by `given`; unknown names and bad values are errors."""
+    cls = _lookup(name)
+    unknown = sorted(set(given) - set(cls.defaults))
+    if unknown:
+        raise UsageError(f"optimizer '{name}' has no hyperparameter {', '.join(unknown)}; "
+                         f"it takes {', '.join(cls.defaults)}")
+    h = {**cls.defaults, **given}
+    for key, default in cls.defaults.items():
+        value = h[key]
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise UsageError(f"{name} hyperparameter {key} must be true or false, got {value!r}")
+        elif isinstance(default, (int, float)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 0:
+                raise UsageError(f"{name} hyperparameter {key} must be a non-negative number, got {value!r}")
+    if "momentum" in h and h["momentum"] >= 1:
+        raise UsageError(f"{name} momentum must be in [0, 1), got {h['momentum']}")
+    if "lr" in h and h["lr"] <= 0:
+        raise UsageError(f"{name} learning rate must be positive, got {h['lr']}")
+    return h
+
+
+def build_optimizer(name: str, model, loss_fn: LossFn, hyperparameters: dict) -> TrainingOptimizer:
+    return _lookup(name)(model, loss_fn, resolve_hyperparameters(name, hyperparameters))
+
+
+def _lookup(name: str) -> type[TrainingOptimizer]:
+    if name not in OPTIMIZERS:
+        raise UsageError(f"unknown optimizer '{name}'; choose from {', '.join(OPTIMIZERS)}")
+    return OPTIMIZERS[name]

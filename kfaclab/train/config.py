@@ -1,0 +1,147 @@
+"""The full description of one run. Everything a run depends on is a field here, and the
+whole config goes into the run record, so a record says exactly how to reproduce it."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+
+from kfaclab.errors import UsageError
+from kfaclab.train.budget import BUDGET_KINDS
+from kfaclab.train.schedule import LR_DECAYS, LR_SCALINGS
+
+# Fields that say where things are, not what is computed: left out of the run id.
+LOCATION_FIELDS = ("output", "cache_dir", "data_root", "data_archive", "download")
+
+
+@dataclass
+class RunConfig:
+    # data
+    dataset: str = "synthetic"
+    data_root: str | None = None  # torchvision datasets: where they are (or are downloaded to)
+    data_archive: str | None = None  # cifar10-jpeg: the archive (default ../shared/data/...)
+    cache_dir: str | None = None  # decoded-array cache (default $KFACLAB_CACHE or ~/.cache/kfaclab)
+    download: bool = True
+    train_subset: int | None = None  # a class-stratified subset of the training split
+    test_subset: int | None = None
+    resolution: int | None = None  # downsample images to this square size (CPU presets)
+    augment: bool = True  # random crop (zero padding) and horizontal flip
+    crop_padding: int = 4
+    # model and optimizer
+    model: str = "mlp"
+    optimizer: str = "sgd"
+    hparams: dict = field(default_factory=dict)  # optimizer hyperparameters; lr is the base rate
+    batch_size: int = 128
+    # budget
+    budget: str = "epochs"  # epochs | iterations | examples | rule
+    budget_value: float | None = 1.0  # ignored by "rule"
+    rule_b0: int = 128
+    rule_e0: float = 100.0
+    # learning-rate schedule
+    lr_scaling: str = "none"  # none | linear | sqrt, from lr_base_batch_size
+    lr_base_batch_size: int = 128
+    warmup_epochs: float = 0.0
+    lr_decay: str = "cosine"  # constant | cosine | step
+    lr_milestones: tuple[float, ...] = (0.5, 0.75)
+    lr_gamma: float = 0.1
+    # evaluation and targets
+    eval_every_epochs: float = 1.0
+    min_evals: int = 20
+    eval_batch_size: int = 1000
+    targets: tuple[float, ...] = ()
+    target_loss: float | None = None
+    divergence_factor: float = 10.0  # running loss above this x the initial loss = diverged
+    # execution
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    output: str | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "config") -> "RunConfig":
+        """Build from plain data (a spec, a notebook's parameters); unknown keys and wrong
+        types are errors naming the key, never silently ignored."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise UsageError(f"{where}: unknown key(s) {', '.join(unknown)}; known keys: {', '.join(sorted(names))}")
+        hints = typing.get_type_hints(cls)
+        values = {k: _coerce(k, v, hints[k], where) for k, v in d.items()}
+        cfg = cls(**values)
+        cfg.validate(where)
+        return cfg
+
+    def validate(self, where: str = "config") -> None:
+        def bad(key, msg):
+            raise UsageError(f"{where}: {key} {msg}")
+
+        for key in ("batch_size", "min_evals", "eval_batch_size", "rule_b0", "lr_base_batch_size"):
+            if getattr(self, key) <= 0:
+                bad(key, f"must be positive, got {getattr(self, key)}")
+        for key in ("train_subset", "test_subset", "resolution"):
+            v = getattr(self, key)
+            if v is not None and v <= 0:
+                bad(key, f"must be positive, got {v}")
+        if self.crop_padding < 0:
+            bad("crop_padding", "must be >= 0")
+        if self.budget not in BUDGET_KINDS:
+            bad("budget", f"must be one of {', '.join(BUDGET_KINDS)}, got '{self.budget}'")
+        if self.budget != "rule" and (self.budget_value is None or not self.budget_value > 0):
+            bad("budget_value", f"must be positive for a budget in {self.budget}, got {self.budget_value}")
+        if not self.rule_e0 > 0:
+            bad("rule_e0", "must be positive")
+        if self.lr_scaling not in LR_SCALINGS:
+            bad("lr_scaling", f"must be one of {', '.join(LR_SCALINGS)}, got '{self.lr_scaling}'")
+        if self.lr_decay not in LR_DECAYS:
+            bad("lr_decay", f"must be one of {', '.join(LR_DECAYS)}, got '{self.lr_decay}'")
+        if self.warmup_epochs < 0:
+            bad("warmup_epochs", "must be >= 0")
+        if not all(0 < m < 1 for m in self.lr_milestones):
+            bad("lr_milestones", "must be fractions of the budget in (0, 1)")
+        if not 0 < self.lr_gamma <= 1:
+            bad("lr_gamma", "must be in (0, 1]")
+        if not 0 < self.eval_every_epochs <= 1:
+            bad("eval_every_epochs", "must be in (0, 1]: evaluate at least once per epoch")
+        for t in self.targets:
+            if not 0 < t <= 1:
+                bad("targets", f"must be accuracies in (0, 1], got {t}")
+        if self.target_loss is not None and not self.target_loss > 0:
+            bad("target_loss", "must be positive")
+        if not self.divergence_factor > 1:
+            bad("divergence_factor", "must be > 1")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            bad("device", f"must be auto, cpu, cuda or cuda:N, got '{self.device}'")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["lr_milestones"], d["targets"] = list(self.lr_milestones), list(self.targets)
+        return d
+
+    def run_id(self) -> str:
+        """A stable id: a hash of everything that affects the result (not where files are)."""
+        d = {k: v for k, v in self.to_dict().items() if k not in LOCATION_FIELDS}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _coerce(key, value, hint, where):
+    """Check `value` against the field's annotation; ints are accepted for floats, lists for tuples."""
+    args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (hint,) = [a for a in args if a is not type(None)]
+        return _coerce(key, value, hint, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise UsageError(f"{where}: {key} must be a list, got {value!r}")
+        return tuple(_coerce(key, v, args[0], where) for v in value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    expected = origin or hint
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise UsageError(f"{where}: {key} must be {expected.__name__}, got {value!r}")
+    return value

@@ -1,0 +1,220 @@
+"""The budget-aware training loop: config in, run record out.
+
+It owns budgets, the learning-rate schedule, the evaluation cadence, racing to targets and
+divergence handling; it calls optimizers only through `TrainingOptimizer.step`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import datetime, timezone
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from kfaclab.data import DeviceLoader, load_dataset
+from kfaclab.data.split import Dataset
+from kfaclab.errors import UsageError
+from kfaclab.models import build_model, count_parameters
+from kfaclab.optim import build_optimizer, resolve_hyperparameters
+from kfaclab.train import record as rec
+from kfaclab.train.budget import evaluation_iterations, stopping_rule_epochs, total_iterations
+from kfaclab.train.config import RunConfig
+from kfaclab.train.schedule import LRSchedule, scaled_lr
+from kfaclab.train.targets import race_to_targets
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"device '{name}' asked for but CUDA is not available here; use --device cpu")
+    return torch.device(name)
+
+
+def make_loaders(cfg: RunConfig, ds: Dataset, device) -> tuple[DeviceLoader, DeviceLoader]:
+    """The training loader (shuffled, augmented, drop-last) and the test loader."""
+    mean, std = ds.channel_stats()
+    train = ds.train.subset(cfg.train_subset) if cfg.train_subset else ds.train
+    test = ds.test.subset(cfg.test_subset) if cfg.test_subset else ds.test
+    if cfg.batch_size > len(train):
+        raise UsageError(f"batch size {cfg.batch_size} is larger than the {len(train)} training examples; "
+                         "lower --batch-size or raise --train-subset")
+    common = dict(mean=mean, std=std, device=device, resolution=cfg.resolution)
+    return (DeviceLoader(train, cfg.batch_size, shuffle=True, augment=cfg.augment, drop_last=True,
+                         seed=cfg.seed, crop_padding=cfg.crop_padding, **common),
+            DeviceLoader(test, cfg.eval_batch_size, **common))
+
+
+@torch.no_grad()
+def evaluate(model, loader: DeviceLoader) -> tuple[float, float]:
+    """(mean loss, accuracy) over the whole split, in eval mode."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=loader.device, dtype=torch.float64)
+    correct = torch.zeros((), device=loader.device, dtype=torch.int64)
+    for x, y in loader:
+        out = model(x)
+        loss_sum += F.cross_entropy(out, y, reduction="sum").double()
+        correct += (out.argmax(1) == y).sum()
+    model.train(was_training)
+    n = loader.num_examples
+    return loss_sum.item() / n, correct.item() / n
+
+
+def plan(cfg: RunConfig, steps_per_epoch: int) -> dict:
+    """What the config resolves to for this data: iteration budget, peak lr, warmup, evaluations."""
+    iters = total_iterations(cfg.budget, cfg.budget_value, cfg.batch_size, steps_per_epoch, cfg.rule_b0, cfg.rule_e0)
+    hp = resolve_hyperparameters(cfg.optimizer, cfg.hparams)
+    peak = scaled_lr(hp["lr"], cfg.batch_size, cfg.lr_base_batch_size, cfg.lr_scaling)
+    return {
+        "iterations": iters,
+        "epochs": iters / steps_per_epoch,
+        "examples": iters * cfg.batch_size,
+        "steps_per_epoch": steps_per_epoch,
+        "rule_epochs": stopping_rule_epochs(cfg.batch_size, cfg.rule_b0, cfg.rule_e0) if cfg.budget == "rule" else None,
+        "peak_lr": peak,
+        "warmup_iterations": min(iters, round(cfg.warmup_epochs * steps_per_epoch)),
+        "evaluation_iterations": evaluation_iterations(iters, steps_per_epoch, cfg.eval_every_epochs, cfg.min_evals),
+        "hparams": {**hp, "lr": peak},
+    }
+
+
+def train(cfg: RunConfig, *, dataset: Dataset | None = None, progress: bool = True) -> dict:
+    """Run one experiment; returns its record (also written to cfg.output if set).
+
+    A run that diverges ends early with status `diverged`; Ctrl-C or an error writes a record
+    with status `interrupted` or `failed` before re-raising, so nothing already measured is lost.
+    """
+    cfg.validate()
+    started = _now()
+    device = resolve_device(cfg.device)
+    ds = dataset or load_dataset(cfg.dataset, data_root=cfg.data_root, archive=cfg.data_archive,
+                                 cache_dir=cfg.cache_dir, download=cfg.download)
+    train_loader, test_loader = make_loaders(cfg, ds, device)
+    p = plan(cfg, len(train_loader))
+    torch.manual_seed(cfg.seed)  # model initialisation
+    model = build_model(cfg.model, train_loader.input_shape, ds.num_classes).to(device)
+    opt = build_optimizer(cfg.optimizer, model, F.cross_entropy, p["hparams"])
+    schedule = LRSchedule(p["peak_lr"], p["iterations"], p["warmup_iterations"], cfg.lr_decay,
+                          cfg.lr_milestones, cfg.lr_gamma)
+    resolved = {
+        **p, "train_examples": train_loader.num_examples,
+        "test_examples": test_loader.num_examples, "input_shape": list(train_loader.input_shape),
+        "num_classes": ds.num_classes, "num_parameters": count_parameters(model), "device": str(device),
+        "dataset_source": ds.source,
+    }
+    state = _LoopState()
+    try:
+        _run(cfg, model, opt, schedule, train_loader, test_loader, p, state, progress)
+    except KeyboardInterrupt:
+        state.status = "interrupted"
+        _finish(cfg, state, resolved, opt, device, started)
+        raise
+    except Exception as e:
+        state.status, state.error = "failed", f"{type(e).__name__}: {e}"
+        _finish(cfg, state, resolved, opt, device, started)
+        raise
+    return _finish(cfg, state, resolved, opt, device, started)
+
+
+class _LoopState:
+    def __init__(self):
+        self.history: list[dict] = []
+        self.status = "completed"
+        self.divergence = None
+        self.error = None
+        self.iteration = 0
+        self.train_seconds = 0.0
+        self.eval_seconds = 0.0
+
+
+def _run(cfg, model, opt, schedule, train_loader, test_loader, p, st: _LoopState, progress: bool):
+    device = train_loader.device
+    total, spe = p["iterations"], p["steps_per_epoch"]
+    evals = set(p["evaluation_iterations"])
+    check_every = 1 if device.type == "cpu" else 10  # a divergence check syncs the GPU
+    loss_sum = torch.zeros((), device=device)
+    losses_since_eval = 0
+    reference_loss = None
+
+    def record_eval(train_loss):
+        _sync(device)
+        t0 = time.perf_counter()
+        test_loss, test_acc = evaluate(model, test_loader)
+        st.eval_seconds += time.perf_counter() - t0
+        st.history.append({
+            "iteration": st.iteration, "epoch": st.iteration / spe, "examples": st.iteration * cfg.batch_size,
+            "seconds": st.train_seconds, "propagations": opt.counters["propagations"],
+            "lr": schedule(st.iteration - 1) if st.iteration else None,
+            "train_loss": train_loss, "test_loss": test_loss, "test_accuracy": test_acc,
+        })
+        return test_acc
+
+    model.train()
+    record_eval(None)
+    bar = tqdm(total=total, disable=not progress, unit="it", dynamic_ncols=True, leave=True)
+    epoch, batches = 0, train_loader.epoch(0)
+    t_start = time.perf_counter()
+    while st.iteration < total:
+        batch = next(batches, None)
+        if batch is None:  # end of an epoch: a new permutation
+            epoch += 1
+            batches = train_loader.epoch(epoch)
+            continue
+        opt.set_lr(schedule(st.iteration))
+        loss = opt.step(*batch)
+        st.iteration += 1
+        loss_sum += loss
+        losses_since_eval += 1
+        bar.update(1)
+        if reference_loss is None:
+            reference_loss = loss.item()
+        if st.iteration % check_every == 0 or st.iteration in evals:
+            value = loss.item()
+            if not math.isfinite(value) or value > cfg.divergence_factor * max(reference_loss, 1e-8):
+                st.train_seconds += time.perf_counter() - t_start
+                st.status = "diverged"
+                st.divergence = {"iteration": st.iteration, "reason": "non-finite loss" if not math.isfinite(value)
+                                 else f"loss {value:.4g} > {cfg.divergence_factor} x initial {reference_loss:.4g}"}
+                break
+        if st.iteration in evals:
+            _sync(device)
+            st.train_seconds += time.perf_counter() - t_start
+            acc = record_eval(loss_sum.item() / losses_since_eval)
+            bar.set_postfix(loss=f"{st.history[-1]['train_loss']:.3f}", acc=f"{acc:.3f}")
+            loss_sum.zero_()
+            losses_since_eval = 0
+            t_start = time.perf_counter()
+    bar.close()
+
+
+def _finish(cfg, st: _LoopState, resolved, opt, device, started) -> dict:
+    last = st.history[-1] if st.history else {}
+    record = {
+        "schema_version": rec.SCHEMA_VERSION, "kind": "kfaclab.run", "run_id": cfg.run_id(), "status": st.status,
+        "config": cfg.to_dict(), "resolved": resolved, "environment": rec.environment(device),
+        "history": st.history, "targets": race_to_targets(st.history, cfg.targets, cfg.target_loss),
+        "final": {
+            "iteration": st.iteration, "epoch": st.iteration / resolved["steps_per_epoch"],
+            "examples": st.iteration * cfg.batch_size, "seconds": st.train_seconds, "eval_seconds": st.eval_seconds,
+            "train_loss": last.get("train_loss"), "test_loss": last.get("test_loss"),
+            "test_accuracy": last.get("test_accuracy"),
+        },
+        "optimizer": {"name": opt.name, **opt.counters},
+        "divergence": st.divergence, "error": st.error, "started_at": started, "finished_at": _now(),
+    }
+    if cfg.output:
+        rec.write_atomic(cfg.output, record)
+    return record
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

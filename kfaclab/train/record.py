@@ -1,0 +1,133 @@
+"""The run record: one JSON file per run, its schema, and an atomic writer.
+
+Schema version 1 (documented in book/run-record.md):
+  schema_version, kind="kfaclab.run", run_id, status (completed | diverged | failed | interrupted),
+  config (RunConfig.to_dict()), resolved (what the config resolved to for this data and batch),
+  environment, history (one entry per evaluation), targets (race results), final, optimizer
+  (counters), divergence (null or {iteration, reason}), error (null or the error's last lines),
+  started_at, finished_at.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+SCHEMA_VERSION = 1
+STATUSES = ("completed", "diverged", "failed", "interrupted")
+NUM = (int, float)
+OPT_NUM = (int, float, type(None))
+
+SCHEMA = {
+    "schema_version": int, "kind": str, "run_id": str, "status": str, "config": dict, "resolved": dict,
+    "environment": dict, "history": list, "targets": list, "final": dict, "optimizer": dict,
+    "divergence": (dict, type(None)), "error": (str, type(None)), "started_at": str, "finished_at": str,
+}
+HISTORY_ENTRY = {
+    "iteration": int, "epoch": NUM, "examples": int, "seconds": NUM, "propagations": NUM, "lr": OPT_NUM,
+    "train_loss": OPT_NUM, "test_loss": NUM, "test_accuracy": NUM,
+}
+TARGET_ENTRY = {
+    "test_accuracy": NUM, "train_loss": OPT_NUM, "reached": bool, "iteration": (int, type(None)),
+    "epoch": OPT_NUM, "examples": (int, type(None)), "seconds": OPT_NUM, "propagations": OPT_NUM,
+}
+RESOLVED = {
+    "iterations": int, "epochs": NUM, "examples": int, "steps_per_epoch": int, "peak_lr": NUM,
+    "warmup_iterations": int, "evaluation_iterations": list, "train_examples": int, "test_examples": int,
+    "input_shape": list, "num_classes": int, "num_parameters": int, "hparams": dict, "device": str, "rule_epochs": OPT_NUM, "dataset_source": str,
+}
+
+
+def validate_record(rec: dict) -> list[str]:
+    """Problems with a record against schema version 1; an empty list means valid."""
+    problems = _check(rec, SCHEMA, "record")
+    if problems:
+        return problems
+    if rec["schema_version"] != SCHEMA_VERSION:
+        problems.append(f"schema_version {rec['schema_version']} is not {SCHEMA_VERSION}")
+    if rec["kind"] != "kfaclab.run":
+        problems.append(f"kind {rec['kind']!r} is not 'kfaclab.run'")
+    if rec["status"] not in STATUSES:
+        problems.append(f"status {rec['status']!r} not in {STATUSES}")
+    problems += _check(rec["resolved"], RESOLVED, "resolved")
+    for i, h in enumerate(rec["history"]):
+        problems += _check(h, HISTORY_ENTRY, f"history[{i}]")
+    for i, t in enumerate(rec["targets"]):
+        problems += _check(t, TARGET_ENTRY, f"targets[{i}]")
+    iters = [h.get("iteration") for h in rec["history"]]
+    if iters != sorted(iters):
+        problems.append("history is not in iteration order")
+    return problems
+
+
+def _check(d: dict, spec: dict, where: str) -> list[str]:
+    out = [f"{where}: missing {k}" for k in spec if k not in d]
+    for k, t in spec.items():
+        if k in d and (not isinstance(d[k], t) or (isinstance(d[k], bool) and bool not in _as_tuple(t))):
+            out.append(f"{where}.{k}: {type(d[k]).__name__} is not {t}")
+    return out
+
+
+def _as_tuple(t):
+    return t if isinstance(t, tuple) else (t,)
+
+
+def write_atomic(path: str | os.PathLike, record: dict) -> Path:
+    """Write JSON to a temp file in the same folder, fsync, then rename over `path`:
+    a reader (or a resuming sweep) sees the old file or the whole new one, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            json.dump(record, f, indent=1, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def environment(device) -> dict:
+    """Versions and hardware, so a number can be traced to what produced it."""
+    import numpy
+    import torch
+    import torchvision
+
+    import kfaclab
+
+    env = {
+        "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "numpy": numpy.__version__, "kfaclab": kfaclab.__version__, "platform": platform.platform(),
+        "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "device": str(device), "gpu": None, "git_commit": _git_commit(),
+    }
+    if str(device).startswith("cuda"):
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["cuda"] = torch.version.cuda
+    return env
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parents[2],
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+

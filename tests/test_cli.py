@@ -1,0 +1,95 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kfaclab.train import validate_record
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(*args, cwd=ROOT, timeout=300):
+    return subprocess.run([sys.executable, "-m", "kfaclab", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.mark.parametrize("args,says", [
+    (["train", "--model", "resnet99"], "unknown model 'resnet99'; choose from resnet20"),
+    (["train", "--dataset", "mnist"], "unknown dataset 'mnist'; choose from cifar10"),
+    (["train", "--optimizer", "adamw"], "unknown optimizer 'adamw'; choose from sgd"),
+    (["train", "--batch-size", "0"], "--batch-size: must be positive"),
+    (["train", "--batch-size", "-8"], "--batch-size: must be positive"),
+    (["train", "--epochs", "0"], "--epochs: must be positive"),
+    (["train", "--target-acc", "1.5"], "targets must be accuracies in (0, 1]"),
+    (["train", "--target-acc", "0"], "targets must be accuracies in (0, 1]"),
+    (["train", "--lr-decay", "linear"], "lr_decay must be one of constant, cosine, step"),
+    (["train", "--hparam", "damping=0.1"], "optimizer 'sgd' has no hyperparameter damping"),
+    (["train", "--momentum", "-1"], "momentum must be a non-negative number"),
+    (["train", "--stopping-rule", "--batch-size", "64"], "lower --rule-b0"),
+    (["train", "--epochs", "1", "--iterations", "5"], "not allowed with argument"),
+    (["train", "--dataset", "cifar10-jpeg", "--data-archive", "/nonexistent/c.tar.gz"], "--data-archive"),
+    (["train", "--dataset", "imagefolder:/nonexistent"], "does not exist"),
+    (["train", "--device", "tpu"], "device must be auto, cpu, cuda"),
+    (["train", "--device", "cuda"], "CUDA is not available"),
+    (["bench", "--optimizers", "sgd,lbfgs"], "unknown optimizer 'lbfgs'"),
+    (["fly"], "invalid choice"),
+])
+def test_bad_input_is_one_line_exit_2(args, says, tmp_path):
+    if args[-1] == "cuda":
+        pytest.importorskip("torch")
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("CUDA is available here")
+    r = run(*args, "--cache-dir", str(tmp_path)) if args[0] != "fly" else run(*args)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kfaclab: error:"), r.stderr
+    assert says in lines[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_torchvision_dataset_missing_offline(tmp_path):
+    r = run("train", "--dataset", "svhn", "--no-download", "--data-root", str(tmp_path / "none"),
+            "--cache-dir", str(tmp_path))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert "--data-root" in r.stderr and "cifar10-jpeg" in r.stderr
+
+
+def test_train_writes_a_complete_record(tmp_path):
+    out = tmp_path / "r.json"
+    r = run("train", "--model", "mlp:16", "--batch-size", "100", "--iterations", "12", "--lr", "0.05",
+            "--target-acc", "0.15", "--out", str(out), "--cache-dir", str(tmp_path), "--device", "cpu",
+            "--train-subset", "1000", "--test-subset", "300")
+    assert r.returncode == 0, r.stderr
+    assert "completed: 12 iterations" in r.stdout and str(out) in r.stdout
+    rec = json.loads(out.read_text())
+    assert validate_record(rec) == [] and rec["final"]["iteration"] == 12
+    assert rec["resolved"]["train_examples"] == 1000 and rec["resolved"]["test_examples"] == 300
+    assert rec["config"]["hparams"] == {"lr": 0.05}
+    assert "it/s" in r.stderr  # the tqdm progress bar
+
+
+def test_real_cifar10_jpeg_run_from_the_cli(cifar10_jpeg, tmp_path):
+    _, archive, cache = cifar10_jpeg
+    out = tmp_path / "cifar.json"
+    r = run("train", "--dataset", "cifar10-jpeg", "--data-archive", str(archive), "--cache-dir", str(cache),
+            "--model", "mlp:128", "--train-subset", "5000", "--test-subset", "1000", "--epochs", "2",
+            "--lr", "0.02", "--quiet", "--out", str(out), "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    rec = json.loads(out.read_text())
+    assert validate_record(rec) == []
+    assert rec["resolved"]["steps_per_epoch"] == 5000 // 128 and rec["status"] == "completed"
+    assert rec["final"]["test_accuracy"] > 0.2  # 10 classes: chance is 0.1
+
+
+def test_bench_prints_its_table(tmp_path):
+    js = tmp_path / "bench.json"
+    r = run("bench", "--model", "mlp:16", "--batch-size", "32", "--steps", "3", "--rounds", "1", "--warmup", "1",
+            "--device", "cpu", "--json", str(js))
+    assert r.returncode == 0, r.stderr
+    assert "data overhead" in r.stdout and "sgd" in r.stdout
+    res = json.loads(js.read_text())["results"][0]
+    assert res["step_premade_s"] > 0 and res["loader_only_s"] > 0 and res["ratio_to_first"] == 1.0

@@ -1,0 +1,135 @@
+import json
+
+import pytest
+import torch
+
+from kfaclab.optim.sgd import SGD
+from kfaclab.train import RunConfig, race_to_targets, train, validate_record
+
+
+def cfg(**kw):
+    base = dict(model="mlp:32", batch_size=64, budget="epochs", budget_value=2.0, hparams={"lr": 0.05},
+                min_evals=5, eval_batch_size=100, device="cpu", crop_padding=1)
+    return RunConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("budget,value,iters", [("epochs", 2.0, 16), ("iterations", 11.0, 11),
+                                                ("examples", 700.0, 11), ("epochs", 0.5, 4)])
+def test_budget_is_respected_exactly(tiny_dataset, monkeypatch, budget, value, iters):
+    steps = []
+    real = SGD.step
+    monkeypatch.setattr(SGD, "step", lambda self, x, y: steps.append(len(x)) or real(self, x, y))
+    r = train(cfg(budget=budget, budget_value=value), dataset=tiny_dataset, progress=False)
+    assert r["status"] == "completed"
+    assert len(steps) == iters == r["final"]["iteration"] == r["resolved"]["iterations"]
+    assert set(steps) == {64}  # drop_last: every step sees a full batch
+    assert r["final"]["examples"] == 64 * iters and r["optimizer"]["propagations"] == 2 * 64 * iters
+    assert r["history"][-1]["iteration"] == iters and r["history"][0]["iteration"] == 0
+
+
+def test_stopping_rule_budget(tiny_dataset):
+    r = train(cfg(budget="rule", budget_value=None, batch_size=128, rule_b0=64, rule_e0=0.5),
+              dataset=tiny_dataset, progress=False)
+    # (log2(128/64) + 1) x 0.5 = 1 epoch = 512 // 128 steps
+    assert r["resolved"]["rule_epochs"] == 1.0 and r["final"]["iteration"] == 4
+
+
+def test_history_fields_and_cadence(tiny_dataset):
+    r = train(cfg(budget_value=3.0, min_evals=12), dataset=tiny_dataset, progress=False)
+    its = [h["iteration"] for h in r["history"]]
+    assert its == r["resolved"]["evaluation_iterations"] and len(its) >= 13
+    assert max(b - a for a, b in zip(its, its[1:])) <= r["resolved"]["steps_per_epoch"]
+    h = r["history"][-1]
+    assert h["epoch"] == pytest.approx(3.0) and h["examples"] == 3 * 512 // 64 * 64
+    assert 0 <= h["test_accuracy"] <= 1 and h["train_loss"] > 0 and h["seconds"] > 0
+    seconds = [h["seconds"] for h in r["history"]]
+    assert seconds == sorted(seconds) and r["final"]["eval_seconds"] > 0
+
+
+def test_learning_happens_and_record_is_valid(tiny_dataset):
+    r = train(cfg(budget_value=10.0, targets=(0.2, 0.99), hparams={"lr": 0.1}), dataset=tiny_dataset,
+              progress=False)
+    assert validate_record(r) == []
+    assert r["history"][-1]["test_accuracy"] > r["history"][0]["test_accuracy"] + 0.15
+    t30, t99 = r["targets"]
+    assert t30["reached"] and not t99["reached"] and t99["iteration"] is None
+    first = next(h for h in r["history"] if h["test_accuracy"] >= 0.2)
+    assert t30["iteration"] == first["iteration"] and t30["seconds"] == first["seconds"]
+    json.dumps(r, allow_nan=False)
+
+
+def test_deterministic_on_cpu(tiny_dataset):
+    a = train(cfg(augment=True), dataset=tiny_dataset, progress=False)
+    b = train(cfg(augment=True), dataset=tiny_dataset, progress=False)
+    strip = lambda r: [{k: v for k, v in h.items() if k != "seconds"} for h in r["history"]]
+    assert strip(a) == strip(b)
+    c = train(cfg(augment=True, seed=1), dataset=tiny_dataset, progress=False)
+    assert strip(a) != strip(c)
+
+
+def test_divergence_is_a_status_not_a_crash(tiny_dataset):
+    r = train(cfg(hparams={"lr": 1e4, "momentum": 0.9}), dataset=tiny_dataset, progress=False)
+    assert r["status"] == "diverged"
+    assert r["divergence"]["iteration"] < r["resolved"]["iterations"]
+    assert validate_record(r) == []
+
+
+def test_interrupt_and_failure_write_a_record(tiny_dataset, tmp_path, monkeypatch):
+    calls = []
+    real = SGD.step
+
+    def flaky(self, x, y, exc):
+        calls.append(1)
+        if len(calls) == 5:
+            raise exc
+        return real(self, x, y)
+
+    for exc, status in ((KeyboardInterrupt(), "interrupted"), (RuntimeError("out of memory"), "failed")):
+        calls.clear()
+        monkeypatch.setattr(SGD, "step", lambda self, x, y: flaky(self, x, y, exc))
+        out = tmp_path / f"{status}.json"
+        with pytest.raises(type(exc)):
+            train(cfg(output=str(out)), dataset=tiny_dataset, progress=False)
+        rec = json.loads(out.read_text())
+        assert rec["status"] == status and rec["final"]["iteration"] == 4 and validate_record(rec) == []
+        if status == "failed":
+            assert "out of memory" in rec["error"]
+
+
+def test_race_to_targets_on_a_constructed_history():
+    history = [
+        {"iteration": 0, "epoch": 0.0, "examples": 0, "seconds": 0.0, "propagations": 0, "train_loss": None,
+         "test_accuracy": 0.1},
+        {"iteration": 10, "epoch": 0.5, "examples": 1280, "seconds": 2.0, "propagations": 2560, "train_loss": 1.5,
+         "test_accuracy": 0.62},
+        {"iteration": 20, "epoch": 1.0, "examples": 2560, "seconds": 4.0, "propagations": 5120, "train_loss": 0.9,
+         "test_accuracy": 0.58},
+        {"iteration": 30, "epoch": 1.5, "examples": 3840, "seconds": 6.0, "propagations": 7680, "train_loss": 0.4,
+         "test_accuracy": 0.75},
+    ]
+    a, b, c = race_to_targets(history, [0.6, 0.7, 0.9])
+    assert (a["iteration"], a["epoch"], a["examples"], a["seconds"]) == (10, 0.5, 1280, 2.0)
+    assert b["iteration"] == 30 and b["propagations"] == 7680
+    assert not c["reached"] and c["iteration"] is None
+    # With a training-loss target, the first evaluation must meet both.
+    (d,) = race_to_targets(history, [0.6], target_loss=1.0)
+    assert d["iteration"] == 30 and d["train_loss"] == 1.0
+
+
+def test_config_from_dict_rejects_unknown_keys_and_types():
+    from kfaclab.errors import UsageError
+
+    assert RunConfig.from_dict({"batch_size": 32, "targets": [0.5], "budget_value": 2}).targets == (0.5,)
+    with pytest.raises(UsageError, match="spec.yaml: unknown key.*batchsize"):
+        RunConfig.from_dict({"batchsize": 32}, where="spec.yaml")
+    with pytest.raises(UsageError, match="batch_size must be int"):
+        RunConfig.from_dict({"batch_size": "32"})
+    with pytest.raises(UsageError, match="targets"):
+        RunConfig.from_dict({"targets": [1.5]})
+    with pytest.raises(UsageError, match="batch_size must be positive"):
+        RunConfig.from_dict({"batch_size": 0})
+
+
+def test_run_id_ignores_locations_only():
+    a = RunConfig(output="a.json", cache_dir="/x")
+    assert a.run_id() == RunConfig(output="b.json").run_id() != RunConfig(seed=1).run_id()
