@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from kfaclab.errors import UsageError
 from kfaclab.optim.base import LossFn, TrainingOptimizer
+from kfaclab.optim.kfac import KFAC
 from kfaclab.optim.sgd import SGD
 
-OPTIMIZERS: dict[str, type[TrainingOptimizer]] = {"sgd": SGD}
+OPTIMIZERS: dict[str, type[TrainingOptimizer]] = {"sgd": SGD, "kfac": KFAC}
 
 __all__ = ["OPTIMIZERS", "TrainingOptimizer", "build_optimizer", "resolve_hyperparameters"]
 
@@ -23,6 +24,7 @@ def resolve_hyperparameters(name: str, given: dict) -> dict:
         raise UsageError(f"optimizer '{name}' has no hyperparameter {', '.join(unknown)}; "
                          f"it takes {', '.join(cls.defaults)}")
     h = {**cls.defaults, **given}
+    choices = getattr(cls, "choices", {})
     for key, default in cls.defaults.items():
         value = h[key]
         if isinstance(default, bool):
@@ -31,10 +33,23 @@ def resolve_hyperparameters(name: str, given: dict) -> dict:
         elif isinstance(default, (int, float)):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 0:
                 raise UsageError(f"{name} hyperparameter {key} must be a non-negative number, got {value!r}")
+            if isinstance(default, int) and value != int(value):
+                raise UsageError(f"{name} hyperparameter {key} must be a whole number, got {value!r}")
+            h[key] = type(default)(value)
+        elif isinstance(default, str) and value not in choices.get(key, ()):
+            raise UsageError(f"{name} hyperparameter {key} must be one of {', '.join(choices[key])}, got {value!r}")
+        elif isinstance(default, list):
+            if isinstance(value, str):
+                value = h[key] = [value]
+            if not all(isinstance(v, str) for v in value):
+                raise UsageError(f"{name} hyperparameter {key} must be a list of names, got {value!r}")
     if "momentum" in h and h["momentum"] >= 1:
         raise UsageError(f"{name} momentum must be in [0, 1), got {h['momentum']}")
     if "lr" in h and h["lr"] <= 0:
         raise UsageError(f"{name} learning rate must be positive, got {h['lr']}")
+    problems = cls.check(h) if hasattr(cls, "check") else []
+    if problems:
+        raise UsageError(f"{name} hyperparameter {problems[0]}")
     return h
 
 

@@ -1,0 +1,100 @@
+"""K-FAC layer math: Kronecker factors of Linear and Conv2d layers, their decompositions,
+and the preconditioning of one layer's gradient. No hooks, no training loop.
+
+Conventions (batch-size consistent: the factors estimate per-example quantities):
+  - A = mean over rows of a a^T, where a row is an example's input (Linear) or an unfolded
+    input patch at one spatial position (Conv2d, KFC of Grosse & Martens 2016: averaged over
+    positions), with a trailing 1 when the layer has a bias (homogeneous coordinate).
+  - G = (1/B) sum over examples and positions of (B g)(B g)^T, where g is the gradient of the
+    batch-mean loss with respect to the layer's output, so B g is the per-example gradient.
+    (Scaling G by 1/B^2 instead, as one popular implementation does, makes the effective
+    damping drift with the batch size.)
+  - The layer's gradient is the matrix [dW | db] of shape (d_out, d_in [+1]); the curvature
+    block is G kron A acting on it as V -> G V A.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def input_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The layer's input as rows (M, d_in): examples, or examples x positions for Conv2d."""
+    if isinstance(module, nn.Conv2d):
+        patches = F.unfold(x, module.kernel_size, dilation=module.dilation, padding=module.padding,
+                           stride=module.stride)  # (B, C k k, T)
+        return patches.transpose(1, 2).reshape(-1, patches.shape[1])
+    return x.reshape(-1, x.shape[-1])
+
+
+def output_rows(module: nn.Module, g: torch.Tensor) -> torch.Tensor:
+    """The gradient with respect to the layer's output as rows (M, d_out)."""
+    if isinstance(module, nn.Conv2d):
+        return g.flatten(2).transpose(1, 2).reshape(-1, g.shape[1])
+    return g.reshape(-1, g.shape[-1])
+
+
+def factor_A(rows: torch.Tensor, bias: bool) -> torch.Tensor:
+    """Mean of a a^T over rows, with the homogeneous coordinate added blockwise (no copy of
+    the rows with a column of ones appended: the unfolded rows of a convolution are large)."""
+    m = rows.shape[0]
+    xx = rows.T @ rows
+    if not bias:
+        return xx / m
+    s = rows.sum(0)
+    top = torch.cat([xx, s[:, None]], 1)
+    bottom = torch.cat([s, s.new_tensor([m])])[None]
+    return torch.cat([top, bottom], 0) / m
+
+
+def factor_G(rows: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """(1/B) sum (B g)(B g)^T = B g^T g, for g the gradient of the batch-mean loss."""
+    return (rows.T @ rows) * batch_size
+
+
+def gradient_matrix(module: nn.Module) -> torch.Tensor:
+    """[dW | db] as (d_out, d_in [+1]); a Conv2d weight is flattened to (C_out, C_in k k)."""
+    g = module.weight.grad.reshape(module.weight.shape[0], -1)
+    if module.bias is not None:
+        g = torch.cat([g, module.bias.grad[:, None]], 1)
+    return g
+
+
+def set_gradient_matrix(module: nn.Module, v: torch.Tensor) -> None:
+    if module.bias is not None:
+        module.bias.grad.copy_(v[:, -1])
+        v = v[:, :-1]
+    module.weight.grad.copy_(v.reshape(module.weight.shape))
+
+
+def pi_correction(A: torch.Tensor, G: torch.Tensor) -> float:
+    """Martens & Grosse's pi: balances the damping between the factors by their mean eigenvalue."""
+    ta, tg = A.trace() / A.shape[0], G.trace() / G.shape[0]
+    if not (ta > 0 and tg > 0):
+        return 1.0
+    return math.sqrt(float(ta / tg))
+
+
+def eigen_precondition(v, QA, dA, QG, dG, damping: float):
+    """(G kron A + damping I)^-1 applied to V: exact damping in the joint eigenbasis."""
+    v2 = QG.T @ v @ QA
+    v2 = v2 / (dG[:, None] * dA[None, :] + damping)
+    return QG @ v2 @ QA.T
+
+
+def inverse_precondition(v, A_inv, G_inv):
+    """(G + damping_G I)^-1 V (A + damping_A I)^-1: factored Tikhonov damping."""
+    return G_inv @ v @ A_inv
+
+
+def damped_inverses(A, G, damping: float):
+    """Factored Tikhonov damping with the pi correction: A + pi sqrt(d) I and G + sqrt(d)/pi I."""
+    pi = pi_correction(A, G)
+    root = math.sqrt(damping)
+    eye_a = torch.eye(A.shape[0], dtype=A.dtype, device=A.device)
+    eye_g = torch.eye(G.shape[0], dtype=G.dtype, device=G.device)
+    return torch.linalg.inv(A + pi * root * eye_a), torch.linalg.inv(G + root / pi * eye_g)

@@ -1,0 +1,300 @@
+"""K-FAC against independent references: curvlinops' KFACLinearOperator, dense float64 GGNs
+from torch.func, and dense Kronecker solves."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call, hessian, jacrev
+
+from kfaclab.errors import UsageError
+from kfaclab.optim import build_optimizer, resolve_hyperparameters
+from kfaclab.optim import kfac_layers as kl
+from kfaclab.optim.kfac import KFAC, kl_clip_scale
+
+
+def mlp():
+    return nn.Sequential(nn.Flatten(), nn.Linear(12, 7), nn.Tanh(), nn.Linear(7, 5), nn.Tanh(), nn.Linear(5, 4))
+
+
+def cnn():
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
+        nn.Conv2d(4, 5, 3, stride=2, padding=2, dilation=2, bias=False), nn.Tanh(),
+        nn.Conv2d(5, 3, (2, 3), stride=(1, 2)), nn.ReLU(), nn.Flatten(), nn.LazyLinear(4))
+
+
+def data(shape, n=16, classes=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, *shape, generator=g, dtype=torch.float64), torch.randint(0, classes, (n,), generator=g)
+
+
+def kfac_for(model, **hp):
+    base = dict(lr=0.1, momentum=0.0, weight_decay=0.0, cov_update_freq=1, inv_update_freq=1, stat_decay=0.0,
+                kl_clip=0.0, factor_dtype="float64", fisher_type="empirical")
+    return build_optimizer("kfac", model, F.cross_entropy, {**base, **hp})
+
+
+def our_factors(model, x, y, **hp):
+    """Factors of one batch (stat_decay 0: the running average is this batch's estimate),
+    computed before the step moves the parameters."""
+    opt = kfac_for(model, **hp)
+    opt.step(x, y)
+    return {name: (l.A, l.G) for name, l in opt.layers.items()}
+
+
+def curvlinops_factors(model, x, y, fisher_type):
+    curvlinops = pytest.importorskip("curvlinops")
+    params = [p for p in model.parameters()]
+    op = curvlinops.KFACLinearOperator(model, nn.CrossEntropyLoss(), params, [(x, y)], fisher_type=fisher_type,
+                                       separate_weight_and_bias=False, check_deterministic=False)
+    op.compute_kronecker_factors()
+    return op._input_covariances, op._gradient_covariances
+
+
+@pytest.mark.parametrize("make,shape", [(mlp, (3, 2, 2)), (cnn, (3, 8, 9))])
+@pytest.mark.parametrize("fisher", ["empirical", "exact"])
+def test_factors_equal_curvlinops(make, shape, fisher):
+    torch.manual_seed(0)
+    model = make().double()
+    x, y = data(shape)
+    model(x)  # materialise lazy layers
+    ref_A, ref_G = curvlinops_factors(copy.deepcopy(model), x, y, {"exact": "type-2"}.get(fisher, fisher))
+    ours = our_factors(model, x, y, fisher_type=fisher)
+    assert set(ours) == set(ref_A) == set(ref_G)
+    for name, (A, G) in ours.items():
+        torch.testing.assert_close(A, ref_A[name], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(G, ref_G[name], rtol=1e-10, atol=1e-12)
+
+
+def test_mc_fisher_averages_to_the_type2_fisher():
+    torch.manual_seed(0)
+    model = mlp().double()
+    x, y = data((3, 2, 2), n=32)
+    _, ref_G = curvlinops_factors(copy.deepcopy(model), x, y, "type-2")
+    opt = kfac_for(model, fisher_type="mc", stat_decay=0.0, lr=1e-12)
+    draws = 400
+    sums = {}
+    for _ in range(draws):
+        opt.step(x, y)  # lr ~ 0: the parameters stay put
+        for name, l in opt.layers.items():
+            sums[name] = sums.get(name, 0) + l.G / draws
+    for name, G in sums.items():
+        err = (G - ref_G[name]).norm() / ref_G[name].norm()
+        assert err < 0.1, (name, float(err))
+
+
+def test_one_data_point_kfac_is_the_exact_ggn():
+    """For a single example (no weight sharing), each K-FAC block G kron A is the exact GGN block."""
+    torch.manual_seed(1)
+    model = mlp().double()
+    x, y = data((3, 2, 2), n=1)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    logits = lambda p: functional_call(model, p, (x,))[0]
+    J = jacrev(logits)(params)
+    z = logits(params).detach()
+    H = hessian(lambda z: F.cross_entropy(z[None], y))(z)
+    ours = our_factors(copy.deepcopy(model), x, y, fisher_type="exact")
+    for name, (A, G) in ours.items():
+        Jw, Jb = J[f"{name}.weight"], J[f"{name}.bias"]
+        Jl = torch.cat([Jw, Jb[..., None]], -1).reshape(len(z), -1)  # row-major vec of [W | b]
+        ggn = Jl.T @ H @ Jl
+        torch.testing.assert_close(torch.kron(G, A), ggn, rtol=1e-9, atol=1e-12)
+
+
+def _spd(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    m = torch.randn(n, n, generator=g, dtype=torch.float64)
+    return m @ m.T / n + 0.1 * torch.eye(n, dtype=torch.float64)
+
+
+def test_preconditioning_equals_dense_solves():
+    A, G = _spd(5, 0), _spd(3, 1)
+    V = torch.randn(3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    damping = 0.03
+    dA, QA = torch.linalg.eigh(A)
+    dG, QG = torch.linalg.eigh(G)
+    P = kl.eigen_precondition(V, QA, dA, QG, dG, damping)
+    dense = torch.linalg.solve(torch.kron(G, A) + damping * torch.eye(15, dtype=torch.float64), V.reshape(-1))
+    torch.testing.assert_close(P.reshape(-1), dense)
+    A_inv, G_inv = kl.damped_inverses(A, G, damping)
+    pi = ((A.trace() / 5) / (G.trace() / 3)).sqrt()
+    r = damping**0.5
+    dense = torch.linalg.solve(torch.kron(G + r / pi * torch.eye(3, dtype=torch.float64),
+                                          A + pi * r * torch.eye(5, dtype=torch.float64)), V.reshape(-1))
+    torch.testing.assert_close(kl.inverse_precondition(V, A_inv, G_inv).reshape(-1), dense)
+
+
+@pytest.mark.parametrize("method", ["eigen", "inverse"])
+def test_the_step_is_minus_lr_times_the_dense_natural_gradient(method):
+    torch.manual_seed(2)
+    model = mlp().double()
+    x, y = data((3, 2, 2))
+    before = copy.deepcopy(model)
+    F.cross_entropy(before(x), y).backward()
+    opt = kfac_for(model, inverse_method=method, damping=0.05, lr=0.5)
+    opt.step(x, y)
+    for name, layer in opt.layers.items():
+        A, G = layer.A, layer.G
+        m = dict(before.named_modules())[name]
+        V = torch.cat([m.weight.grad, m.bias.grad[:, None]], 1)
+        if method == "eigen":
+            K = torch.kron(G, A) + 0.05 * torch.eye(A.shape[0] * G.shape[0], dtype=torch.float64)
+        else:
+            pi, r = kl.pi_correction(A, G), 0.05**0.5
+            K = torch.kron(G + r / pi * torch.eye(G.shape[0], dtype=torch.float64),
+                           A + pi * r * torch.eye(A.shape[0], dtype=torch.float64))
+        step = torch.linalg.solve(K, V.reshape(-1)).reshape(V.shape)
+        new = torch.cat([layer.module.weight, layer.module.bias[:, None]], 1)
+        old = torch.cat([m.weight, m.bias[:, None]], 1)
+        torch.testing.assert_close(new, old - 0.5 * step)
+
+
+def test_kl_clipping_scales_the_update_by_its_formula():
+    assert kl_clip_scale(vg=4.0, lr=0.1, kl_clip=1e-3) == pytest.approx((1e-3 / (0.01 * 4.0)) ** 0.5)
+    assert kl_clip_scale(vg=1e-6, lr=0.1, kl_clip=1e-3) == 1.0  # small updates are not enlarged
+    assert kl_clip_scale(vg=4.0, lr=0.1, kl_clip=0.0) == 1.0  # off
+    torch.manual_seed(3)
+    x, y = data((3, 2, 2))
+    m0, m1 = mlp().double(), None
+    m1 = copy.deepcopy(m0)
+    start = [p.detach().clone() for p in m0.parameters()]
+    free, clipped = kfac_for(m0, lr=1.0, kl_clip=0.0), kfac_for(m1, lr=1.0, kl_clip=1e-4)
+    free.step(x, y)
+    clipped.step(x, y)
+    nu = clipped.last_kl_scale
+    assert 0 < nu < 1
+    for p0, p1, s in zip(m0.parameters(), m1.parameters(), start):
+        torch.testing.assert_close(p1 - s, nu * (p0 - s))
+
+
+def test_update_frequencies_are_honoured(monkeypatch):
+    calls = []
+    real = torch.linalg.eigh
+    monkeypatch.setattr(torch.linalg, "eigh", lambda M: calls.append(1) or real(M))
+    model = mlp().double()
+    x, y = data((3, 2, 2))
+    opt = kfac_for(model, cov_update_freq=3, inv_update_freq=10, lr=0.01)
+    for _ in range(25):
+        opt.step(x, y)
+    assert opt.counters["factor_updates"] == 9  # steps 0, 3, ..., 24
+    assert opt.counters["inverse_updates"] == 3  # steps 0, 10, 20
+    assert len(calls) == 3 * 2 * len(opt.layers)  # two factors per layer per decomposition
+
+
+def test_factors_are_batch_size_consistent():
+    """G and A estimate per-example quantities: the factors of a batch of 8B are the mean of the
+    factors of its 8 sub-batches of B (a 1/B^2 scaling of G would make them differ 8-fold), and
+    batches of B and 8B drawn independently agree within sampling error."""
+    torch.manual_seed(4)
+    model = mlp().double()
+    x, y = data((3, 2, 2), n=256, seed=5)
+    big = our_factors(copy.deepcopy(model), x, y)
+    small = [our_factors(copy.deepcopy(model), x[i:i + 32], y[i:i + 32]) for i in range(0, 256, 32)]
+    for name, (A, G) in big.items():
+        torch.testing.assert_close(A, sum(s[name][0] for s in small) / 8)
+        torch.testing.assert_close(G, sum(s[name][1] for s in small) / 8)
+    x2, y2 = data((3, 2, 2), n=32, seed=6)
+    other = our_factors(copy.deepcopy(model), x2, y2)
+    for name, (A, G) in big.items():
+        assert 0.5 < float(other[name][1].trace() / G.trace()) < 2.0
+        assert 0.5 < float(other[name][0].trace() / A.trace()) < 2.0
+
+
+def test_eigensolver_failure_retries_in_float64_then_falls_back(monkeypatch):
+    real = torch.linalg.eigh
+    state = {"fail": 1}
+
+    def flaky(M):
+        if state["fail"] > 0 and M.dtype == torch.float32:
+            state["fail"] -= 1
+            raise torch.linalg.LinAlgError("simulated failure")
+        return real(M)
+
+    monkeypatch.setattr(torch.linalg, "eigh", flaky)
+    x, y = data((3, 2, 2))
+    opt = build_optimizer("kfac", mlp().double(), F.cross_entropy, {"lr": 0.01, "fisher_type": "empirical"})
+    opt.step(x.float().double(), y)
+    assert opt.counters["decomposition_failures"] == 0  # the float64 retry succeeded
+    assert all(l.decomposition is not None for l in opt.layers.values())
+
+    state["fail"] = 10**9  # now every eigendecomposition fails, in any dtype
+    monkeypatch.setattr(torch.linalg, "eigh", lambda M: (_ for _ in ()).throw(torch.linalg.LinAlgError("no")))
+    torch.manual_seed(5)
+    model, plain = mlp().double(), None
+    plain = copy.deepcopy(model)
+    opt = kfac_for(model, lr=0.1)
+    sgd = build_optimizer("sgd", plain, F.cross_entropy, {"lr": 0.1, "momentum": 0.0, "weight_decay": 0.0})
+    opt.step(x, y)
+    sgd.step(x, y)
+    assert opt.counters["decomposition_failures"] == len(opt.layers)
+    assert opt.counters["fallback_layer_steps"] == len(opt.layers)
+    for p, q in zip(model.parameters(), plain.parameters()):  # plain gradient: the SGD step
+        torch.testing.assert_close(p, q)
+
+
+def test_non_finite_statistics_never_crash():
+    model = mlp().double()
+    x, y = data((3, 2, 2))
+    opt = kfac_for(model, lr=0.01)
+    opt.step(x, y)
+    bad = x.clone()
+    bad[0, 0] = float("nan")
+    opt.step(bad, y)  # NaN inputs: the batch statistics are skipped, the running ones stay finite
+    assert opt.counters["skipped_factor_updates"] == len(opt.layers)
+    assert all(torch.isfinite(l.A).all() for l in opt.layers.values())
+    first = next(iter(opt.layers.values()))
+    first.A[0, 0] = float("inf")
+    opt._decompose_all(1e-3)
+    assert first.decomposition is None and opt.counters["decomposition_failures"] == 1
+
+
+def test_state_dict_round_trip_gives_the_identical_next_steps():
+    torch.manual_seed(6)
+    x, y = data((3, 8, 9), n=8)
+    model = cnn().double()
+    model(x)
+    hp = {"lr": 0.05, "cov_update_freq": 2, "inv_update_freq": 3, "fisher_type": "mc", "factor_dtype": "float64"}
+    opt = build_optimizer("kfac", model, F.cross_entropy, hp)
+    for _ in range(7):
+        opt.step(x, y)
+    saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
+    for _ in range(3):
+        opt.step(x, y)
+    clone = cnn().double()
+    clone(x)
+    clone.load_state_dict(saved_model)
+    opt2 = build_optimizer("kfac", clone, F.cross_entropy, hp)
+    opt2.load_state_dict(saved_opt)
+    for _ in range(3):
+        opt2.step(x, y)
+    for p, q in zip(model.parameters(), clone.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_skip_layers_and_bad_hyperparameters():
+    opt = build_optimizer("kfac", mlp(), F.cross_entropy, {"skip_layers": ["5"]})
+    assert set(opt.layers) == {"1", "3"}
+    for bad, says in [({"damping": 0}, "damping must be positive"), ({"stat_decay": 1.0}, "stat_decay"),
+                      ({"fisher_type": "true"}, "fisher_type must be one of mc, empirical, exact"),
+                      ({"inverse_method": "cholesky"}, "inverse_method"), ({"cov_update_freq": 0}, "cov_update_freq"),
+                      ({"cov_update_freq": 2.5}, "whole number"), ({"dampening": 1}, "no hyperparameter dampening")]:
+        with pytest.raises(UsageError, match=says):
+            resolve_hyperparameters("kfac", bad)
+
+
+def test_batchnorm_and_other_parameters_keep_the_plain_gradient():
+    torch.manual_seed(7)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3)).double()
+    x, y = data((3, 6, 6), classes=3)
+    model(x)
+    ref = copy.deepcopy(model)
+    F.cross_entropy(ref(x), y).backward()
+    opt = kfac_for(model, lr=0.1)
+    opt.step(x, y)
+    assert set(opt.layers) == {"0", "4"}
+    bn, bn_ref = model[1], ref[1]
+    torch.testing.assert_close(bn.weight, bn_ref.weight - 0.1 * bn_ref.weight.grad)
+    assert not torch.allclose(model[0].weight, ref[0].weight - 0.1 * ref[0].weight.grad)
