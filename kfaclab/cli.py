@@ -69,6 +69,13 @@ def _add_data_model_args(p):
     m.add_argument("--lr", type=_positive_float, help="base learning rate (at --lr-base-batch-size)")
     m.add_argument("--momentum", type=float)
     m.add_argument("--weight-decay", type=float)
+    m.add_argument("--damping", type=_positive_float, help="K-FAC damping")
+    m.add_argument("--kl-clip", type=float, help="K-FAC KL clipping magnitude (0: off)")
+    m.add_argument("--cov-update-freq", type=_positive_int, help="K-FAC factor update every T_cov steps")
+    m.add_argument("--inv-update-freq", type=_positive_int, help="K-FAC decomposition every T_inv steps")
+    m.add_argument("--stat-decay", type=float, help="K-FAC running-average decay of the factors")
+    m.add_argument("--fisher-type", help="K-FAC: mc | empirical | exact")
+    m.add_argument("--inverse-method", help="K-FAC: eigen | inverse")
     m.add_argument("--hparam", type=_hparam, action="append", default=[], metavar="KEY=VALUE",
                    help="any other optimizer hyperparameter (repeatable)")
     m.add_argument("--seed", type=int, default=0)
@@ -116,13 +123,16 @@ def build_parser():
     k.add_argument("--steps", type=_positive_int, default=20, help="timed steps per round")
     k.add_argument("--rounds", type=_positive_int, default=3)
     k.add_argument("--warmup", type=_positive_int, default=5)
+    k.add_argument("--amortize", type=_positive_int, default=100,
+                   help="steps averaged for the amortized step time (a multiple of T_inv)")
     k.add_argument("--json", help="also write the results here")
     return parser
 
 
 def _hparams(args) -> dict:
     h = dict(args.hparam)
-    for key in ("lr", "momentum", "weight_decay"):
+    for key in ("lr", "momentum", "weight_decay", "damping", "kl_clip", "cov_update_freq", "inv_update_freq",
+                "stat_decay", "fisher_type", "inverse_method"):
         if getattr(args, key) is not None:
             h[key] = getattr(args, key)
     return h
@@ -180,16 +190,21 @@ def cmd_train(args) -> int:
 
 def cmd_bench(args) -> int:
     from kfaclab.bench import format_table, run_bench
-    from kfaclab.optim import resolve_hyperparameters
+    from kfaclab.optim import OPTIMIZERS, resolve_hyperparameters
     from kfaclab.train import RunConfig
     from kfaclab.train.record import write_atomic
 
     cfg = RunConfig(**_data_fields(args))
     cfg.validate("arguments")
     optimizers = [o.strip() for o in args.optimizers.split(",") if o.strip()]
+    known = set().union(*(resolve_hyperparameters(o, {}) for o in optimizers))  # unknown optimizers fail here
+    if set(cfg.hparams) - known:
+        raise UsageError(f"no optimizer of {', '.join(optimizers)} has hyperparameter "
+                         f"{', '.join(sorted(set(cfg.hparams) - known))}")
     for o in optimizers:
-        resolve_hyperparameters(o, cfg.hparams)
-    result = run_bench(cfg, optimizers, steps=args.steps, warmup=args.warmup, rounds=args.rounds)
+        resolve_hyperparameters(o, {k: v for k, v in cfg.hparams.items() if k in OPTIMIZERS[o].defaults})
+    result = run_bench(cfg, optimizers, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
+                       amortize=args.amortize)
     print(format_table(result))
     if args.json:
         write_atomic(args.json, result)

@@ -18,7 +18,9 @@ def run(*args, cwd=ROOT, timeout=300):
 @pytest.mark.parametrize("args,says", [
     (["train", "--model", "resnet99"], "unknown model 'resnet99'; choose from resnet20"),
     (["train", "--dataset", "mnist"], "unknown dataset 'mnist'; choose from cifar10"),
-    (["train", "--optimizer", "adamw"], "unknown optimizer 'adamw'; choose from sgd"),
+    (["train", "--optimizer", "adamw"], "unknown optimizer 'adamw'; choose from sgd, kfac"),
+    (["train", "--optimizer", "kfac", "--fisher-type", "true"], "fisher_type must be one of mc, empirical, exact"),
+    (["train", "--optimizer", "kfac", "--stat-decay", "1"], "stat_decay must be in [0, 1)"),
     (["train", "--batch-size", "0"], "--batch-size: must be positive"),
     (["train", "--batch-size", "-8"], "--batch-size: must be positive"),
     (["train", "--epochs", "0"], "--epochs: must be positive"),
@@ -88,7 +90,7 @@ def test_real_cifar10_jpeg_run_from_the_cli(cifar10_jpeg, tmp_path):
 def test_bench_prints_its_table(tmp_path):
     js = tmp_path / "bench.json"
     r = run("bench", "--model", "mlp:16", "--batch-size", "32", "--steps", "3", "--rounds", "1", "--warmup", "1",
-            "--device", "cpu", "--json", str(js))
+            "--device", "cpu", "--json", str(js), "--amortize", "3")
     assert r.returncode == 0, r.stderr
     assert "data overhead" in r.stdout and "sgd" in r.stdout
     res = json.loads(js.read_text())["results"][0]

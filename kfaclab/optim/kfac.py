@@ -90,8 +90,7 @@ class KFAC(TrainingOptimizer):
         def hook(module, inputs, output):
             if not self._capture_inputs:
                 return
-            rows = kl.input_rows(module, inputs[0].detach()).to(self.dtype)
-            layer.batch_A = kl.factor_A(rows, module.bias is not None)
+            layer.batch_A = kl.layer_factor_A(module, inputs[0].detach(), self.dtype)
             layer.batch_G = None
             output.register_hook(lambda g: self._on_output_grad(layer, g))
         return hook
