@@ -20,7 +20,7 @@ def test_kfac_loss_falls_faster_per_iteration_than_sgd(cifar10_jpeg):
     ds = cifar10_jpeg[0]
     lrs = (0.01, 0.03, 0.1)
     sgd = [run(ds, "sgd", lr) for lr in lrs]
-    kfac = [run(ds, "kfac", lr, damping=0.03, cov_update_freq=5, inv_update_freq=20) for lr in lrs]
+    kfac = [run(ds, "kfac", lr, damping=0.3, cov_update_freq=5, inv_update_freq=20) for lr in lrs]
     for r in sgd + kfac:
         assert validate_record(r) == []
     final = lambda runs: min(r["history"][-1]["train_loss"] for r in runs if r["status"] == "completed")
