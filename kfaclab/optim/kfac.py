@@ -219,13 +219,13 @@ class KFAC(TrainingOptimizer):
                 self.counters["fallback_layer_steps"] += int(d is None)
                 continue
             v = kl.gradient_matrix(layer.module)
-            v64 = v.to(self.dtype)
+            v_f = v.to(self.dtype)  # in the factors' dtype
             if "QA" in d:
-                p = kl.eigen_precondition(v64, d["QA"], d["dA"], d["QG"], d["dG"], damping)
+                p = kl.eigen_precondition(v_f, d["QA"], d["dA"], d["QG"], d["dG"], damping)
             else:
-                p = kl.inverse_precondition(v64, d["A_inv"], d["G_inv"])
+                p = kl.inverse_precondition(v_f, d["A_inv"], d["G_inv"])
             updates[name] = p
-            vg += float((p * v64).sum())
+            vg += float((p * v_f).sum())
         nu = kl_clip_scale(vg, self.lr, self.hyperparameters["kl_clip"])
         for name, p in updates.items():
             kl.set_gradient_matrix(self.layers[name].module, (p * nu).to(self.layers[name].module.weight.dtype))
