@@ -166,12 +166,12 @@ def _train_config(args):
 
 
 def cmd_train(args) -> int:
-    from kfaclab.optim import resolve_hyperparameters
     from kfaclab.train import train
+    from kfaclab.train.loop import classifier_hyperparameters
 
     cfg = _train_config(args)
     cfg.validate("arguments")
-    resolve_hyperparameters(cfg.optimizer, cfg.hparams)  # bad names fail before any data is loaded
+    classifier_hyperparameters(cfg.optimizer, cfg.hparams)  # bad names fail before any data is loaded
     if cfg.output is None:
         cfg.output = f"kfaclab-run-{cfg.run_id()}.json"
     try:
@@ -192,6 +192,7 @@ def cmd_bench(args) -> int:
     from kfaclab.bench import format_table, run_bench
     from kfaclab.optim import OPTIMIZERS, resolve_hyperparameters
     from kfaclab.train import RunConfig
+    from kfaclab.train.loop import classifier_hyperparameters
     from kfaclab.train.record import write_atomic
 
     cfg = RunConfig(**_data_fields(args))
@@ -202,7 +203,7 @@ def cmd_bench(args) -> int:
         raise UsageError(f"no optimizer of {', '.join(optimizers)} has hyperparameter "
                          f"{', '.join(sorted(set(cfg.hparams) - known))}")
     for o in optimizers:
-        resolve_hyperparameters(o, {k: v for k, v in cfg.hparams.items() if k in OPTIMIZERS[o].defaults})
+        classifier_hyperparameters(o, {k: v for k, v in cfg.hparams.items() if k in OPTIMIZERS[o].defaults})
     result = run_bench(cfg, optimizers, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
                        amortize=args.amortize)
     print(format_table(result))

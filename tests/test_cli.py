@@ -21,6 +21,7 @@ def run(*args, cwd=ROOT, timeout=300):
     (["train", "--optimizer", "adamw"], "unknown optimizer 'adamw'; choose from sgd, kfac"),
     (["train", "--optimizer", "kfac", "--fisher-type", "true"], "fisher_type must be one of mc, empirical, exact"),
     (["train", "--optimizer", "kfac", "--stat-decay", "1"], "stat_decay must be in [0, 1)"),
+    (["train", "--optimizer", "kfac", "--hparam", "likelihood=gaussian"], "likelihood gaussian does not match the training loss"),
     (["train", "--batch-size", "0"], "--batch-size: must be positive"),
     (["train", "--batch-size", "-8"], "--batch-size: must be positive"),
     (["train", "--epochs", "0"], "--epochs: must be positive"),

@@ -31,10 +31,14 @@ def data(shape, n=16, classes=4, seed=0):
     return torch.randn(n, *shape, generator=g, dtype=torch.float64), torch.randint(0, classes, (n,), generator=g)
 
 
+LOSSES = {"categorical": F.cross_entropy, "gaussian": F.mse_loss}
+
+
 def kfac_for(model, **hp):
     base = dict(lr=0.1, momentum=0.0, weight_decay=0.0, cov_update_freq=1, inv_update_freq=1, stat_decay=0.0,
                 kl_clip=0.0, factor_dtype="float64", fisher_type="empirical")
-    return build_optimizer("kfac", model, F.cross_entropy, {**base, **hp})
+    h = {**base, **hp}
+    return build_optimizer("kfac", model, LOSSES[h.get("likelihood", "categorical")], h)
 
 
 def our_factors(model, x, y, **hp):
@@ -45,10 +49,10 @@ def our_factors(model, x, y, **hp):
     return {name: (l.A, l.G) for name, l in opt.layers.items()}
 
 
-def curvlinops_factors(model, x, y, fisher_type):
+def curvlinops_factors(model, x, y, fisher_type, loss=nn.CrossEntropyLoss()):
     curvlinops = pytest.importorskip("curvlinops")
     params = [p for p in model.parameters()]
-    op = curvlinops.KFACLinearOperator(model, nn.CrossEntropyLoss(), params, [(x, y)], fisher_type=fisher_type,
+    op = curvlinops.KFACLinearOperator(model, loss, params, [(x, y)], fisher_type=fisher_type,
                                        separate_weight_and_bias=False, check_deterministic=False)
     op.compute_kronecker_factors()
     return op._input_covariances, op._gradient_covariances
@@ -64,6 +68,23 @@ def test_factors_equal_curvlinops(make, shape, fisher):
     ref_A, ref_G = curvlinops_factors(copy.deepcopy(model), x, y, {"exact": "type-2"}.get(fisher, fisher))
     ours = our_factors(model, x, y, fisher_type=fisher)
     assert set(ours) == set(ref_A) == set(ref_G)
+    for name, (A, G) in ours.items():
+        torch.testing.assert_close(A, ref_A[name], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(G, ref_G[name], rtol=1e-10, atol=1e-12)
+
+
+def test_gaussian_likelihood_factors_equal_curvlinops_mse():
+    # The likelihood only matters for the exact (type-2) and mc Fishers; the empirical one
+    # backpropagates the loss itself. (curvlinops also rescales MSELoss's empirical Fisher by
+    # the output size, a convention of its own, so that comparison would not be like for like.)
+    fisher = "exact"
+    torch.manual_seed(0)
+    model = mlp().double()
+    x, _ = data((3, 2, 2))
+    y = torch.randn(len(x), 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    ref_A, ref_G = curvlinops_factors(copy.deepcopy(model), x, y, {"exact": "type-2"}.get(fisher, fisher),
+                                      loss=nn.MSELoss())
+    ours = our_factors(model, x, y, fisher_type=fisher, likelihood="gaussian")
     for name, (A, G) in ours.items():
         torch.testing.assert_close(A, ref_A[name], rtol=1e-10, atol=1e-12)
         torch.testing.assert_close(G, ref_G[name], rtol=1e-10, atol=1e-12)
@@ -102,6 +123,60 @@ def test_one_data_point_kfac_is_the_exact_ggn():
         Jl = torch.cat([Jw, Jb[..., None]], -1).reshape(len(z), -1)  # row-major vec of [W | b]
         ggn = Jl.T @ H @ Jl
         torch.testing.assert_close(torch.kron(G, A), ggn, rtol=1e-9, atol=1e-12)
+
+
+def dense_ggn_blocks(model, x, loss):
+    """Each layer's diagonal block of the GGN sum_n J_n^T H_n J_n of the batch loss, dense, via
+    torch.func, in the row-major vec order of [W | b]."""
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    f = lambda p: functional_call(model, p, (x,))
+    J = jacrev(f)(params)  # (B, C, *param shape)
+    z = f(params).detach()
+    H = hessian(loss)(z).reshape(z.numel(), z.numel())  # the loss couples nothing across examples
+    blocks = {}
+    for name in {k.rsplit(".", 1)[0] for k in params}:
+        Jl = torch.cat([J[f"{name}.weight"], J[f"{name}.bias"][..., None]], -1).reshape(z.numel(), -1)
+        blocks[name] = Jl.T @ H @ Jl
+    return blocks
+
+
+def test_deep_linear_network_with_mse_kfac_is_the_exact_ggn():
+    """In a deep linear network the output's Jacobian with respect to a layer's output is the
+    product of the later weights, the same for every example, and the MSE Hessian is constant:
+    the per-example G is the same for all examples, so A kron G is the exact GGN block for a
+    whole batch, not just one example."""
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 4), nn.Linear(4, 3)).double()
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(24, 6, generator=g, dtype=torch.float64), torch.randn(24, 3, generator=g, dtype=torch.float64)
+    ggn = dense_ggn_blocks(model, x, lambda z: F.mse_loss(z, y))
+    ours = our_factors(copy.deepcopy(model), x, y, fisher_type="exact", likelihood="gaussian")
+    assert set(ours) == set(ggn)
+    for name, (A, G) in ours.items():
+        torch.testing.assert_close(torch.kron(G, A), ggn[name], rtol=1e-9, atol=1e-12)
+    # The identity is special: with a nonlinearity in between K-FAC is only an approximation.
+    bent = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 4), nn.Linear(4, 3)).double()
+    ggn = dense_ggn_blocks(bent, x, lambda z: F.mse_loss(z, y))
+    A, G = our_factors(copy.deepcopy(bent), x, y, fisher_type="exact", likelihood="gaussian")["0"]
+    assert (torch.kron(G, A) - ggn["0"]).norm() > 1e-3 * ggn["0"].norm()
+
+
+def test_gaussian_mc_fisher_averages_to_the_exact_one():
+    torch.manual_seed(0)
+    model = mlp().double()
+    x, _ = data((3, 2, 2), n=32)
+    y = torch.zeros(32, 4, dtype=torch.float64)
+    exact = our_factors(copy.deepcopy(model), x, y, fisher_type="exact", likelihood="gaussian")
+    opt = kfac_for(model, fisher_type="mc", likelihood="gaussian", lr=1e-12)
+    draws = 400
+    sums = {}
+    for _ in range(draws):
+        opt.step(x, y)
+        for name, l in opt.layers.items():
+            sums[name] = sums.get(name, 0) + l.G / draws
+    for name, G in sums.items():
+        err = (G - exact[name][1]).norm() / exact[name][1].norm()
+        assert err < 0.1, (name, float(err))
 
 
 def _spd(n, seed):

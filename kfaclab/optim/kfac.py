@@ -22,6 +22,9 @@ from kfaclab.optim.base import TrainingOptimizer
 
 FISHER_TYPES = ("mc", "empirical", "exact")
 INVERSE_METHODS = ("eigen", "inverse")
+# The model's predictive distribution, which the mc and exact Fisher types need: categorical
+# goes with F.cross_entropy on logits, gaussian with F.mse_loss (mean over batch and outputs).
+LIKELIHOODS = ("categorical", "gaussian")
 FACTOR_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -46,11 +49,11 @@ class KFAC(TrainingOptimizer):
         "damping": 1e-3, "damping_decay": 1.0, "damping_decay_steps": 1000, "damping_min": 0.0,
         "kl_clip": 1e-3,  # 0 switches KL clipping off
         "cov_update_freq": 10, "inv_update_freq": 100, "stat_decay": 0.95,
-        "fisher_type": "mc", "inverse_method": "eigen", "factor_dtype": "float32",
+        "fisher_type": "mc", "likelihood": "categorical", "inverse_method": "eigen", "factor_dtype": "float32",
         "skip_layers": [],  # fnmatch patterns of module names left to the plain gradient
         "seed": 0,  # for the labels sampled by the MC Fisher
     }
-    choices = {"fisher_type": FISHER_TYPES, "inverse_method": INVERSE_METHODS, "factor_dtype": tuple(FACTOR_DTYPES)}
+    choices = {"fisher_type": FISHER_TYPES, "likelihood": LIKELIHOODS, "inverse_method": INVERSE_METHODS, "factor_dtype": tuple(FACTOR_DTYPES)}
 
     @staticmethod
     def check(h: dict) -> list[str]:
@@ -140,24 +143,43 @@ class KFAC(TrainingOptimizer):
         return loss.detach()
 
     def _curvature_backward(self, out: torch.Tensor):
-        """Backward passes that give G its meaning: one with labels sampled from the model's
-        predictive distribution (mc), or one per class with the square root of the loss
-        Hessian (exact, the type-2 Fisher = GGN for softmax cross-entropy; small outputs only)."""
-        b = len(out)
+        """Backward passes that give G its meaning: one with targets sampled from the model's
+        predictive distribution (mc), or one per output with the square root of the loss
+        Hessian (exact: the type-2 Fisher, which equals the GGN for these losses; small
+        outputs only). Both backpropagate S with S S^T = the Hessian of the batch-mean loss
+        with respect to the outputs (in expectation for mc)."""
+        b, c_out = out.shape[0], out.shape[1]
+        self._capture_grads = True
+        mc = self.hyperparameters["fisher_type"] == "mc"
+        if self.hyperparameters["likelihood"] == "gaussian":
+            # F.mse_loss averages over B x C: the Hessian is (2 / (B C)) I per example, so
+            # S = sqrt(2 / C) / B times a standard normal sample (mc) or a unit vector (exact).
+            scale = math.sqrt(2.0 / out[0].numel()) / b
+            if mc:
+                z = torch.randn(out.shape, generator=self.generator, device=out.device, dtype=out.dtype)
+                out.backward(z * scale, retain_graph=True)
+                self.counters["propagations"] += b
+                return
+            flat = torch.zeros_like(out).flatten(1)
+            for c in range(flat.shape[1]):
+                flat.zero_()
+                flat[:, c] = scale
+                out.backward(flat.view_as(out), retain_graph=True)
+            self.counters["propagations"] += b * flat.shape[1]
+            return
         # Softmax in at least float32 (bf16/fp16 logits), in float64 when the model is.
         probs = F.softmax(out.detach().to(torch.promote_types(out.dtype, torch.float32)), dim=1).to(out.dtype)
-        self._capture_grads = True
-        if self.hyperparameters["fisher_type"] == "mc":
+        if mc:
             sampled = torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
             F.cross_entropy(out, sampled).backward(retain_graph=True)
             self.counters["propagations"] += b
             return
-        eye = torch.eye(out.shape[1], dtype=out.dtype, device=out.device)
-        for c in range(out.shape[1]):
+        eye = torch.eye(c_out, dtype=out.dtype, device=out.device)
+        for c in range(c_out):
             # H = diag(p) - p p^T = sum_c h_c h_c^T with h_c = sqrt(p_c) (e_c - p); 1/B for the mean.
             h_c = probs[:, c : c + 1].sqrt() * (eye[c] - probs) / b
             out.backward(h_c, retain_graph=True)
-        self.counters["propagations"] += b * out.shape[1]
+        self.counters["propagations"] += b * c_out
 
     def _update_factors(self):
         decay = self.hyperparameters["stat_decay"]

@@ -64,10 +64,19 @@ def evaluate(model, loader: DeviceLoader) -> tuple[float, float]:
     return loss_sum.item() / n, correct.item() / n
 
 
+def classifier_hyperparameters(optimizer: str, given: dict) -> dict:
+    """The optimizer's resolved hyperparameters for training a classifier with cross-entropy."""
+    hp = resolve_hyperparameters(optimizer, given)
+    if hp.get("likelihood", "categorical") != "categorical":
+        raise UsageError(f"likelihood {hp['likelihood']} does not match the training loss: kfaclab trains "
+                         "classifiers with cross-entropy; use likelihood categorical")
+    return hp
+
+
 def plan(cfg: RunConfig, steps_per_epoch: int) -> dict:
     """What the config resolves to for this data: iteration budget, peak lr, warmup, evaluations."""
     iters = total_iterations(cfg.budget, cfg.budget_value, cfg.batch_size, steps_per_epoch, cfg.rule_b0, cfg.rule_e0)
-    hp = resolve_hyperparameters(cfg.optimizer, cfg.hparams)
+    hp = classifier_hyperparameters(cfg.optimizer, cfg.hparams)
     peak = scaled_lr(hp["lr"], cfg.batch_size, cfg.lr_base_batch_size, cfg.lr_scaling)
     return {
         "iterations": iters,
