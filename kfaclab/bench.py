@@ -53,10 +53,13 @@ def run_bench(cfg: RunConfig, optimizers=("sgd",), steps: int = 20, warmup: int 
         model = build_model(cfg.model, loader.input_shape, ds.num_classes).to(device)
         known = OPTIMIZERS[name].defaults  # shared flags (lr, ...) go to every optimizer that has them
         opt = build_optimizer(name, model, F.cross_entropy, {k: v for k, v in cfg.hparams.items() if k in known})
+        opt.attach_training_data(loader)
         t_pre, t_load, t_data = [], [], []
         for i in range(warmup):
             opt.step(*premade[i % len(premade)])
+        props0 = opt.counters["propagations"]
         amortized = _timed(lambda: [opt.step(*premade[i % len(premade)]) for i in range(amortize)], device) / amortize
+        props = (opt.counters["propagations"] - props0) / amortize
         if progress:
             print(f"  {name}: {amortize} steps amortized: {1e3 * amortized:.1f} ms/step", flush=True)
         # Interleaved step by step: drift of the machine hits the three timings alike.
@@ -68,7 +71,7 @@ def run_bench(cfg: RunConfig, optimizers=("sgd",), steps: int = 20, warmup: int 
             if progress:
                 print(f"  {name}: round {r + 1}/{rounds} done", flush=True)
         pre, load, data = (statistics.median(t) for t in (t_pre, t_load, t_data))
-        results.append({"optimizer": name, "amortized_step_s": amortized, "step_premade_s": pre, "step_loader_s": load, "loader_only_s": data,
+        results.append({"optimizer": name, "amortized_step_s": amortized, "propagations_per_step": props, "step_premade_s": pre, "step_loader_s": load, "loader_only_s": data,
                         "overhead_step_diff": load / pre - 1.0, "overhead_loader_share": data / pre})
     base = results[0]["amortized_step_s"]
     for r in results:
@@ -89,13 +92,14 @@ def format_table(b: dict) -> str:
     lines = [f"kfaclab bench: model={b['model']} batch={b['batch_size']} input={'x'.join(map(str, b['resolution']))} "
              f"data={b['dataset']} device={b['device']} threads={b['threads']} "
              f"(amortized: mean of {b['amortize']} steps; others: medians of {b['steps']} steps)",
-             f"{'optimizer':<10} {'amortized ms':>13} {'vs first':>9} {'median ms':>10} {'w/ loader ms':>13} "
+             f"{'optimizer':<10} {'amortized ms':>13} {'vs first':>9} {'props/step':>11} {'median ms':>10} {'w/ loader ms':>13} "
              f"{'loader ms':>10} {'data overhead':>14} {'loader/step':>12}"]
     for r in b["results"]:
-        lines.append(f"{r['optimizer']:<10} {1e3 * r['amortized_step_s']:>13.2f} {r['ratio_to_first']:>8.2f}x "
+        lines.append(f"{r['optimizer']:<10} {1e3 * r['amortized_step_s']:>13.2f} {r['ratio_to_first']:>8.2f}x {r['propagations_per_step']:>11.0f} "
                      f"{1e3 * r['step_premade_s']:>10.2f} {1e3 * r['step_loader_s']:>13.2f} "
                      f"{1e3 * r['loader_only_s']:>10.3f} {100 * r['overhead_step_diff']:>+13.1f}% "
                      f"{100 * r['overhead_loader_share']:>11.1f}%")
-    lines.append("vs first = amortized step time / the first optimizer's; data overhead = median step with loader / "
+    lines.append("vs first = amortized step time / the first optimizer's; props/step = propagations per step "
+                 "(forward+backward over n examples = 2n; a Hessian-vector product over S = 2|S|); data overhead = median step with loader / "
                  "median step on pre-made batches - 1; loader/step = loader alone / median step")
     return "\n".join(lines)

@@ -76,6 +76,13 @@ def _add_data_model_args(p):
     m.add_argument("--stat-decay", type=float, help="K-FAC running-average decay of the factors")
     m.add_argument("--fisher-type", help="K-FAC: mc | empirical | exact")
     m.add_argument("--inverse-method", help="K-FAC: eigen | inverse")
+    m.add_argument("--radius", type=_positive_float, help="TRCG: initial trust-region radius")
+    m.add_argument("--max-radius", type=_positive_float, help="TRCG: largest trust-region radius")
+    m.add_argument("--cg-max-iters", type=_positive_int, help="TRCG: CG iterations per step at most")
+    m.add_argument("--cg-tol", type=_positive_float, help="TRCG: relative CG residual tolerance")
+    m.add_argument("--hessian-fraction", type=_positive_float, help="TRCG: Hessian sample, fraction of the data")
+    m.add_argument("--gradient-fraction", type=_positive_float, help="TRCG: gradient sample, fraction of the data")
+    m.add_argument("--curvature", help="TRCG: hessian | gauss-newton")
     m.add_argument("--hparam", type=_hparam, action="append", default=[], metavar="KEY=VALUE",
                    help="any other optimizer hyperparameter (repeatable)")
     m.add_argument("--seed", type=int, default=0)
@@ -132,7 +139,8 @@ def build_parser():
 def _hparams(args) -> dict:
     h = dict(args.hparam)
     for key in ("lr", "momentum", "weight_decay", "damping", "kl_clip", "cov_update_freq", "inv_update_freq",
-                "stat_decay", "fisher_type", "inverse_method"):
+                "stat_decay", "fisher_type", "inverse_method", "radius", "max_radius", "cg_max_iters", "cg_tol",
+                "hessian_fraction", "gradient_fraction", "curvature"):
         if getattr(args, key) is not None:
             h[key] = getattr(args, key)
     return h

@@ -21,6 +21,8 @@ def run(*args, cwd=ROOT, timeout=300):
     (["train", "--optimizer", "adamw"], "unknown optimizer 'adamw'; choose from sgd, kfac"),
     (["train", "--optimizer", "kfac", "--fisher-type", "true"], "fisher_type must be one of mc, empirical, exact"),
     (["train", "--optimizer", "kfac", "--stat-decay", "1"], "stat_decay must be in [0, 1)"),
+    (["train", "--optimizer", "trcg", "--curvature", "fisher"], "curvature must be one of hessian, gauss-newton"),
+    (["train", "--optimizer", "trcg", "--lr", "0.1"], "optimizer 'trcg' has no hyperparameter lr"),
     (["train", "--optimizer", "kfac", "--hparam", "likelihood=gaussian"], "likelihood gaussian does not match the training loss"),
     (["train", "--batch-size", "0"], "--batch-size: must be positive"),
     (["train", "--batch-size", "-8"], "--batch-size: must be positive"),
@@ -96,3 +98,16 @@ def test_bench_prints_its_table(tmp_path):
     assert "data overhead" in r.stdout and "sgd" in r.stdout
     res = json.loads(js.read_text())["results"][0]
     assert res["step_premade_s"] > 0 and res["loader_only_s"] > 0 and res["ratio_to_first"] == 1.0
+    assert res["propagations_per_step"] == 2 * 32
+
+
+def test_bench_times_trcg_and_counts_its_propagations(tmp_path):
+    js = tmp_path / "bench.json"
+    r = run("bench", "--model", "mlp:16", "--batch-size", "32", "--steps", "2", "--rounds", "1", "--warmup", "1",
+            "--device", "cpu", "--json", str(js), "--amortize", "2", "--optimizers", "sgd,strcg",
+            "--hessian-fraction", "0.05", "--cg-max-iters", "3")
+    assert r.returncode == 0, r.stderr
+    sgd, strcg = json.loads(js.read_text())["results"]
+    # The Hessian sample is 5% of the synthetic split's 5000 images; a product over it costs 2 x 250.
+    assert strcg["propagations_per_step"] >= 2 * 32 + 32 + 2 * 250 + 2 * 250
+    assert strcg["ratio_to_first"] > 1

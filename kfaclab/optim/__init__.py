@@ -10,8 +10,9 @@ from kfaclab.errors import UsageError
 from kfaclab.optim.base import LossFn, TrainingOptimizer
 from kfaclab.optim.kfac import KFAC
 from kfaclab.optim.sgd import SGD
+from kfaclab.optim.trcg import STRCG, TRCG
 
-OPTIMIZERS: dict[str, type[TrainingOptimizer]] = {"sgd": SGD, "kfac": KFAC}
+OPTIMIZERS: dict[str, type[TrainingOptimizer]] = {"sgd": SGD, "kfac": KFAC, "trcg": TRCG, "strcg": STRCG}
 
 __all__ = ["OPTIMIZERS", "TrainingOptimizer", "build_optimizer", "resolve_hyperparameters"]
 

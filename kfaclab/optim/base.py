@@ -27,6 +27,10 @@ class TrainingOptimizer:
         self.counters: dict[str, float] = {"steps": 0, "propagations": 0}
         self.torch_optimizer: torch.optim.Optimizer | None = None
 
+    def attach_training_data(self, loader) -> None:
+        """Optimizers that need more than the batch (TRCG: the full gradient, Hessian samples)
+        keep the loop's training loader here; the others ignore it."""
+
     def set_lr(self, lr: float) -> None:
         for group in self.torch_optimizer.param_groups:
             group["lr"] = lr

@@ -77,7 +77,8 @@ def plan(cfg: RunConfig, steps_per_epoch: int) -> dict:
     """What the config resolves to for this data: iteration budget, peak lr, warmup, evaluations."""
     iters = total_iterations(cfg.budget, cfg.budget_value, cfg.batch_size, steps_per_epoch, cfg.rule_b0, cfg.rule_e0)
     hp = classifier_hyperparameters(cfg.optimizer, cfg.hparams)
-    peak = scaled_lr(hp["lr"], cfg.batch_size, cfg.lr_base_batch_size, cfg.lr_scaling)
+    # A trust region has no learning rate: then there is no schedule either.
+    peak = scaled_lr(hp["lr"], cfg.batch_size, cfg.lr_base_batch_size, cfg.lr_scaling) if "lr" in hp else None
     return {
         "iterations": iters,
         "epochs": iters / steps_per_epoch,
@@ -87,7 +88,7 @@ def plan(cfg: RunConfig, steps_per_epoch: int) -> dict:
         "peak_lr": peak,
         "warmup_iterations": min(iters, round(cfg.warmup_epochs * steps_per_epoch)),
         "evaluation_iterations": evaluation_iterations(iters, steps_per_epoch, cfg.eval_every_epochs, cfg.min_evals),
-        "hparams": {**hp, "lr": peak},
+        "hparams": {**hp, "lr": peak} if peak is not None else hp,
     }
 
 
@@ -107,8 +108,12 @@ def train(cfg: RunConfig, *, dataset: Dataset | None = None, progress: bool = Tr
     torch.manual_seed(cfg.seed)  # model initialisation
     model = build_model(cfg.model, train_loader.input_shape, ds.num_classes).to(device)
     opt = build_optimizer(cfg.optimizer, model, F.cross_entropy, p["hparams"])
-    schedule = LRSchedule(p["peak_lr"], p["iterations"], p["warmup_iterations"], cfg.lr_decay,
-                          cfg.lr_milestones, cfg.lr_gamma)
+    opt.attach_training_data(train_loader)
+    if p["peak_lr"] is None:
+        schedule = lambda t: None  # noqa: E731
+    else:
+        schedule = LRSchedule(p["peak_lr"], p["iterations"], p["warmup_iterations"], cfg.lr_decay,
+                              cfg.lr_milestones, cfg.lr_gamma)
     resolved = {
         **p, "train_examples": train_loader.num_examples,
         "test_examples": test_loader.num_examples, "input_shape": list(train_loader.input_shape),

@@ -35,7 +35,7 @@ TARGET_ENTRY = {
     "epoch": OPT_NUM, "examples": (int, type(None)), "seconds": OPT_NUM, "propagations": OPT_NUM,
 }
 RESOLVED = {
-    "iterations": int, "epochs": NUM, "examples": int, "steps_per_epoch": int, "peak_lr": NUM,
+    "iterations": int, "epochs": NUM, "examples": int, "steps_per_epoch": int, "peak_lr": OPT_NUM,
     "warmup_iterations": int, "evaluation_iterations": list, "train_examples": int, "test_examples": int,
     "input_shape": list, "num_classes": int, "num_parameters": int, "hparams": dict, "device": str, "rule_epochs": OPT_NUM, "dataset_source": str,
 }
