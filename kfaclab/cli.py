@@ -1,4 +1,4 @@
-"""`python -m kfaclab {train,bench}`: argument parsing and error reporting only.
+"""`python -m kfaclab {train,bench,sweep}`: argument parsing and error reporting only.
 
 Bad input is one line on stderr naming the problem and the fix, with exit code 2.
 """
@@ -133,6 +133,19 @@ def build_parser():
     k.add_argument("--amortize", type=_positive_int, default=100,
                    help="steps averaged for the amortized step time (a multiple of T_inv)")
     k.add_argument("--json", help="also write the results here")
+    w = sub.add_parser("sweep", help="run a study (runs/<study>/study.yaml) as papermill notebooks, resumably")
+    w.add_argument("spec", help="the study spec, e.g. runs/smoke/study.yaml")
+    w.add_argument("--workers", type=_positive_int, default=1, help="runs in parallel (CPU)")
+    w.add_argument("--gpus", help="GPU indices, e.g. 0,1: one worker per GPU x --runs-per-gpu")
+    w.add_argument("--runs-per-gpu", type=_positive_int, default=1, help="runs sharing one GPU")
+    w.add_argument("--threads", type=_positive_int, help="CPU threads per run (default: cores / workers)")
+    w.add_argument("--retry-failed", action="store_true", help="re-run runs that failed before")
+    w.add_argument("--kernel-per-run", action="store_true",
+                   help="a fresh kernel for every run (default: one per worker, restarted after a failure)")
+    w.add_argument("--dry-run", action="store_true", help="list what would run and its estimated cost")
+    w.add_argument("--only", metavar="PATTERN", help="only runs whose name matches (fnmatch), e.g. 'kfac-b128-*'")
+    w.add_argument("--limit", type=_positive_int, help="at most N of the pending runs")
+    w.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -220,6 +233,26 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from kfaclab.sweep import load_study
+    from kfaclab.sweep.runner import dry_run, parse_gpus, sweep
+
+    study = load_study(args.spec)
+    gpus = parse_gpus(args.gpus)
+    if args.dry_run:
+        print(dry_run(study, args.retry_failed, args.only, args.limit))
+        return 0
+    summary = sweep(study, workers=args.workers, gpus=gpus, runs_per_gpu=args.runs_per_gpu, threads=args.threads,
+                    retry_failed=args.retry_failed, only=args.only, limit=args.limit, progress=not args.quiet,
+                    kernel_per_run=args.kernel_per_run)
+    print(f"study {study.name} ({study.directory}):")
+    print(summary.table())
+    if summary.interrupted:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 1 if summary.count("failed") else 0
+
+
 def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -227,7 +260,7 @@ def main(argv=None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        return {"train": cmd_train, "bench": cmd_bench}[args.command](args)
+        return {"train": cmd_train, "bench": cmd_bench, "sweep": cmd_sweep}[args.command](args)
     except UsageError as e:
         print(f"kfaclab: error: {e}", file=sys.stderr)
         return EXIT_USAGE

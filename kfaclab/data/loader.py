@@ -44,6 +44,18 @@ def crop_and_flip(padded: torch.Tensor, idx: torch.Tensor, padding: int, generat
     return x.transpose(2, 3).contiguous()
 
 
+def downsample(split: Split, resolution: int) -> Split:
+    """The split at resolution x resolution (area averaging, rounded back to uint8)."""
+    if tuple(split.images.shape[2:]) == (resolution, resolution):
+        return split
+    images = torch.from_numpy(np.ascontiguousarray(split.images))
+    out = torch.empty((len(images), images.shape[1], resolution, resolution), dtype=torch.uint8)
+    for i in range(0, len(images), 4096):  # in chunks: no float copy of the whole split
+        small = F.interpolate(images[i : i + 4096].float(), size=(resolution, resolution), mode="area")
+        out[i : i + 4096] = small.round_().clamp_(0, 255).to(torch.uint8)
+    return Split(out.numpy(), split.labels)
+
+
 class DeviceLoader:
     """Batches of one split, normalised float32 on `device`.
 
@@ -65,11 +77,9 @@ class DeviceLoader:
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
         self.device = torch.device(device)
-        images = torch.from_numpy(np.ascontiguousarray(split.images))
-        if resolution is not None and tuple(images.shape[2:]) != (resolution, resolution):
-            images = F.interpolate(images.float(), size=(resolution, resolution), mode="area")
-            images = images.round_().clamp_(0, 255).to(torch.uint8)
-        self.images = images.to(self.device)
+        if resolution is not None:
+            split = downsample(split, resolution)
+        self.images = torch.from_numpy(np.ascontiguousarray(split.images)).to(self.device)
         # Augmentation reads from a zero-padded copy made once, not padded batch by batch.
         self._padded = F.pad(self.images, (crop_padding,) * 4) if augment else None
         self.labels = torch.from_numpy(np.asarray(split.labels, dtype=np.int64)).to(self.device)

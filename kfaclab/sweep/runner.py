@@ -1,0 +1,380 @@
+"""`python -m kfaclab sweep`: a study's runs, executed as papermill notebooks, resumably.
+
+State lives in the study folder only, one pair of files per run:
+  <run>.json          the run record, written atomically by kfaclab.train: the run is done when
+                      it holds this run's id and status completed or diverged;
+  <run>.ipynb         the executed notebook (renamed into place when execution ends);
+  <run>.failed.json   written by the sweep when a run failed without a record of its own
+                      (kernel died, papermill failed), with the error's last lines.
+So a re-run skips what is done, retries failed runs only when asked (--retry-failed), and
+re-runs interrupted ones; a kill at any moment leaves nothing that counts as done but is not.
+
+Each run is one child process (`kfaclab.sweep.execute`) that starts its own kernel. Workers
+get CPU threads so that together they do not oversubscribe the cores, and with --gpus one GPU
+each through CUDA_VISIBLE_DEVICES (several workers may share a GPU).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from kfaclab.errors import UsageError
+from kfaclab.sweep.execute import partial_path
+from kfaclab.sweep.spec import Run, Study
+from kfaclab.train.record import write_atomic
+
+TRAIN_SIZES = {"cifar10": 50000, "cifar10-jpeg": 50000, "svhn": 73257, "synthetic": 5000}
+NAMED_PARAMETERS = ("dataset", "model", "optimizer", "hparams", "batch_size", "budget", "budget_value", "targets",
+                    "seed", "device")
+
+
+def template_path() -> Path:
+    return Path(str(resources.files("kfaclab") / "templates" / "experiment.ipynb"))
+
+
+def notebook_parameters(run: Run, threads: int | None) -> dict:
+    d = run.config.to_dict()
+    params = {k: d.pop(k) for k in NAMED_PARAMETERS}
+    d.pop("output")
+    return {**params, "output": f"{run.name}.json", "extra": d, "threads": threads, "progress": False,
+            "run_name": run.name}
+
+
+# ---------------------------------------------------------------------- state of a run
+
+def run_state(directory: Path, run: Run) -> str:
+    """done | failed | pending (never run, or interrupted)."""
+    record = _read_json(directory / f"{run.name}.json")
+    if record is not None and record.get("run_id") == run.run_id:
+        status = record.get("status")
+        if status in ("completed", "diverged"):
+            return "done"
+        if status == "failed":
+            return "failed"
+        return "pending"  # interrupted: re-run
+    if (directory / f"{run.name}.failed.json").exists():
+        return "failed"
+    return "pending"
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+# ---------------------------------------------------------------------- outcomes
+
+@dataclass
+class Outcome:
+    run: Run
+    status: str  # completed | diverged | failed | interrupted
+    wall_seconds: float
+    run_seconds: float | None = None  # training + evaluation inside the run (from its record)
+    error: str | None = None
+
+
+@dataclass
+class Summary:
+    outcomes: list[Outcome] = field(default_factory=list)
+    skipped_done: int = 0
+    skipped_failed: int = 0
+    wall_seconds: float = 0.0
+    interrupted: bool = False
+
+    def count(self, status: str) -> int:
+        return sum(o.status == status for o in self.outcomes)
+
+    @property
+    def overhead(self) -> dict | None:
+        timed = [o for o in self.outcomes if o.run_seconds is not None]
+        if not timed:
+            return None
+        wall = sum(o.wall_seconds for o in timed)
+        inside = sum(o.run_seconds for o in timed)
+        return {"runs": len(timed), "per_run_s": (wall - inside) / len(timed), "share": (wall - inside) / wall,
+                "wall_s": wall}
+
+    def table(self) -> str:
+        rows = [("done", self.count("completed")), ("diverged", self.count("diverged")),
+                ("failed", self.count("failed")), ("interrupted", self.count("interrupted")),
+                ("skipped (already done)", self.skipped_done), ("skipped (failed before)", self.skipped_failed)]
+        lines = [f"{name:<26}{n:>6}" for name, n in rows]
+        lines.append(f"{'time':<26}{self.wall_seconds:>9.1f} s")
+        o = self.overhead
+        if o:
+            lines.append(f"{'runner overhead':<26}{o['per_run_s']:>9.2f} s per run ({100 * o['share']:.1f}% of run "
+                         f"wall time; papermill, kernel start, imports, data and model set-up)")
+        for out in self.outcomes:
+            if out.status == "failed":
+                first = (out.error or "").strip().splitlines()[-1:] or [""]
+                lines.append(f"failed: {out.run.name}: {first[0]}")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- workers
+
+class Worker:
+    """A `kfaclab.sweep.execute` process (one kernel) serving one slot: its CPU threads and,
+    with --gpus, its GPU through CUDA_VISIBLE_DEVICES, which the kernel inherits."""
+
+    def __init__(self, threads: int | None, gpu: str | None, kernel_per_run: bool = False):
+        self.threads, self.gpu, self.kernel_per_run = threads, gpu, kernel_per_run
+        self.proc: subprocess.Popen | None = None
+        self.log = tempfile.TemporaryFile("w+")
+
+    def _start(self):
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if self.threads:
+            env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
+        if self.gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = self.gpu
+        args = [sys.executable, "-m", "kfaclab.sweep.execute"] + (["--kernel-per-run"] if self.kernel_per_run else [])
+        # A session of its own: a terminal's Ctrl-C reaches the sweep only, which first marks
+        # the runs in flight as interrupted (not failed) and then stops the workers. A worker
+        # exits by itself if the sweep dies (see execute.py), so a killed sweep leaves no
+        # orphan that could race the next one.
+        self.proc = subprocess.Popen(args, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log,
+                                     text=True, start_new_session=True)
+
+    def execute(self, job: dict) -> tuple[int, str | None]:
+        if self.proc is None or self.proc.poll() is not None:
+            self._start()
+        try:
+            self.proc.stdin.write(json.dumps(job) + "\n")
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+        except (BrokenPipeError, OSError):
+            line = ""
+        if not line:  # the worker died (killed, out of memory): restart it for the next run
+            status = self.proc.wait()
+            self.proc = None
+            return 3, f"the worker process died (exit status {status}): {self._log_tail()}"
+        reply = json.loads(line)
+        return reply["code"], reply["error"]
+
+    def _log_tail(self) -> str:
+        self.log.seek(0)
+        return " | ".join(self.log.read().strip().splitlines()[-3:])
+
+    def close(self, grace: float = 10.0):
+        if self.proc is None:
+            return
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def interrupt(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+
+
+def execute_run(run: Run, directory: Path, worker: Worker, stopping: threading.Event | None = None) -> Outcome:
+    """Execute one run on a worker and read back what it left."""
+    notebook = directory / f"{run.name}.ipynb"
+    failed_marker = directory / f"{run.name}.failed.json"
+    job = {"template": str(template_path()), "notebook": str(notebook), "cwd": str(directory),
+           "parameters": notebook_parameters(run, worker.threads)}
+    t0 = time.perf_counter()
+    code, error = worker.execute(job)
+    wall = time.perf_counter() - t0
+    record = _read_json(directory / f"{run.name}.json")
+    if record is not None and record.get("run_id") != run.run_id:
+        record = None  # a stale file of another config under the same name
+    if (stopping is not None and stopping.is_set()) or (record is not None and record.get("status") == "interrupted"):
+        return Outcome(run, "interrupted", wall)
+    if record is not None and record.get("status") in ("completed", "diverged") and code == 0:
+        failed_marker.unlink(missing_ok=True)
+        inside = record["final"]["seconds"] + record["final"]["eval_seconds"]
+        return Outcome(run, record["status"], wall, inside)
+    error = error or (record or {}).get("error") or f"exit code {code}"
+    error = "\n".join(error.strip().splitlines()[-12:])
+    if record is None or record.get("status") != "failed":
+        write_atomic(failed_marker, {"run_id": run.run_id, "name": run.name, "code": code, "error": error,
+                                     "config": run.config.to_dict()})
+    return Outcome(run, "failed", wall, error=error)
+
+
+# ---------------------------------------------------------------------- the sweep
+
+def plan_runs(study: Study, retry_failed: bool, only: str | None = None, limit: int | None = None):
+    import fnmatch
+
+    pending, done, failed = [], 0, 0
+    for run in study.runs:
+        if only and not fnmatch.fnmatchcase(run.name, only):
+            continue
+        state = run_state(study.directory, run)
+        if state == "done":
+            done += 1
+        elif state == "failed" and not retry_failed:
+            failed += 1
+        else:
+            pending.append(run)
+    if limit is not None:
+        pending = pending[:limit]
+    return pending, done, failed
+
+
+def worker_slots(workers: int, gpus: list[str] | None, runs_per_gpu: int) -> list[str | None]:
+    if gpus:
+        return [g for g in gpus for _ in range(runs_per_gpu)]
+    return [None] * workers
+
+
+def default_threads(n_workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // n_workers)
+
+
+def sweep(study: Study, workers: int = 1, gpus: list[str] | None = None, runs_per_gpu: int = 1,
+          threads: int | None = None, retry_failed: bool = False, only: str | None = None, limit: int | None = None,
+          progress: bool = True, kernel_per_run: bool = False) -> Summary:
+    _clean_partials(study.directory)
+    pending, done, failed = plan_runs(study, retry_failed, only, limit)
+    slots = worker_slots(workers, gpus, runs_per_gpu)
+    threads = threads or default_threads(len(slots))
+    summary = Summary(skipped_done=done, skipped_failed=failed)
+    free: queue.Queue = queue.Queue()
+    pool_workers = [Worker(threads, gpu, kernel_per_run) for gpu in slots]
+    for w in pool_workers:
+        free.put(w)
+    stopping = threading.Event()
+
+    def job(run):
+        if stopping.is_set():
+            return None
+        w = free.get()
+        try:
+            return execute_run(run, study.directory, w, stopping)
+        finally:
+            free.put(w)
+
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(pending), unit="run", disable=not progress, dynamic_ncols=True)
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if main else None
+    pool = ThreadPoolExecutor(max_workers=len(slots))
+    futures = []
+    try:
+        futures = [pool.submit(job, r) for r in pending]
+        for fut in as_completed(futures):
+            out = fut.result()
+            if out is None:
+                continue
+            summary.outcomes.append(out)
+            bar.update(1)
+            bar.set_postfix(failed=summary.count("failed"), diverged=summary.count("diverged"))
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        stopping.set()
+        for f in futures:
+            f.cancel()
+        for w in pool_workers:  # their kernels shut down; runs in flight stay pending
+            w.interrupt()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        for w in pool_workers:
+            w.close()
+        bar.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        summary.wall_seconds = time.perf_counter() - t0
+    return summary
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _clean_partials(directory: Path) -> None:
+    """Notebooks left half-written by a killed sweep: never results, removed before a sweep."""
+    for p in directory.glob(".*.ipynb.partial"):
+        p.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------- dry run
+
+def dry_run(study: Study, retry_failed: bool = False, only: str | None = None, limit: int | None = None) -> str:
+    """What would run, and its cost: iterations, examples and, where the study already has
+    finished runs, time at their measured seconds per example."""
+    from kfaclab.train.budget import total_iterations
+
+    pending, done, failed = plan_runs(study, retry_failed, only, limit)
+    rates = _measured_rates(study)
+    lines = [f"study {study.name}: {len(study.runs)} runs; {len(pending)} to run, {done} done, "
+             f"{failed} failed (skipped{'' if retry_failed else '; --retry-failed re-runs them'})"]
+    totals = {"iterations": 0, "examples": 0}
+    seconds, unknown = 0.0, 0
+    for r in pending:
+        c = r.config
+        n_train = c.train_subset or TRAIN_SIZES.get(c.dataset)
+        if n_train is None:
+            unknown += 1
+            lines.append(f"  {r.name}: iterations unknown (dataset size known only after loading)")
+            continue
+        iters = total_iterations(c.budget, c.budget_value, c.batch_size, n_train // c.batch_size, c.rule_b0, c.rule_e0)
+        totals["iterations"] += iters
+        totals["examples"] += iters * c.batch_size
+        rate = rates.get((c.optimizer, c.model))
+        if rate is not None:
+            seconds += rate * iters * c.batch_size
+        lines.append(f"  {r.name}: {iters} iterations, {iters * c.batch_size} examples")
+    lines.append(f"total: {len(pending)} runs, {totals['iterations']} iterations, {totals['examples']} examples "
+                 f"({totals['examples'] / max(1, _typical_train_size(study)):.0f} epochs of the training split)")
+    if rates:
+        lines.append(f"estimated time: {seconds / 60:.1f} min of training in one worker, at the seconds per example "
+                     f"measured in this study's finished runs (plus runner overhead per run)")
+    else:
+        lines.append("estimated time: unknown until some runs of this study have finished "
+                     "(run a few with --limit N, then --dry-run again)")
+    return "\n".join(lines)
+
+
+def _typical_train_size(study: Study) -> int:
+    c = study.runs[0].config
+    return c.train_subset or TRAIN_SIZES.get(c.dataset, 1)
+
+
+def _measured_rates(study: Study) -> dict:
+    """Seconds per training example by (optimizer, model), from the study's finished records."""
+    acc: dict = {}
+    for run in study.runs:
+        rec = _read_json(study.directory / f"{run.name}.json")
+        if not rec or rec.get("run_id") != run.run_id or rec.get("status") not in ("completed", "diverged"):
+            continue
+        f = rec["final"]
+        key = (run.config.optimizer, run.config.model)
+        s, e = acc.get(key, (0.0, 0))
+        acc[key] = (s + f["seconds"] + f["eval_seconds"], e + max(1, f["examples"]))
+    return {k: s / e for k, (s, e) in acc.items()}
+
+
+def parse_gpus(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    gpus = [g.strip() for g in text.split(",") if g.strip()]
+    if not gpus or not all(g.isdigit() for g in gpus):
+        raise UsageError(f"--gpus must be GPU indices like 0,1,2, got '{text}'")
+    return gpus

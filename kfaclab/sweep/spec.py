@@ -1,0 +1,243 @@
+"""Study specs: `runs/<study>/study.yaml`, validated and expanded into runs.
+
+A spec names everything a study varies and fixes:
+
+    name: cpu                      # the study's name (defaults to its folder)
+    description: ...               # free text: what it reproduces, what it cannot
+    fixed: {dataset: ..., ...}     # RunConfig fields shared by every run
+    batch_sizes: [32, 64, ...]
+    budget: {rule: {b0: 32, e0: 4}} | {epochs: E} | {iterations: N} | {examples: N}
+    lr_scaling: {rule: linear, base_batch_size: 128}   # optional, default none
+    targets: [0.5, 0.6]
+    seeds: [0]
+    optimizers:
+      sgd:  {fixed: {weight_decay: 0.0005}, grid: {lr: [...], momentum: [...]}}
+      kfac: {fixed: {...}, grid: {lr: [...], damping: [...]}}
+
+Grid and fixed keys of an optimizer are its hyperparameters, or RunConfig fields (model,
+train_subset, ...) where a study varies those. Every key is checked: unknown keys, wrong types
+and empty grids are one-line errors naming the key and the file, never silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from kfaclab.errors import UsageError
+from kfaclab.train.config import RunConfig
+
+TOP_KEYS = {"name", "description", "fixed", "batch_sizes", "budget", "lr_scaling", "targets", "seeds",
+            "optimizers"}
+REQUIRED = ("batch_sizes", "budget", "optimizers")
+OPTIMIZER_KEYS = {"fixed", "grid"}
+BUDGETS = ("rule", "epochs", "iterations", "examples")
+# Set by the spec's own sections, not in `fixed`:
+OWNED = {"optimizer", "hparams", "batch_size", "budget", "budget_value", "rule_b0", "rule_e0", "lr_scaling",
+         "lr_base_batch_size", "targets", "seed", "output"}
+
+
+@dataclass
+class Run:
+    name: str  # readable, unique in the study: optimizer, batch size, grid values, seed, id
+    run_id: str  # hash of the resolved config (RunConfig.run_id)
+    config: RunConfig
+    grid_point: dict  # the grid values of this run (for tables)
+
+
+@dataclass
+class Study:
+    name: str
+    path: Path  # the spec file
+    description: str
+    runs: list[Run]
+
+    @property
+    def directory(self) -> Path:
+        return self.path.parent
+
+
+def load_study(path: str | Path) -> Study:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"no study spec at {path}; give the path of a study.yaml (e.g. runs/smoke/study.yaml)")
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UsageError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    return parse_study(spec, path)
+
+
+def parse_study(spec, path: Path) -> Study:
+    where = str(path)
+
+    def bad(key, msg):
+        raise UsageError(f"{where}: {key}: {msg}")
+
+    if not isinstance(spec, dict):
+        raise UsageError(f"{where}: a study spec is a mapping of keys ({', '.join(sorted(TOP_KEYS))})")
+    for k in spec:
+        if k not in TOP_KEYS:
+            bad(k, f"unknown key; a study spec has {', '.join(sorted(TOP_KEYS))}")
+    for k in REQUIRED:
+        if k not in spec:
+            bad(k, "missing (required)")
+    name = spec.get("name", path.parent.name)
+    if not isinstance(name, str) or not name or "/" in name:
+        bad("name", f"must be a non-empty name without '/', got {name!r}")
+    description = spec.get("description", "")
+    if not isinstance(description, str):
+        bad("description", "must be text")
+
+    fixed = _mapping(spec.get("fixed", {}), "fixed", bad)
+    for k in fixed:
+        if k in OWNED:
+            bad(f"fixed.{k}", f"is set by the spec's own sections ({_owner(k)}), not in fixed")
+    batch_sizes = _list(spec["batch_sizes"], "batch_sizes", bad, int, positive=True)
+    seeds = _list(spec.get("seeds", [0]), "seeds", bad, int)
+    targets = _list(spec.get("targets", []), "targets", bad, (int, float), allow_empty=True)
+    budget_fields = _budget(spec["budget"], bad)
+    scaling = _lr_scaling(spec.get("lr_scaling", {"rule": "none"}), bad)
+
+    optimizers = _mapping(spec["optimizers"], "optimizers", bad)
+    if not optimizers:
+        bad("optimizers", "is empty: name at least one optimizer with its grid")
+    from kfaclab.optim import OPTIMIZERS, resolve_hyperparameters
+
+    config_fields = {f.name for f in dataclasses.fields(RunConfig)} - OWNED
+    runs: list[Run] = []
+    for opt_name, opt_spec in optimizers.items():
+        key = f"optimizers.{opt_name}"
+        if opt_name not in OPTIMIZERS:
+            bad(key, f"unknown optimizer; choose from {', '.join(OPTIMIZERS)}")
+        opt_spec = _mapping(opt_spec if opt_spec is not None else {}, key, bad)
+        for k in opt_spec:
+            if k not in OPTIMIZER_KEYS:
+                bad(f"{key}.{k}", "unknown key; an optimizer has fixed and grid")
+        opt_fixed = _mapping(opt_spec.get("fixed", {}), f"{key}.fixed", bad)
+        grid = _mapping(opt_spec.get("grid", {}), f"{key}.grid", bad)
+        known = set(OPTIMIZERS[opt_name].defaults) | config_fields
+        for section, values in (("fixed", opt_fixed), ("grid", grid)):
+            for k in values:
+                if k not in known:
+                    bad(f"{key}.{section}.{k}", f"not a hyperparameter of {opt_name} nor a run setting; "
+                        f"{opt_name} takes {', '.join(OPTIMIZERS[opt_name].defaults)}")
+        for k, values in grid.items():
+            _list(values, f"{key}.grid.{k}", bad, object)
+        axes = list(grid)
+        for point in itertools.product(*(grid[k] for k in axes)):
+            point = dict(zip(axes, point))
+            settings = {**opt_fixed, **point}
+            hp = {k: v for k, v in settings.items() if k not in config_fields}
+            cfg_over = {k: v for k, v in settings.items() if k in config_fields}
+            try:
+                resolve_hyperparameters(opt_name, hp)
+            except UsageError as e:
+                bad(f"{key} {_describe(point)}", str(e))
+            for b in batch_sizes:
+                for seed in seeds:
+                    d = {**fixed, **cfg_over, **budget_fields, **scaling, "optimizer": opt_name, "hparams": hp,
+                         "batch_size": b, "targets": targets, "seed": seed}
+                    cfg = RunConfig.from_dict(d, where=f"{where}: {key} {_describe(point)} batch {b}")
+                    runs.append(Run(_run_name(opt_name, b, point, seed, cfg.run_id()), cfg.run_id(), cfg, point))
+    ids = [r.run_id for r in runs]
+    if len(set(ids)) != len(ids):
+        bad("optimizers", "two runs resolve to the same config (a grid repeats a value?)")
+    return Study(name, path, description, runs)
+
+
+def _owner(k):
+    return {"optimizer": "optimizers", "hparams": "optimizers.<name>.fixed/grid", "batch_size": "batch_sizes",
+            "budget": "budget", "budget_value": "budget", "rule_b0": "budget", "rule_e0": "budget",
+            "lr_scaling": "lr_scaling", "lr_base_batch_size": "lr_scaling", "targets": "targets", "seed": "seeds",
+            "output": "the sweep"}[k]
+
+
+def _mapping(value, key, bad) -> dict:
+    if not isinstance(value, dict):
+        bad(key, f"must be a mapping, got {type(value).__name__}")
+    return value
+
+
+def _list(value, key, bad, kind, positive=False, allow_empty=False) -> list:
+    if not isinstance(value, list):
+        bad(key, f"must be a list, got {value!r}")
+    if not value and not allow_empty:
+        bad(key, "is empty: give at least one value")
+    for v in value:
+        if kind is not object and (not isinstance(v, kind) or isinstance(v, bool)):
+            bad(key, f"values must be {getattr(kind, '__name__', 'numbers')}, got {v!r}")
+        if positive and not v > 0:
+            bad(key, f"values must be positive, got {v!r}")
+    if len(set(map(repr, value))) != len(value):
+        bad(key, "repeats a value")
+    return value
+
+
+def _budget(value, bad) -> dict:
+    value = _mapping(value, "budget", bad)
+    if len(value) != 1 or next(iter(value)) not in BUDGETS:
+        bad("budget", f"must be exactly one of {', '.join(BUDGETS)}, got {sorted(value)}")
+    (kind, v), = value.items()
+    if kind == "rule":
+        v = _mapping(v, "budget.rule", bad)
+        for k in v:
+            if k not in ("b0", "e0"):
+                bad(f"budget.rule.{k}", "unknown key; the stopping rule has b0 and e0")
+        b0, e0 = v.get("b0", 128), v.get("e0", 100.0)
+        if not (isinstance(b0, int) and b0 > 0):
+            bad("budget.rule.b0", f"must be a positive whole number, got {b0!r}")
+        if not (isinstance(e0, (int, float)) and e0 > 0):
+            bad("budget.rule.e0", f"must be positive, got {e0!r}")
+        return {"budget": "rule", "budget_value": None, "rule_b0": b0, "rule_e0": float(e0)}
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+        bad(f"budget.{kind}", f"must be a positive number, got {v!r}")
+    return {"budget": kind, "budget_value": float(v)}
+
+
+def _lr_scaling(value, bad) -> dict:
+    value = _mapping(value, "lr_scaling", bad)
+    for k in value:
+        if k not in ("rule", "base_batch_size"):
+            bad(f"lr_scaling.{k}", "unknown key; lr_scaling has rule and base_batch_size")
+    out = {"lr_scaling": value.get("rule", "none")}
+    if "base_batch_size" in value:
+        out["lr_base_batch_size"] = value["base_batch_size"]
+    return out
+
+
+def _describe(point: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in point.items()) or "(no grid)"
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v).replace("/", "_").replace(":", "_").replace(" ", "")
+
+
+def _run_name(optimizer: str, batch_size: int, point: dict, seed: int, run_id: str) -> str:
+    parts = [optimizer, f"b{batch_size}"] + [f"{k}{_fmt(v)}" for k, v in point.items()] + [f"s{seed}", run_id[:6]]
+    return "-".join(parts)
+
+
+def cost_estimate(study: Study, steps_per_epoch) -> dict:
+    """Iterations and examples of the whole study; `steps_per_epoch(cfg)` gives the training
+    split's batches per epoch for a run (it needs the dataset size)."""
+    from kfaclab.train.budget import total_iterations
+
+    iters = examples = 0
+    for r in study.runs:
+        c = r.config
+        spe = steps_per_epoch(c)
+        n = total_iterations(c.budget, c.budget_value, c.batch_size, spe, c.rule_b0, c.rule_e0)
+        iters += n
+        examples += n * c.batch_size
+    return {"runs": len(study.runs), "iterations": iters, "examples": examples}
+

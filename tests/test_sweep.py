@@ -1,0 +1,188 @@
+"""Study specs and sweeps: validation errors, real papermill execution with 2 workers, resume,
+failure isolation, interruption and kills."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from kfaclab.errors import UsageError
+from kfaclab.sweep import load_study
+from kfaclab.sweep.runner import dry_run, sweep, template_path
+from kfaclab.train import validate_record
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "runs" / "smoke" / "study.yaml"
+
+
+def smoke_spec(tmp_path, **changes) -> Path:
+    spec = yaml.safe_load(SMOKE.read_text())
+    spec.update(changes)
+    d = tmp_path / "smoke"
+    d.mkdir()
+    (d / "study.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return d / "study.yaml"
+
+
+def records(directory: Path) -> dict:
+    return {p.stem: json.loads(p.read_text()) for p in directory.glob("*.json") if not p.name.endswith(".failed.json")}
+
+
+# ---------------------------------------------------------------------- spec validation
+
+BAD_SPECS = [
+    ({"colour": "red"}, "colour: unknown key"),
+    ({"batch_sizes": "32"}, "batch_sizes: must be a list"),
+    ({"batch_sizes": []}, "batch_sizes: is empty"),
+    ({"batch_sizes": [32, 0]}, "batch_sizes: values must be positive"),
+    ({"budget": {"epochs": 2, "iterations": 5}}, "budget: must be exactly one of"),
+    ({"budget": {"rule": {"b0": 32, "e1": 2}}}, "budget.rule.e1: unknown key"),
+    ({"fixed": {"batch_size": 32}}, "fixed.batch_size: is set by the spec's own sections (batch_sizes)"),
+    ({"fixed": {"modle": "mlp"}}, "unknown key(s) modle"),
+    ({"fixed": {"train_subset": "many"}}, "train_subset must be int"),
+    ({"optimizers": {"adam": {"grid": {"lr": [0.1]}}}}, "optimizers.adam: unknown optimizer"),
+    ({"optimizers": {"sgd": {"grid": {"lr": []}}}}, "optimizers.sgd.grid.lr: is empty"),
+    ({"optimizers": {"sgd": {"grid": {"damping": [0.1]}}}}, "optimizers.sgd.grid.damping: not a hyperparameter of sgd"),
+    ({"optimizers": {"sgd": {"grids": {"lr": [0.1]}}}}, "optimizers.sgd.grids: unknown key"),
+    ({"optimizers": {"kfac": {"grid": {"damping": [-1.0]}}}}, "damping must be a non-negative number"),
+    ({"optimizers": {}}, "optimizers: is empty"),
+]
+
+
+@pytest.mark.parametrize("change,says", BAD_SPECS)
+def test_invalid_specs_are_one_line_errors_naming_key_and_file(tmp_path, change, says):
+    path = smoke_spec(tmp_path, **change)
+    with pytest.raises(UsageError) as e:
+        load_study(path)
+    msg = str(e.value)
+    assert says in msg and str(path) in msg and "\n" not in msg, msg
+
+
+def test_missing_and_malformed_spec_files(tmp_path):
+    with pytest.raises(UsageError, match="no study spec at"):
+        load_study(tmp_path / "nope.yaml")
+    bad = tmp_path / "study.yaml"
+    bad.write_text("batch_sizes: [32\nbudget: x\n")
+    with pytest.raises(UsageError, match="not valid YAML at line"):
+        load_study(bad)
+    r = subprocess.run([sys.executable, "-m", "kfaclab", "sweep", str(bad)], capture_output=True, text=True)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "not valid YAML" in r.stderr
+
+
+def test_spec_expands_into_stable_named_runs(tmp_path):
+    path = smoke_spec(tmp_path)
+    study = load_study(path)
+    assert len(study.runs) == 2 * (2 + 2)  # batch sizes x (sgd lr grid + kfac lr x damping grid)
+    again = load_study(path)
+    assert [r.run_id for r in study.runs] == [r.run_id for r in again.runs]
+    r = next(r for r in study.runs if r.config.optimizer == "kfac" and r.config.batch_size == 64)
+    assert r.name.startswith("kfac-b64-lr0.01-damping0.1-s0-") and r.config.hparams["damping"] == 0.1
+    assert r.config.budget == "rule" and r.config.rule_b0 == 32 and r.config.lr_scaling == "linear"
+    assert r.run_id == r.config.run_id()
+
+
+# ---------------------------------------------------------------------- execution
+
+def test_template_runs_by_hand_with_its_own_defaults(tmp_path):
+    """The template's parameters cell is a complete run: executed as it is, it trains and
+    writes the record."""
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(template_path(), as_version=4)
+    assert "parameters" in nb.cells[1].metadata["tags"]
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    rec = json.loads((tmp_path / "experiment.json").read_text())
+    assert validate_record(rec) == [] and rec["status"] == "completed"
+
+
+def test_smoke_study_with_two_workers_then_resume_skips_everything(tmp_path):
+    study = load_study(smoke_spec(tmp_path))
+    s = sweep(study, workers=2, progress=False)
+    assert s.count("completed") + s.count("diverged") == 8 and s.count("failed") == 0
+    recs = records(study.directory)
+    assert set(recs) == {r.name for r in study.runs}
+    for r in study.runs:
+        assert validate_record(recs[r.name]) == [] and recs[r.name]["run_id"] == r.run_id
+        nb = study.directory / f"{r.name}.ipynb"
+        assert nb.exists() and nb.stat().st_size < 60_000  # lean: no embedded data
+    assert not list(study.directory.glob(".*.partial"))
+    assert s.overhead["runs"] == 8 and s.overhead["per_run_s"] > 0
+    again = sweep(study, workers=2, progress=False)
+    assert again.outcomes == [] and again.skipped_done == 8
+    assert "8 runs; 0 to run, 8 done" in dry_run(study)
+
+
+def test_a_failing_run_is_isolated_recorded_and_retried_on_request(tmp_path):
+    # 40 training images: batch 64 cannot fit, a runtime error inside the kernel.
+    spec = smoke_spec(tmp_path, fixed={**yaml.safe_load(SMOKE.read_text())["fixed"], "train_subset": 40},
+                      optimizers={"sgd": {"grid": {"lr": [0.05]}}})
+    study = load_study(spec)
+    s = sweep(study, workers=2, progress=False)
+    assert s.count("completed") + s.count("diverged") == 1 and s.count("failed") == 1
+    failed = next(o for o in s.outcomes if o.status == "failed")
+    assert failed.run.config.batch_size == 64 and "larger than the 40 training examples" in failed.error
+    marker = json.loads((study.directory / f"{failed.run.name}.failed.json").read_text())
+    assert "larger than the 40 training examples" in marker["error"]
+    assert (study.directory / f"{failed.run.name}.ipynb").exists()  # with the error in it
+    again = sweep(study, workers=2, progress=False)
+    assert again.outcomes == [] and again.skipped_failed == 1 and again.skipped_done == 1
+    retry = sweep(study, workers=1, progress=False, retry_failed=True)
+    assert [o.status for o in retry.outcomes] == ["failed"]
+    r = subprocess.run([sys.executable, "-m", "kfaclab", "sweep", str(spec), "--retry-failed", "--quiet"],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "failed: sgd-b64" in r.stdout
+
+
+def _sweep_process(spec, *extra):
+    return subprocess.Popen([sys.executable, "-m", "kfaclab", "sweep", str(spec), "--workers", "1", "--quiet", *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _wait_for_records(directory, n, proc, timeout=180):
+    t0 = time.time()
+    while len(records(directory)) < n:
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() - t0 < timeout
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("how", ["kill", "ctrl-c"])
+def test_killed_or_interrupted_sweep_resumes_losing_and_duplicating_nothing(tmp_path, how):
+    spec = smoke_spec(tmp_path)
+    study = load_study(spec)
+    proc = _sweep_process(spec)
+    _wait_for_records(study.directory, 2, proc)
+    if how == "kill":
+        os.killpg(proc.pid, signal.SIGKILL)  # the sweep and anything in its process group
+        proc.wait()
+    else:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130 and "interrupted" in err
+        assert not list(study.directory.glob("*.failed.json"))  # interrupted is not failed
+    time.sleep(2)  # no orphan worker goes on writing after the sweep is gone
+    before = {k: (study.directory / f"{k}.json").stat().st_mtime for k in records(study.directory)}
+    time.sleep(2)
+    assert {k: (study.directory / f"{k}.json").stat().st_mtime for k in records(study.directory)} == before
+    done_before = sum(r["status"] in ("completed", "diverged") for r in records(study.directory).values())
+    s = sweep(study, workers=2, progress=False)
+    assert s.skipped_done == done_before and len(s.outcomes) == 8 - done_before
+    recs = records(study.directory)
+    assert len(recs) == 8 and all(r["status"] in ("completed", "diverged") for r in recs.values())
+    assert not list(study.directory.glob(".*.partial"))
+
+
+@pytest.mark.parametrize("preset", ["smoke", "cpu", "gpu", "paper"])
+def test_dry_run_of_each_preset_prints_run_count_and_cost(preset):
+    r = subprocess.run([sys.executable, "-m", "kfaclab", "sweep", str(ROOT / "runs" / preset / "study.yaml"),
+                        "--dry-run"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert f"study {preset}:" in r.stdout and "total:" in r.stdout and "examples" in r.stdout
