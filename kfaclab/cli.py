@@ -51,6 +51,29 @@ def _hparam(s):
         return k, v
 
 
+# Optimizer hyperparameters with a flag of their own (all others: --hparam KEY=VALUE): the
+# flag's name is the hyperparameter's with dashes.
+OPTIMIZER_FLAGS = (
+    ("--lr", _positive_float, "base learning rate (at --lr-base-batch-size)"),
+    ("--momentum", float, None),
+    ("--weight-decay", float, None),
+    ("--damping", _positive_float, "K-FAC damping"),
+    ("--kl-clip", float, "K-FAC KL clipping magnitude (0: off)"),
+    ("--cov-update-freq", _positive_int, "K-FAC factor update every T_cov steps"),
+    ("--inv-update-freq", _positive_int, "K-FAC decomposition every T_inv steps"),
+    ("--stat-decay", float, "K-FAC running-average decay of the factors"),
+    ("--fisher-type", str, "K-FAC: mc | empirical | exact"),
+    ("--inverse-method", str, "K-FAC: eigen | inverse"),
+    ("--radius", _positive_float, "TRCG: initial trust-region radius"),
+    ("--max-radius", _positive_float, "TRCG: largest trust-region radius"),
+    ("--cg-max-iters", _positive_int, "TRCG: CG iterations per step at most"),
+    ("--cg-tol", _positive_float, "TRCG: relative CG residual tolerance"),
+    ("--hessian-fraction", _positive_float, "TRCG: Hessian sample, fraction of the data"),
+    ("--gradient-fraction", _positive_float, "TRCG: gradient sample, fraction of the data"),
+    ("--curvature", str, "TRCG: hessian | gauss-newton"),
+)
+
+
 def _add_data_model_args(p):
     g = p.add_argument_group("data")
     g.add_argument("--dataset", default="synthetic",
@@ -66,23 +89,8 @@ def _add_data_model_args(p):
     m = p.add_argument_group("model and optimizer")
     m.add_argument("--model", default="mlp", help="resnet20 | resnet32 | resnet56 | c1 | mlp | mlp:W1,W2,...")
     m.add_argument("--batch-size", type=_positive_int, default=128)
-    m.add_argument("--lr", type=_positive_float, help="base learning rate (at --lr-base-batch-size)")
-    m.add_argument("--momentum", type=float)
-    m.add_argument("--weight-decay", type=float)
-    m.add_argument("--damping", type=_positive_float, help="K-FAC damping")
-    m.add_argument("--kl-clip", type=float, help="K-FAC KL clipping magnitude (0: off)")
-    m.add_argument("--cov-update-freq", type=_positive_int, help="K-FAC factor update every T_cov steps")
-    m.add_argument("--inv-update-freq", type=_positive_int, help="K-FAC decomposition every T_inv steps")
-    m.add_argument("--stat-decay", type=float, help="K-FAC running-average decay of the factors")
-    m.add_argument("--fisher-type", help="K-FAC: mc | empirical | exact")
-    m.add_argument("--inverse-method", help="K-FAC: eigen | inverse")
-    m.add_argument("--radius", type=_positive_float, help="TRCG: initial trust-region radius")
-    m.add_argument("--max-radius", type=_positive_float, help="TRCG: largest trust-region radius")
-    m.add_argument("--cg-max-iters", type=_positive_int, help="TRCG: CG iterations per step at most")
-    m.add_argument("--cg-tol", type=_positive_float, help="TRCG: relative CG residual tolerance")
-    m.add_argument("--hessian-fraction", type=_positive_float, help="TRCG: Hessian sample, fraction of the data")
-    m.add_argument("--gradient-fraction", type=_positive_float, help="TRCG: gradient sample, fraction of the data")
-    m.add_argument("--curvature", help="TRCG: hessian | gauss-newton")
+    for flag, kind, text in OPTIMIZER_FLAGS:
+        m.add_argument(flag, type=kind, help=text)
     m.add_argument("--hparam", type=_hparam, action="append", default=[], metavar="KEY=VALUE",
                    help="any other optimizer hyperparameter (repeatable)")
     m.add_argument("--seed", type=int, default=0)
@@ -151,9 +159,8 @@ def build_parser():
 
 def _hparams(args) -> dict:
     h = dict(args.hparam)
-    for key in ("lr", "momentum", "weight_decay", "damping", "kl_clip", "cov_update_freq", "inv_update_freq",
-                "stat_decay", "fisher_type", "inverse_method", "radius", "max_radius", "cg_max_iters", "cg_tol",
-                "hessian_fraction", "gradient_fraction", "curvature"):
+    for flag, _, _ in OPTIMIZER_FLAGS:
+        key = flag[2:].replace("-", "_")
         if getattr(args, key) is not None:
             h[key] = getattr(args, key)
     return h
