@@ -143,10 +143,18 @@ def build_parser():
     k.add_argument("--json", help="also write the results here")
     w = sub.add_parser("sweep", help="run a study (runs/<study>/study.yaml) as papermill notebooks, resumably")
     w.add_argument("spec", help="the study spec, e.g. runs/smoke/study.yaml")
-    w.add_argument("--workers", type=_positive_int, default=1, help="runs in parallel (CPU)")
+    w.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local: worker processes on this machine (default); ray: one Ray task per run")
+    w.add_argument("--workers", type=_positive_int, help="runs in parallel (CPU; default 1)")
     w.add_argument("--gpus", help="GPU indices, e.g. 0,1: one worker per GPU x --runs-per-gpu")
     w.add_argument("--runs-per-gpu", type=_positive_int, default=1, help="runs sharing one GPU")
     w.add_argument("--threads", type=_positive_int, help="CPU threads per run (default: cores / workers)")
+    w.add_argument("--address", help="with --backend ray: an existing cluster ('auto', or host:port); "
+                                     "default: start a local Ray instance")
+    w.add_argument("--cpus-per-run", type=_positive_float, help="with --backend ray: CPUs per task (default 1)")
+    w.add_argument("--gpus-per-run", type=_positive_float,
+                   help="with --backend ray: GPUs per task, a fraction shares a GPU (default 1/--runs-per-gpu "
+                        "where the cluster has GPUs)")
     w.add_argument("--retry-failed", action="store_true", help="re-run runs that failed before")
     w.add_argument("--kernel-per-run", action="store_true",
                    help="a fresh kernel for every run (default: one per worker, restarted after a failure)")
@@ -249,9 +257,26 @@ def cmd_sweep(args) -> int:
     if args.dry_run:
         print(dry_run(study, args.retry_failed, args.only, args.limit))
         return 0
-    summary = sweep(study, workers=args.workers, gpus=gpus, runs_per_gpu=args.runs_per_gpu, threads=args.threads,
-                    retry_failed=args.retry_failed, only=args.only, limit=args.limit, progress=not args.quiet,
-                    kernel_per_run=args.kernel_per_run)
+    if args.backend == "ray":
+        from kfaclab.sweep.ray_backend import sweep_ray
+
+        for flag, value in (("--workers", args.workers), ("--gpus", args.gpus), ("--kernel-per-run", args.kernel_per_run)):
+            if value:
+                raise UsageError(f"{flag} is for the local backend; with --backend ray, Ray places the runs "
+                                 f"(use --cpus-per-run and --gpus-per-run)")
+        summary = sweep_ray(study, address=args.address, cpus_per_run=args.cpus_per_run or 1.0,
+                            gpus_per_run=args.gpus_per_run, runs_per_gpu=args.runs_per_gpu, threads=args.threads,
+                            retry_failed=args.retry_failed, only=args.only, limit=args.limit,
+                            progress=not args.quiet)
+    else:
+        for flag, value in (("--address", args.address), ("--cpus-per-run", args.cpus_per_run),
+                            ("--gpus-per-run", args.gpus_per_run)):
+            if value is not None:
+                raise UsageError(f"{flag} is for --backend ray; the local backend uses --workers, --gpus, "
+                                 f"--runs-per-gpu and --threads")
+        summary = sweep(study, workers=args.workers or 1, gpus=gpus, runs_per_gpu=args.runs_per_gpu,
+                        threads=args.threads, retry_failed=args.retry_failed, only=args.only, limit=args.limit,
+                        progress=not args.quiet, kernel_per_run=args.kernel_per_run)
     print(f"study {study.name} ({study.directory}):")
     print(summary.table())
     if summary.interrupted:

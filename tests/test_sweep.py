@@ -122,10 +122,12 @@ def test_smoke_study_with_two_workers_then_resume_skips_everything(tmp_path):
 
 def test_a_failing_run_is_isolated_recorded_and_retried_on_request(tmp_path):
     # 40 training images: batch 64 cannot fit, a runtime error inside the kernel.
+    # One worker, the failing run first: the worker's next run must get a working kernel.
     spec = smoke_spec(tmp_path, fixed={**yaml.safe_load(SMOKE.read_text())["fixed"], "train_subset": 40},
-                      optimizers={"sgd": {"grid": {"lr": [0.05]}}})
+                      optimizers={"sgd": {"grid": {"lr": [0.05]}}}, batch_sizes=[64, 32])
     study = load_study(spec)
-    s = sweep(study, workers=2, progress=False)
+    assert [r.config.batch_size for r in study.runs] == [64, 32]
+    s = sweep(study, workers=1, progress=False)
     assert s.count("completed") + s.count("diverged") == 1 and s.count("failed") == 1
     failed = next(o for o in s.outcomes if o.status == "failed")
     assert failed.run.config.batch_size == 64 and "larger than the 40 training examples" in failed.error
@@ -180,7 +182,7 @@ def test_killed_or_interrupted_sweep_resumes_losing_and_duplicating_nothing(tmp_
     assert not list(study.directory.glob(".*.partial"))
 
 
-@pytest.mark.parametrize("preset", ["smoke", "cpu", "gpu", "paper"])
+@pytest.mark.parametrize("preset", ["smoke", "cpu", "gpu", "paper", "paper-svhn"])
 def test_dry_run_of_each_preset_prints_run_count_and_cost(preset):
     r = subprocess.run([sys.executable, "-m", "kfaclab", "sweep", str(ROOT / "runs" / preset / "study.yaml"),
                         "--dry-run"], capture_output=True, text=True)

@@ -57,27 +57,31 @@ def _engine():
 
 
 class Kernel:
+    """A kernel kept alive between runs. Each (re)start gets a new kernel manager: a manager
+    that shut its kernel down has also closed its ZMQ context and cannot start another."""
+
     def __init__(self, kernel_name: str):
-        from jupyter_client.manager import AsyncKernelManager
         from jupyter_core.utils import run_sync
 
         self.run_sync = run_sync
-        self.km = AsyncKernelManager(kernel_name=kernel_name)
-        self.started = False
+        self.kernel_name = kernel_name
+        self.km = None
 
     def ensure(self, cwd: str):
-        if not self.started or not self.run_sync(self.km.is_alive)():
+        from jupyter_client.manager import AsyncKernelManager
+
+        if self.km is None or not self.run_sync(self.km.is_alive)():
             self.stop()
+            self.km = AsyncKernelManager(kernel_name=self.kernel_name)
             self.run_sync(self.km.start_kernel)(cwd=cwd)
-            self.started = True
 
     def stop(self):
-        if self.started:
+        if self.km is not None:
             try:
                 self.run_sync(self.km.shutdown_kernel)(now=True)
             except Exception:  # already dead: nothing to stop
                 pass
-            self.started = False
+            self.km = None
 
 
 def execute(job: dict, kernel: Kernel, engine: str) -> tuple[int, str | None]:
@@ -90,7 +94,7 @@ def execute(job: dict, kernel: Kernel, engine: str) -> tuple[int, str | None]:
     try:
         kernel.ensure(job["cwd"])
         pm.execute_notebook(job["template"], str(partial), parameters=job["parameters"], engine_name=engine,
-                            kernel_name=kernel.km.kernel_name, km=kernel.km, progress_bar=False, log_output=False,
+                            kernel_name=kernel.kernel_name, km=kernel.km, progress_bar=False, log_output=False,
                             cwd=job["cwd"])
     except pm.PapermillExecutionError as e:
         lines = [_plain(t) for t in e.traceback][-ERROR_LINES:] + [f"{e.ename}: {e.evalue}"]

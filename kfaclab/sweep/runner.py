@@ -9,9 +9,11 @@ State lives in the study folder only, one pair of files per run:
 So a re-run skips what is done, retries failed runs only when asked (--retry-failed), and
 re-runs interrupted ones; a kill at any moment leaves nothing that counts as done but is not.
 
-Each run is one child process (`kfaclab.sweep.execute`) that starts its own kernel. Workers
-get CPU threads so that together they do not oversubscribe the cores, and with --gpus one GPU
-each through CUDA_VISIBLE_DEVICES (several workers may share a GPU).
+This module is the local backend: one worker process (`kfaclab.sweep.execute`) per slot, each
+with a warm kernel that runs its runs one after another. Workers get CPU threads so that
+together they do not oversubscribe the cores, and with --gpus one GPU each through
+CUDA_VISIBLE_DEVICES (several workers may share a GPU). `ray_backend` runs the same runs as
+Ray tasks; both judge what a run left with `read_outcome`.
 """
 
 from __future__ import annotations
@@ -194,12 +196,19 @@ class Worker:
 def execute_run(run: Run, directory: Path, worker: Worker, stopping: threading.Event | None = None) -> Outcome:
     """Execute one run on a worker and read back what it left."""
     notebook = directory / f"{run.name}.ipynb"
-    failed_marker = directory / f"{run.name}.failed.json"
     job = {"template": str(template_path()), "notebook": str(notebook), "cwd": str(directory),
            "parameters": notebook_parameters(run, worker.threads)}
     t0 = time.perf_counter()
     code, error = worker.execute(job)
-    wall = time.perf_counter() - t0
+    return read_outcome(run, directory, code, error, time.perf_counter() - t0, stopping)
+
+
+def read_outcome(run: Run, directory: Path, code: int, error: str | None, wall: float,
+                 stopping: threading.Event | None = None) -> Outcome:
+    """What an executed run left in the study folder: its outcome, and a `.failed.json` marker
+    (with the error's last lines) where it failed without a failed record of its own.
+    Shared by every backend, so that they agree on what counts as done."""
+    failed_marker = directory / f"{run.name}.failed.json"
     record = _read_json(directory / f"{run.name}.json")
     if record is not None and record.get("run_id") != run.run_id:
         record = None  # a stale file of another config under the same name

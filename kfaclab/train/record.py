@@ -76,15 +76,19 @@ def _as_tuple(t):
 
 
 def write_atomic(path: str | os.PathLike, record: dict) -> Path:
-    """Write JSON to a temp file in the same folder, fsync, then rename over `path`:
-    a reader (or a resuming sweep) sees the old file or the whole new one, never a torn one."""
+    """Write JSON so that a reader (or a resuming sweep) sees the old file or the whole new
+    one, never a torn one."""
+    return write_bytes_atomic(path, (json.dumps(record, indent=1, allow_nan=False) + "\n").encode())
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write to a temp file in the same folder, fsync, then rename over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w") as f:
-            json.dump(record, f, indent=1, allow_nan=False)
-            f.write("\n")
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
