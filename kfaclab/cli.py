@@ -129,6 +129,8 @@ def build_parser():
     e.add_argument("--target-acc", type=float, nargs="+", default=[], help="target test accuracies in (0, 1]")
     e.add_argument("--target-loss", type=float, help="also require this running training loss")
     e.add_argument("--divergence-factor", type=float, default=10.0)
+    e.add_argument("--noise-scale-batches", type=int, default=0, metavar="M",
+                   help="at each evaluation, estimate the gradient noise scale from M batches (0: off)")
     t.add_argument("--out", help="run record path (default: kfaclab-run-<run id>.json)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -162,6 +164,10 @@ def build_parser():
     w.add_argument("--only", metavar="PATTERN", help="only runs whose name matches (fnmatch), e.g. 'kfac-b128-*'")
     w.add_argument("--limit", type=_positive_int, help="at most N of the pending runs")
     w.add_argument("--quiet", action="store_true", help="no progress bar")
+    r = sub.add_parser("results", help="summarize a study's results: runs by status, steps to each target, B_crit")
+    r.add_argument("study", help="the study folder or its spec, e.g. runs/cpu")
+    r.add_argument("--unit", choices=("iterations", "epochs", "examples", "seconds", "propagations"),
+                   default="iterations", help="unit of steps to target")
     return parser
 
 
@@ -198,7 +204,8 @@ def _train_config(args):
                      lr_decay=args.lr_decay, lr_milestones=tuple(args.lr_milestones), lr_gamma=args.lr_gamma,
                      eval_every_epochs=args.eval_every_epochs, min_evals=args.min_evals,
                      eval_batch_size=args.eval_batch_size, targets=tuple(args.target_acc),
-                     target_loss=args.target_loss, divergence_factor=args.divergence_factor, output=args.out)
+                     target_loss=args.target_loss, divergence_factor=args.divergence_factor,
+                     noise_scale_batches=args.noise_scale_batches, output=args.out)
 
 
 def cmd_train(args) -> int:
@@ -285,6 +292,33 @@ def cmd_sweep(args) -> int:
     return 1 if summary.count("failed") else 0
 
 
+def cmd_results(args) -> int:
+    import pandas as pd
+
+    from kfaclab.results import critical_batch_size, load_results, status_counts, steps_to_target, with_ideal_scaling
+
+    res = load_results(args.study)
+    print(f"study {res.name} ({res.directory}): {len(res.runs)} runs")
+    print(status_counts(res).to_string())
+    table = with_ideal_scaling(steps_to_target(res), args.unit)
+    wide = table.pivot_table(index="batch_size", columns=["target", "optimizer"], values=args.unit, dropna=False)
+    print(f"\n{args.unit} to each target (minimum over the grid; NaN: no run reached it)")
+    with pd.option_context("display.float_format", "{:,.4g}".format, "display.width", 160):
+        print(wide.to_string())
+    print("\nfit S(B) = S_min (1 + B_crit / B), 68% bootstrap interval over grid points:")
+    for opt in res.optimizers():
+        for t in res.targets:
+            try:
+                f = critical_batch_size(res, opt, t, args.unit, n_boot=200)
+            except ValueError as e:
+                print(f"  {opt} {t:g}: {e}")
+                continue
+            lo, hi = f["b_crit_interval"]
+            print(f"  {opt} {t:g}: B_crit {f['b_crit']:,.0f} [{lo:,.0f}, {hi:,.0f}], S_min {f['s_min']:,.4g}"
+                  f"{' (at the edge of the search: not identified)' if f['at_edge'] else ''}")
+    return 0
+
+
 def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -292,7 +326,8 @@ def main(argv=None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        return {"train": cmd_train, "bench": cmd_bench, "sweep": cmd_sweep}[args.command](args)
+        return {"train": cmd_train, "bench": cmd_bench, "sweep": cmd_sweep,
+                "results": cmd_results}[args.command](args)
     except UsageError as e:
         print(f"kfaclab: error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -26,3 +26,19 @@ def cifar10_jpeg(tmp_path_factory):
         pytest.skip(f"CIFAR-10 JPEG archive not found at {archive}")
     cache = tmp_path_factory.mktemp("cache")
     return load_dataset("cifar10-jpeg", archive=archive, cache_dir=cache), archive, cache
+
+
+@pytest.fixture(scope="session")
+def smoke_study(tmp_path_factory):
+    """The smoke preset executed once per session (2 workers, real papermill), in a copy."""
+    import shutil
+
+    from kfaclab.sweep import load_study
+    from kfaclab.sweep.runner import sweep
+
+    d = tmp_path_factory.mktemp("studies") / "smoke"
+    d.mkdir()
+    shutil.copy(ROOT / "runs" / "smoke" / "study.yaml", d / "study.yaml")
+    summary = sweep(load_study(d / "study.yaml"), workers=2, progress=False)
+    assert summary.count("failed") == 0, summary.table()
+    return d

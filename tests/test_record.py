@@ -31,11 +31,10 @@ def test_atomic_write_keeps_the_old_file_on_a_crash(tmp_path, monkeypatch):
     path = tmp_path / "run.json"
     record.write_atomic(path, {"a": 1})
 
-    def torn_dump(obj, f, **kw):
-        f.write('{"a": 2, "half')
+    def interrupted_fsync(fd):  # Ctrl-C after the temp file is written, before the rename
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(record.json, "dump", torn_dump)
+    monkeypatch.setattr(record.os, "fsync", interrupted_fsync)
     with pytest.raises(KeyboardInterrupt):
         record.write_atomic(path, {"a": 2})
     assert json.loads(path.read_text()) == {"a": 1}

@@ -143,9 +143,12 @@ def test_a_failing_run_is_isolated_recorded_and_retried_on_request(tmp_path):
     assert r.returncode == 1 and "failed: sgd-b64" in r.stdout
 
 
-def _sweep_process(spec, *extra):
+def _sweep_process(spec, *extra, sigint_ignored=False):
+    # A shell script's background job starts with SIGINT ignored: the sweep must still stop on it.
+    pre = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if sigint_ignored else None
     return subprocess.Popen([sys.executable, "-m", "kfaclab", "sweep", str(spec), "--workers", "1", "--quiet", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=pre)
 
 
 def _wait_for_records(directory, n, proc, timeout=180):
@@ -156,17 +159,17 @@ def _wait_for_records(directory, n, proc, timeout=180):
         time.sleep(0.2)
 
 
-@pytest.mark.parametrize("how", ["kill", "ctrl-c"])
+@pytest.mark.parametrize("how", ["kill", "ctrl-c", "sigterm", "sigint-in-background"])
 def test_killed_or_interrupted_sweep_resumes_losing_and_duplicating_nothing(tmp_path, how):
     spec = smoke_spec(tmp_path)
     study = load_study(spec)
-    proc = _sweep_process(spec)
+    proc = _sweep_process(spec, sigint_ignored=how == "sigint-in-background")
     _wait_for_records(study.directory, 2, proc)
     if how == "kill":
         os.killpg(proc.pid, signal.SIGKILL)  # the sweep and anything in its process group
         proc.wait()
     else:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM if how == "sigterm" else signal.SIGINT)
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 130 and "interrupted" in err
         assert not list(study.directory.glob("*.failed.json"))  # interrupted is not failed

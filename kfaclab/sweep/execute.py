@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -127,6 +128,9 @@ def _exit_with_parent():
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    # A sweep started in the background by a shell script inherits SIGINT ignored, and so would
+    # this worker: the sweep's interrupt must still reach it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     _exit_with_parent()
     kernel_per_run = "--kernel-per-run" in argv
     kernel_name = next((a.split("=", 1)[1] for a in argv if a.startswith("--kernel=")), "python3")

@@ -35,8 +35,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from kfaclab.errors import UsageError
-from kfaclab.sweep.runner import (Outcome, Summary, _clean_partials, notebook_parameters, plan_runs, read_outcome,
-                                  template_path)
+from kfaclab.sweep.runner import (Summary, _clean_partials, catch_interrupts, notebook_parameters, plan_runs,
+                                  read_outcome, restore_signals, template_path)
 from kfaclab.sweep.spec import Run, Study
 from kfaclab.train.record import write_bytes_atomic
 
@@ -134,6 +134,7 @@ def sweep_ray(study: Study, address: str | None = None, cpus_per_run: float = 1.
     refs = {}
     t0 = time.perf_counter()
     bar = tqdm(total=len(pending), unit="run", disable=not progress, dynamic_ncols=True)
+    previous = catch_interrupts()
     try:
         for run in pending:
             job = {"template": str(template_path()), "notebook_name": f"{run.name}.ipynb",
@@ -159,6 +160,7 @@ def sweep_ray(study: Study, address: str | None = None, cpus_per_run: float = 1.
         for ref in refs:  # runs in flight stay pending: nothing of theirs reached the study folder
             ray.cancel(ref, force=True)
     finally:
+        restore_signals(previous)
         bar.close()
         summary.wall_seconds = time.perf_counter() - t0
         if started_here:

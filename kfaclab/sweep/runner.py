@@ -282,8 +282,7 @@ def sweep(study: Study, workers: int = 1, gpus: list[str] | None = None, runs_pe
 
     t0 = time.perf_counter()
     bar = tqdm(total=len(pending), unit="run", disable=not progress, dynamic_ncols=True)
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt) if main else None
+    previous = catch_interrupts()
     pool = ThreadPoolExecutor(max_workers=len(slots))
     futures = []
     try:
@@ -307,10 +306,23 @@ def sweep(study: Study, workers: int = 1, gpus: list[str] | None = None, runs_pe
         for w in pool_workers:
             w.close()
         bar.close()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        restore_signals(previous)
         summary.wall_seconds = time.perf_counter() - t0
     return summary
+
+
+def catch_interrupts() -> dict:
+    """SIGTERM and SIGINT both raise KeyboardInterrupt in the sweep (main thread only), even
+    where a shell started it with SIGINT ignored (a background job of a script). Returns the
+    previous handlers for `restore_signals`."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
+
+
+def restore_signals(previous: dict) -> None:
+    for s, handler in previous.items():
+        signal.signal(s, handler)
 
 
 def _raise_interrupt(signum, frame):

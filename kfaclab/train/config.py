@@ -16,6 +16,9 @@ from kfaclab.train.schedule import LR_DECAYS, LR_SCALINGS
 
 # Fields that say where things are, not what is computed: left out of the run id.
 LOCATION_FIELDS = ("output", "cache_dir", "data_root", "data_archive", "download")
+# Fields added after the first runs were recorded, whose default changes nothing: left out of
+# the run id at their default, so that the ids of earlier runs stay valid.
+LATER_FIELDS = {"noise_scale_batches": 0}
 
 
 @dataclass
@@ -55,6 +58,7 @@ class RunConfig:
     targets: tuple[float, ...] = ()
     target_loss: float | None = None
     divergence_factor: float = 10.0  # running loss above this x the initial loss = diverged
+    noise_scale_batches: int = 0  # >= 2: measure the gradient noise scale at each evaluation (0: off)
     # execution
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -110,6 +114,8 @@ class RunConfig:
                 bad("targets", f"must be accuracies in (0, 1], got {t}")
         if self.target_loss is not None and not self.target_loss > 0:
             bad("target_loss", "must be positive")
+        if self.noise_scale_batches < 0 or self.noise_scale_batches == 1:
+            bad("noise_scale_batches", f"must be 0 (off) or at least 2 batches, got {self.noise_scale_batches}")
         if not self.divergence_factor > 1:
             bad("divergence_factor", "must be > 1")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
@@ -122,7 +128,8 @@ class RunConfig:
 
     def run_id(self) -> str:
         """A stable id: a hash of everything that affects the result (not where files are)."""
-        d = {k: v for k, v in self.to_dict().items() if k not in LOCATION_FIELDS}
+        d = {k: v for k, v in self.to_dict().items()
+             if k not in LOCATION_FIELDS and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 

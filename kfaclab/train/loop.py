@@ -6,6 +6,7 @@ divergence handling; it calls optimizers only through `TrainingOptimizer.step`.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from collections import OrderedDict
@@ -24,6 +25,8 @@ from kfaclab.optim import build_optimizer, resolve_hyperparameters
 from kfaclab.train import record as rec
 from kfaclab.train.budget import evaluation_iterations, stopping_rule_epochs, total_iterations
 from kfaclab.train.config import RunConfig
+from kfaclab.train.noise_scale import NOISE_EPOCH_OFFSET
+from kfaclab.train.noise_scale import measure as measure_noise
 from kfaclab.train.schedule import LRSchedule, scaled_lr
 from kfaclab.train.targets import race_to_targets
 
@@ -114,6 +117,9 @@ def classifier_hyperparameters(optimizer: str, given: dict) -> dict:
 def plan(cfg: RunConfig, steps_per_epoch: int) -> dict:
     """What the config resolves to for this data: iteration budget, peak lr, warmup, evaluations."""
     iters = total_iterations(cfg.budget, cfg.budget_value, cfg.batch_size, steps_per_epoch, cfg.rule_b0, cfg.rule_e0)
+    if cfg.noise_scale_batches > steps_per_epoch:
+        raise UsageError(f"noise_scale_batches {cfg.noise_scale_batches} needs that many batches of "
+                         f"{cfg.batch_size} per epoch; the training split has {steps_per_epoch}: lower it")
     hp = classifier_hyperparameters(cfg.optimizer, cfg.hparams)
     # A trust region has no learning rate: then there is no schedule either.
     peak = scaled_lr(hp["lr"], cfg.batch_size, cfg.lr_base_batch_size, cfg.lr_scaling) if "lr" in hp else None
@@ -195,13 +201,19 @@ def _run(cfg, model, opt, schedule, train_loader, test_loader, p, st: _LoopState
         _sync(device)
         t0 = time.perf_counter()
         test_loss, test_acc = evaluate(model, test_loader)
-        st.eval_seconds += time.perf_counter() - t0
-        st.history.append({
+        entry = {
             "iteration": st.iteration, "epoch": st.iteration / spe, "examples": st.iteration * cfg.batch_size,
             "seconds": st.train_seconds, "propagations": opt.counters["propagations"],
             "lr": schedule(st.iteration - 1) if st.iteration else None,
             "train_loss": train_loss, "test_loss": test_loss, "test_accuracy": test_acc,
-        })
+        }
+        if cfg.noise_scale_batches:
+            batches = itertools.islice(train_loader.epoch(NOISE_EPOCH_OFFSET + len(st.history)),
+                                       cfg.noise_scale_batches)
+            entry["noise"] = measure_noise(model, F.cross_entropy, batches)
+        _sync(device)
+        st.eval_seconds += time.perf_counter() - t0
+        st.history.append(entry)
         return test_acc
 
     model.train()

@@ -30,6 +30,9 @@ HISTORY_ENTRY = {
     "iteration": int, "epoch": NUM, "examples": int, "seconds": NUM, "propagations": NUM, "lr": OPT_NUM,
     "train_loss": OPT_NUM, "test_loss": NUM, "test_accuracy": NUM,
 }
+NOISE_ENTRY = {  # optional in a history entry, with RunConfig.noise_scale_batches
+    "b_small": int, "b_big": int, "small_sq": NUM, "big_sq": NUM, "grad_sq": NUM, "trace": NUM,
+}
 TARGET_ENTRY = {
     "test_accuracy": NUM, "train_loss": OPT_NUM, "reached": bool, "iteration": (int, type(None)),
     "epoch": OPT_NUM, "examples": (int, type(None)), "seconds": OPT_NUM, "propagations": OPT_NUM,
@@ -55,6 +58,8 @@ def validate_record(rec: dict) -> list[str]:
     problems += _check(rec["resolved"], RESOLVED, "resolved")
     for i, h in enumerate(rec["history"]):
         problems += _check(h, HISTORY_ENTRY, f"history[{i}]")
+        if "noise" in h:
+            problems += _check(h["noise"], NOISE_ENTRY, f"history[{i}].noise")
     for i, t in enumerate(rec["targets"]):
         problems += _check(t, TARGET_ENTRY, f"targets[{i}]")
     iters = [h.get("iteration") for h in rec["history"]]

@@ -1,0 +1,282 @@
+"""Altair charts of a study's results (fed by `kfaclab.results`; presentation only).
+
+Every chart carries its data inline and its interactivity as Vega-Lite parameters bound to
+HTML inputs (selectors, radio buttons, sliders), so it works in a static page with no kernel.
+Axis titles carry units; batch sizes are on log2 axes labelled with the sizes themselves.
+"""
+
+from __future__ import annotations
+
+import math
+
+import altair as alt
+import numpy as np
+import pandas as pd
+
+from kfaclab.results import (BUDGET_TYPES, UNITS, StudyResults, accuracy_at_budget, critical_batch_size,
+                             high_accuracy_region, steps_curve, steps_to_target, with_ideal_scaling)
+
+OPTIMIZER_COLORS = {"sgd": "#1f77b4", "kfac": "#d62728", "trcg": "#2ca02c", "strcg": "#9467bd"}
+UNIT_TITLES = {"iterations": "iterations", "epochs": "epochs", "examples": "examples",
+               "seconds": "training seconds", "propagations": "propagations (2n per forward+backward over n)"}
+GRID_LABELS = {"hp_lr": "learning rate", "hp_momentum": "momentum", "hp_damping": "damping",
+               "hp_radius": "trust radius"}
+# What a heatmap cell without an accuracy says (the tooltip gives the full status).
+MISSING_LABELS = {"failed": "fail", "diverged": "div", "pending": "-", "interrupted": "-", "completed": "-"}
+# The grid each optimizer's heatmap shows (x, y): the paper's pairs.
+HEATMAP_AXES = {"sgd": ("hp_lr", "hp_momentum"), "kfac": ("hp_lr", "hp_damping")}
+
+
+def _color(optimizers):
+    opts = list(optimizers)
+    return alt.Color("optimizer:N", title="optimizer",
+                     scale=alt.Scale(domain=opts, range=[OPTIMIZER_COLORS.get(o, "#7f7f7f") for o in opts]))
+
+
+def _batch_axis(batch_sizes, title="batch size"):
+    return alt.X("batch_size:Q", title=title,
+                 scale=alt.Scale(type="log", base=2, domain=[min(batch_sizes) / 1.2, max(batch_sizes) * 1.2]),
+                 axis=alt.Axis(values=list(batch_sizes), format="d"))
+
+
+def _target_param(targets):
+    targets = [float(t) for t in targets]
+    return alt.param(name="target", value=targets[0],
+                     bind=alt.binding_select(options=targets, labels=[f"{t:.0%}" for t in targets],
+                                             name="target test accuracy "))
+
+
+# ---------------------------------------------------------------------- scaling
+
+def scaling_data(results: StudyResults) -> pd.DataFrame:
+    """Long format: one row per (optimizer, batch size, target, unit) with the measured steps,
+    the ideal line and the best configuration."""
+    table = steps_to_target(results)
+    hp = [c for c in table.columns if c.startswith("hp_")]
+    rows = []
+    for unit in UNITS:
+        t = with_ideal_scaling(table, unit)
+        part = t[["optimizer", "batch_size", "target", "reached", "runs", "diverged", "failed", "best_run", *hp]].copy()
+        part["unit"], part["steps"], part["ideal"], part["efficiency"] = unit, t[unit], t["ideal"], t["efficiency"]
+        rows.append(part)
+    return pd.concat(rows, ignore_index=True)
+
+
+def scaling_chart(results: StudyResults, width: int = 460, height: int = 320) -> alt.LayerChart:
+    """Steps to the target against batch size, log-log, one line per optimizer; the dotted line
+    is perfect scaling from each optimizer's smallest batch size (steps halve per doubling)."""
+    data = scaling_data(results)
+    data = data[data["steps"].notna() | data["ideal"].notna()]
+    target = _target_param(results.targets)
+    unit = alt.param(name="unit", value="iterations",
+                     bind=alt.binding_radio(options=list(UNITS), name="measured in "))
+    base = alt.Chart(data).transform_filter(
+        (alt.datum.target == target) & (alt.datum.unit == unit))
+    x = _batch_axis(results.batch_sizes())
+    y = alt.Y("steps:Q", scale=alt.Scale(type="log"), title="to the target (unit chosen below)")
+    color = _color(results.optimizers())
+    tooltip = [alt.Tooltip("optimizer:N"), alt.Tooltip("batch_size:Q", title="batch size"),
+               alt.Tooltip("steps:Q", title="to target", format=",.4~g"),
+               alt.Tooltip("efficiency:Q", title="scaling efficiency", format=".2f"),
+               alt.Tooltip("reached:Q", title="grid points that reached it"),
+               alt.Tooltip("best_run:N", title="best run")]
+    measured = base.transform_filter(alt.datum.steps > 0).mark_line(point=True).encode(
+        x=x, y=y, color=color, tooltip=tooltip)
+    ideal = base.transform_filter(alt.datum.ideal > 0).mark_line(strokeDash=[4, 4], opacity=0.7).encode(
+        x=x, y=alt.Y("ideal:Q", scale=alt.Scale(type="log")), color=color,
+        detail="optimizer:N")
+    title = alt.Title(alt.ExprRef("'Steps to ' + format(target, '.0%') + ' test accuracy, in ' + unit"),
+                      subtitle="solid: measured (best of the grid); dotted: perfect scaling")
+    return alt.layer(measured, ideal).add_params(target, unit).properties(width=width, height=height, title=title)
+
+
+# ---------------------------------------------------------------------- robustness
+
+def robustness_data(results: StudyResults, budgets: dict | None = None) -> pd.DataFrame:
+    """accuracy_at_budget for each budget type (default budgets unless given), stacked."""
+    budgets = budgets or {}
+    parts = [accuracy_at_budget(results, b, budgets.get(b)) for b in BUDGET_TYPES]
+    df = pd.concat(parts, ignore_index=True)
+    df["log2_batch"] = np.log2(df["batch_size"]).round().astype(int)
+    return df
+
+
+def _budget_param(results: StudyResults, data: pd.DataFrame):
+    labels = []
+    for b in BUDGET_TYPES:
+        v = data.loc[data["budget_type"] == b, "budget"].iloc[0] if (data["budget_type"] == b).any() else None
+        labels.append({"epochs": f"epoch budget ({v:g} epochs)" if v is not None else "epoch budget",
+                       "iterations": f"iteration budget ({v:g} iterations)" if v is not None else "iteration budget",
+                       "rule": "each run's own stopping-rule budget"}[b])
+    return alt.param(name="budget_type", value="epochs",
+                     bind=alt.binding_radio(options=list(BUDGET_TYPES), labels=labels, name="budget "))
+
+
+def heatmap_axes(results: StudyResults, opt: str):
+    """(x, y) columns of an optimizer's heatmap: the paper's pair where the study tunes it,
+    else its first two grid keys; y is None for a one-dimensional grid."""
+    keys = [f"hp_{k}" for k in results.grid_keys.get(opt, [])]
+    preferred = HEATMAP_AXES.get(opt)
+    if preferred and all(k in keys for k in preferred):
+        return preferred
+    if not keys:
+        return None
+    return keys[0], keys[1] if len(keys) > 1 else None
+
+
+def robustness_heatmaps(results: StudyResults, budgets: dict | None = None, cell: int = 40) -> alt.HConcatChart:
+    """Test accuracy over each optimizer's tuned grid (SGD: lr x momentum, K-FAC: lr x damping)
+    at one batch size (slider) under one budget (radio). Grey cells: no accuracy (failed,
+    diverged before the budget, or not run)."""
+    data = robustness_data(results, budgets)
+    sizes = results.batch_sizes()
+    lo, hi = int(round(math.log2(min(sizes)))), int(round(math.log2(max(sizes))))
+    batch = alt.param(name="log2_batch", value=lo,
+                      bind=alt.binding_range(min=lo, max=hi, step=1, name="log2(batch size) "))
+    budget = _budget_param(results, data)
+    domain = [float(np.nanmin(data["accuracy"])) if data["accuracy"].notna().any() else 0.0,
+              float(np.nanmax(data["accuracy"])) if data["accuracy"].notna().any() else 1.0]
+    charts = []
+    for opt in results.optimizers():
+        axes = heatmap_axes(results, opt)
+        if axes is None:
+            continue
+        xk, yk = axes
+        d = data[data["optimizer"] == opt].copy()
+        d["x"] = d[xk].map(lambda v: f"{v:g}")
+        d["y"] = d[yk].map(lambda v: f"{v:g}") if yk else "(fixed)"
+        xs = [f"{v:g}" for v in sorted(d[xk].unique())]
+        ys = [f"{v:g}" for v in sorted(d[yk].unique(), reverse=True)] if yk else ["(fixed)"]
+        enc = dict(x=alt.X("x:O", sort=xs, title=GRID_LABELS.get(xk, xk) + " (base, before batch scaling)"),
+                   y=alt.Y("y:O", sort=ys, title=GRID_LABELS.get(yk, yk) if yk else None))
+        # Every cell grey first; cells with an accuracy are coloured over it; the label says
+        # the accuracy, or why there is none.
+        d["label"] = [f"{a:.2f}" if np.isfinite(a) else MISSING_LABELS.get(st, "-")
+                      for a, st in zip(d["accuracy"].astype(float), d["status"].astype(str))]
+        d = d[["name", "status", "x", "y", "label", "accuracy", "log2_batch", "budget_type"]]
+        base = alt.Chart(d).transform_filter(
+            (alt.datum.log2_batch == batch) & (alt.datum.budget_type == budget))
+        background = base.mark_rect(color="#dddddd").encode(
+            **enc, tooltip=[alt.Tooltip("name:N", title="run"), alt.Tooltip("status:N")])
+        rect = base.transform_filter("isValid(datum.accuracy)").mark_rect().encode(
+            **enc,
+            color=alt.Color("accuracy:Q", title="test accuracy", scale=alt.Scale(scheme="viridis", domain=domain)),
+            tooltip=[alt.Tooltip("name:N", title="run"), alt.Tooltip("status:N"),
+                     alt.Tooltip("accuracy:Q", title="test accuracy", format=".3f")])
+        text = base.mark_text(fontSize=10).encode(
+            **enc, text="label:N",
+            color=alt.condition(f"isValid(datum.accuracy) && datum.accuracy < {(domain[0] + domain[1]) / 2}",
+                                alt.value("white"), alt.value("black")))
+        charts.append(alt.layer(background, rect, text).properties(
+            width=cell * len(xs), height=cell * len(ys), title=f"{opt}: test accuracy over its grid"))
+    title = alt.Title(alt.ExprRef("'Batch size ' + pow(2, log2_batch)"),
+                      subtitle="accuracy of each grid point at the chosen budget")
+    return alt.hconcat(*charts).add_params(batch, budget).resolve_scale(color="shared").properties(title=title)
+
+
+def robustness_boxplots(results: StudyResults, budgets: dict | None = None, width: int = 460,
+                        height: int = 280) -> alt.Chart:
+    """Accuracy across each optimizer's grid per batch size (boxes), for the chosen budget."""
+    data = robustness_data(results, budgets)
+    data = data[data["accuracy"].notna()]
+    budget = _budget_param(results, data if len(data) else robustness_data(results, budgets))
+    return alt.Chart(data).transform_filter(alt.datum.budget_type == budget).mark_boxplot(extent="min-max").encode(
+        x=alt.X("batch_size:O", title="batch size"),
+        xOffset=alt.XOffset("optimizer:N"),
+        y=alt.Y("accuracy:Q", title="test accuracy over the grid", scale=alt.Scale(zero=False)),
+        color=_color(results.optimizers()),
+    ).add_params(budget).properties(width=width, height=height,
+                                    title="Spread of accuracy across the tuned grid")
+
+
+def region_chart(results: StudyResults, tolerance: float = 0.01, budgets: dict | None = None,
+                 width: int = 460, height: int = 260) -> alt.Chart:
+    """Share of the grid within `tolerance` of the optimizer's best accuracy, per batch size
+    and budget type: the paper's 'high-accuracy region'."""
+    table = high_accuracy_region(robustness_data(results, budgets), tolerance)
+    budget = alt.param(name="budget_type_region", value="epochs",
+                       bind=alt.binding_radio(options=list(BUDGET_TYPES), name="budget "))
+    return alt.Chart(table).transform_filter(alt.datum.budget_type == budget).mark_line(point=True).encode(
+        x=_batch_axis(results.batch_sizes()),
+        y=alt.Y("share:Q", title=f"share of grid within {tolerance:.0%} of the best", axis=alt.Axis(format=".0%"),
+                scale=alt.Scale(domain=[0, 1])),
+        color=_color(results.optimizers()),
+        tooltip=["optimizer:N", alt.Tooltip("batch_size:Q", title="batch size"), "in_region:Q", "grid_points:Q",
+                 alt.Tooltip("best_accuracy:Q", format=".3f"), alt.Tooltip("reference:Q", format=".3f")],
+    ).add_params(budget).properties(width=width, height=height, title="The high-accuracy region")
+
+
+# ---------------------------------------------------------------------- critical batch size
+
+def critical_batch_data(results: StudyResults, unit: str = "iterations", n_boot: int = 200):
+    """Measured points, fitted curves and fitted B_crit per (optimizer, target)."""
+    points, curves, fits = [], [], []
+    sizes = results.batch_sizes()
+    dense = np.exp(np.linspace(np.log(min(sizes)), np.log(max(sizes)), 60))
+    for opt in results.optimizers():
+        for t in results.targets:
+            try:
+                fit = critical_batch_size(results, opt, t, unit, n_boot=n_boot)
+            except ValueError:
+                continue
+            for b, s in zip(fit["batch_sizes"], fit["steps"]):
+                if np.isfinite(s):
+                    points.append({"optimizer": opt, "target": t, "batch_size": b, "steps": s})
+            for b, s in zip(dense, steps_curve(fit, dense)):
+                curves.append({"optimizer": opt, "target": t, "batch_size": b, "steps": s})
+            lo, hi = fit["b_crit_interval"]
+            fits.append({"optimizer": opt, "target": t, "b_crit": fit["b_crit"], "b_crit_lo": lo, "b_crit_hi": hi,
+                         "s_min": fit["s_min"], "e_min": fit["e_min"], "rms_log_residual": fit["rms_log_residual"]})
+    return pd.DataFrame(points), pd.DataFrame(curves), pd.DataFrame(fits)
+
+
+def critical_batch_chart(results: StudyResults, unit: str = "iterations", n_boot: int = 200,
+                         noise_scale: pd.DataFrame | None = None, width: int = 460, height: int = 320):
+    """Measured steps-to-target (points), the fit S = S_min (1 + B_crit / B) (lines), and the
+    fitted B_crit with its bootstrap interval (vertical rule and band). With `noise_scale`
+    (optimizer, b_simple), the measured gradient noise scale is drawn as a dashed rule."""
+    points, curves, fits = critical_batch_data(results, unit, n_boot)
+    target = _target_param(results.targets)
+    x = _batch_axis(results.batch_sizes())
+    color = _color(results.optimizers())
+    y = alt.Y("steps:Q", scale=alt.Scale(type="log"), title=f"{UNIT_TITLES[unit]} to the target")
+    layers = [
+        alt.Chart(curves).transform_filter(alt.datum.target == target).mark_line().encode(x=x, y=y, color=color),
+        alt.Chart(points).transform_filter(alt.datum.target == target).mark_point(filled=True, size=50).encode(
+            x=x, y=y, color=color, tooltip=["optimizer:N", alt.Tooltip("batch_size:Q", title="batch size"),
+                                            alt.Tooltip("steps:Q", format=",.4~g")]),
+    ]
+    if len(fits):
+        band = fits.assign(b_crit_lo=fits["b_crit_lo"].clip(lower=min(results.batch_sizes()) / 1.2),
+                           b_crit_hi=fits["b_crit_hi"].clip(upper=max(results.batch_sizes()) * 1.2))
+        in_view = band[(band["b_crit"] > min(results.batch_sizes()) / 1.2) &
+                       (band["b_crit"] < max(results.batch_sizes()) * 1.2)]
+        layers += [
+            alt.Chart(in_view).transform_filter(alt.datum.target == target).mark_rect(opacity=0.12).encode(
+                x="b_crit_lo:Q", x2="b_crit_hi:Q", color=color),
+            alt.Chart(in_view).transform_filter(alt.datum.target == target).mark_rule(strokeWidth=2).encode(
+                x="b_crit:Q", color=color,
+                tooltip=["optimizer:N", alt.Tooltip("b_crit:Q", title="fitted B_crit", format=",.0f"),
+                         alt.Tooltip("b_crit_lo:Q", title="68% interval from", format=",.0f"),
+                         alt.Tooltip("b_crit_hi:Q", title="to", format=",.0f"),
+                         alt.Tooltip("s_min:Q", title="S_min", format=",.3~g")]),
+        ]
+    if noise_scale is not None and len(noise_scale):
+        layers.append(alt.Chart(noise_scale).mark_rule(strokeDash=[6, 3], strokeWidth=2).encode(
+            x="b_simple:Q", color=color,
+            tooltip=["optimizer:N", alt.Tooltip("b_simple:Q", title="gradient noise scale B_simple", format=",.0f")]))
+    return alt.layer(*layers).add_params(target).properties(
+        width=width, height=height,
+        title=alt.Title("Critical batch size: S(B) = S_min (1 + B_crit / B)",
+                        subtitle="points: measured; lines: fit; rule and band: fitted B_crit and its 68% "
+                                 "bootstrap interval over grid points"))
+
+
+def learning_curves(results: StudyResults, names: list[str], x: str = "epoch", width: int = 460,
+                    height: int = 260) -> alt.Chart:
+    """Test accuracy against `x` (epoch, iteration, examples, seconds) for the given runs."""
+    ev = results.evals[results.evals["name"].isin(names)]
+    return alt.Chart(ev).mark_line(point=True).encode(
+        x=alt.X(f"{x}:Q", title=x), y=alt.Y("test_accuracy:Q", title="test accuracy"),
+        color=alt.Color("name:N", title="run"), tooltip=["name:N", f"{x}:Q", alt.Tooltip("test_accuracy:Q", format=".3f")],
+    ).properties(width=width, height=height)

@@ -1,0 +1,158 @@
+"""Steps to a target against batch size: Shallue et al.'s rule, the ideal line, the scaling
+efficiency, and the fit S(B) = S_min (1 + B_crit / B) of McCandlish et al.
+
+Steps-to-target for (optimizer, batch size, target) is the minimum over the tuned grid of the
+first evaluated iteration at which test accuracy reached the target (Shallue et al. 2018). It
+is resolved to the evaluation cadence of the runs: a run evaluated every k iterations reports
+the first evaluation at or after the true crossing. Within one batch size, epochs and examples
+are proportional to iterations, so the same configuration is best in all three units;
+seconds and propagations are minimized on their own (another configuration may win there).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from kfaclab.results.study import FINISHED, StudyResults
+
+UNITS = {"iterations": "iteration", "epochs": "epoch", "examples": "examples", "seconds": "seconds",
+         "propagations": "propagations"}
+
+
+def steps_to_target(results: StudyResults, targets=None) -> pd.DataFrame:
+    """One row per (optimizer, batch size, target): the minimum over the grid in each unit, the
+    best configuration (by iterations), and how many runs it rests on (finished, reached,
+    diverged, failed or pending). Rows whose target no run reached have NaN steps."""
+    df = results.runs
+    targets = results.targets if targets is None else targets
+    rows = []
+    for (opt, b), group in df.groupby(["optimizer", "batch_size"], sort=True, observed=True):
+        finished = group[group["status"].isin(FINISHED)]
+        for t in targets:
+            key = f"{t:g}"
+            row = {"optimizer": opt, "batch_size": int(b), "target": t, "runs": len(group),
+                   "finished": len(finished), "diverged": int((group["status"] == "diverged").sum()),
+                   "failed": int((group["status"] == "failed").sum()),
+                   "pending": int(group["status"].isin(["pending", "interrupted"]).sum())}
+            col = f"iteration_to_{key}"
+            reached = finished[finished[col].notna()] if col in finished else finished.iloc[0:0]
+            row["reached"] = len(reached)
+            for unit, field in UNITS.items():
+                c = f"{field}_to_{key}"
+                row[unit] = float(reached[c].min()) if len(reached) and reached[c].notna().any() else np.nan
+            if len(reached):
+                best = reached.loc[reached[col].astype(float).idxmin()]
+                row["best_run"] = best["name"]
+                row.update({k: best[k] for k in group.columns if k.startswith("hp_")})
+            else:
+                row["best_run"] = None
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# Units in which perfect scaling is flat: the work per example does not change with B.
+PER_EXAMPLE_UNITS = ("epochs", "examples", "propagations")
+
+
+def with_ideal_scaling(table: pd.DataFrame, unit: str = "iterations") -> pd.DataFrame:
+    """Adds `ideal`, the perfect-scaling line from the smallest batch size that reached the
+    target, and `efficiency` = ideal / measured (1 = perfect). Perfect scaling halves the steps
+    per doubling of B; so it halves iterations and (with a step time that does not grow with
+    B, as on ideal parallel hardware) seconds, and keeps epochs, examples and propagations
+    constant."""
+    out = []
+    for _, g in table.groupby(["optimizer", "target"], sort=False):
+        g = g.sort_values("batch_size").copy()
+        ok = g[g[unit].notna()]
+        if len(ok):
+            b0, s0 = ok["batch_size"].iloc[0], ok[unit].iloc[0]
+            ideal = s0 if unit in PER_EXAMPLE_UNITS else s0 * b0 / g["batch_size"]
+            g["ideal"] = np.where(g["batch_size"] >= b0, ideal, np.nan)
+        else:
+            g["ideal"] = np.nan
+        g["efficiency"] = g["ideal"] / g[unit]
+        out.append(g)
+    return pd.concat(out, ignore_index=True) if out else table.assign(ideal=np.nan, efficiency=np.nan)
+
+
+# ---------------------------------------------------------------------- critical batch size
+
+def fit_steps_curve(batch_sizes, steps) -> dict:
+    """Least squares in log space of log S = log S_min + log(1 + B_crit / B).
+
+    For fixed B_crit the best log S_min is a mean, so the fit is a one-dimensional search over
+    log B_crit (a grid, then golden-section refinement): no optimizer package needed, and no
+    local minimum is missed. Returns s_min, b_crit, e_min = S_min B_crit (the fewest examples,
+    from E(B) = E_min (1 + B / B_crit)) and the residual (RMS in log S)."""
+    b = np.asarray(batch_sizes, dtype=float)
+    s = np.asarray(steps, dtype=float)
+    keep = np.isfinite(s) & (s > 0)
+    b, s = b[keep], s[keep]
+    if len(b) < 3:
+        raise ValueError(f"need steps at 3 or more batch sizes to fit S_min and B_crit, got {len(b)}")
+    logs = np.log(s)
+
+    def loss(log_bc):
+        shape = np.log1p(np.exp(log_bc) / b)
+        log_smin = np.mean(logs - shape)
+        return np.mean((logs - log_smin - shape) ** 2), log_smin
+
+    lo, hi = np.log(b.min()) - 8, np.log(b.max()) + 8  # B_crit far outside the data is a plateau
+    grid = np.linspace(lo, hi, 801)
+    values = [loss(x)[0] for x in grid]
+    i = int(np.argmin(values))
+    a, c = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
+    phi = (np.sqrt(5) - 1) / 2
+    for _ in range(80):
+        x1, x2 = c - phi * (c - a), a + phi * (c - a)
+        if loss(x1)[0] < loss(x2)[0]:
+            c = x2
+        else:
+            a = x1
+    log_bc = (a + c) / 2
+    err, log_smin = loss(log_bc)
+    s_min, b_crit = float(np.exp(log_smin)), float(np.exp(log_bc))
+    return {"s_min": s_min, "b_crit": b_crit, "e_min": s_min * b_crit, "rms_log_residual": float(np.sqrt(err)),
+            "at_edge": bool(i in (0, len(grid) - 1))}
+
+
+def steps_curve(fit: dict, batch_sizes) -> np.ndarray:
+    b = np.asarray(batch_sizes, dtype=float)
+    return fit["s_min"] * (1 + fit["b_crit"] / b)
+
+
+def critical_batch_size(results: StudyResults, optimizer: str, target: float, unit: str = "iterations",
+                        n_boot: int = 200, seed: int = 0, level: float = 0.68) -> dict:
+    """The fit for one optimizer and target, with a bootstrap interval over grid points: each
+    replicate resamples, per batch size, the grid's runs with replacement, takes Shallue's
+    minimum again and refits. Returns the fit, the interval of S_min and B_crit at `level`,
+    and the share of replicates that could be fitted."""
+    df = results.runs
+    df = df[(df["optimizer"] == optimizer) & df["status"].isin(FINISHED)]
+    col = f"{UNITS[unit]}_to_{target:g}"
+    if col not in df:
+        raise ValueError(f"no runs of {optimizer} record target {target:g}")
+    groups = {int(b): g[col].astype(float).to_numpy() for b, g in df.groupby("batch_size")}
+    point = {b: np.nanmin(v) if np.isfinite(v).any() else np.nan for b, v in groups.items()}
+    bs = sorted(point)
+    fit = fit_steps_curve(bs, [point[b] for b in bs])
+    rng = np.random.default_rng(seed)
+    reps = []
+    for _ in range(n_boot):
+        steps = []
+        for b in bs:
+            v = rng.choice(groups[b], size=len(groups[b]), replace=True)
+            steps.append(np.nanmin(v) if np.isfinite(v).any() else np.nan)
+        try:
+            f = fit_steps_curve(bs, steps)
+        except ValueError:
+            continue
+        reps.append((f["s_min"], f["b_crit"]))
+    q = [(1 - level) / 2, (1 + level) / 2]
+    reps = np.array(reps) if reps else np.full((0, 2), np.nan)
+    fit.update(optimizer=optimizer, target=target, unit=unit, batch_sizes=bs, steps=[point[b] for b in bs],
+               bootstrap=len(reps) / n_boot, level=level,
+               s_min_interval=tuple(np.quantile(reps[:, 0], q)) if len(reps) else (np.nan, np.nan),
+               b_crit_interval=tuple(np.quantile(reps[:, 1], q)) if len(reps) else (np.nan, np.nan))
+    return fit

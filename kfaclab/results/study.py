@@ -1,0 +1,168 @@
+"""A study folder -> tidy pandas frames: one row per run, one row per evaluation.
+
+With a spec (`study.yaml`), the runs are the spec's: a record counts only if its run id is the
+spec's (a stale record of an older config is ignored), and runs without a record are listed
+as `pending`, runs with only a `.failed.json` marker as `failed`. Without a spec (hand-made
+or copied records) every `*.json` record in the folder is a run. Nothing is dropped: every
+run appears in `runs` with its status, and the derived tables say how many of each status
+they rest on.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from kfaclab.errors import UsageError
+
+STATUSES = ("completed", "diverged", "failed", "interrupted", "pending")
+# Statuses whose history is a result (a diverged run's evaluations before it diverged count).
+FINISHED = ("completed", "diverged")
+
+
+@dataclass
+class StudyResults:
+    name: str
+    directory: Path
+    description: str
+    runs: pd.DataFrame  # one row per run
+    evals: pd.DataFrame  # one row per evaluation of a finished run
+    grid_keys: dict  # optimizer -> the hyperparameters its grid varies
+    targets: list  # the study's target accuracies
+    spec: dict  # fixed settings, batch sizes, budget, as the spec gives them (empty without one)
+
+    def optimizers(self) -> list[str]:
+        return list(dict.fromkeys(self.runs["optimizer"]))
+
+    def batch_sizes(self) -> list[int]:
+        return sorted(set(int(b) for b in self.runs["batch_size"]))
+
+
+def load_results(path: str | Path) -> StudyResults:
+    """Load `runs/<study>/` (or its `study.yaml`)."""
+    path = Path(path)
+    directory = path.parent if path.suffix in (".yaml", ".yml") else path
+    if not directory.is_dir():
+        raise UsageError(f"no study folder at {directory}; give runs/<study> or its study.yaml")
+    spec_file = directory / "study.yaml"
+    if spec_file.exists():
+        return _with_spec(spec_file)
+    return _without_spec(directory)
+
+
+def _read(path: Path):
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _with_spec(spec_file: Path) -> StudyResults:
+    import yaml
+
+    from kfaclab.sweep.spec import load_study
+
+    study = load_study(spec_file)
+    raw = yaml.safe_load(spec_file.read_text())
+    rows, evals = [], []
+    grid_keys: dict = {}
+    for run in study.runs:
+        grid_keys.setdefault(run.config.optimizer, list(run.grid_point))
+        rec = _read(study.directory / f"{run.name}.json")
+        if rec is not None and rec.get("run_id") != run.run_id:
+            rec = None  # stale: another config under this name
+        marker = _read(study.directory / f"{run.name}.failed.json")
+        row = _row(run.name, run.run_id, run.config.to_dict(), run.grid_point, rec,
+                   marker if marker and marker.get("run_id") == run.run_id else None)
+        rows.append(row)
+        if rec is not None and rec.get("status") in FINISHED:
+            evals += _eval_rows(row, rec)
+    spec = {k: raw.get(k) for k in ("fixed", "batch_sizes", "budget", "lr_scaling", "seeds")}
+    return StudyResults(study.name, study.directory, study.description, _frame(rows, grid_keys),
+                        _evals_frame(evals, grid_keys), grid_keys, list(study.runs[0].config.targets), spec)
+
+
+def _without_spec(directory: Path) -> StudyResults:
+    records = []
+    for p in sorted(directory.glob("*.json")):
+        rec = _read(p)
+        if isinstance(rec, dict) and rec.get("kind") == "kfaclab.run":
+            records.append((p.stem, rec))
+    if not records:
+        raise UsageError(f"{directory}: no study.yaml and no run records (*.json); nothing to load")
+    # The grid of an optimizer: the hyperparameters that vary between its runs.
+    values: dict = {}
+    for _, rec in records:
+        for k, v in rec["config"]["hparams"].items():
+            values.setdefault(rec["config"]["optimizer"], {}).setdefault(k, set()).add(json.dumps(v))
+    grid_keys = {o: [k for k, vs in hp.items() if len(vs) > 1] for o, hp in values.items()}
+    rows, evals = [], []
+    for name, rec in records:
+        cfg = rec["config"]
+        point = {k: cfg["hparams"].get(k) for k in grid_keys[cfg["optimizer"]]}
+        row = _row(name, rec["run_id"], cfg, point, rec, None)
+        rows.append(row)
+        if rec.get("status") in FINISHED:
+            evals += _eval_rows(row, rec)
+    targets = sorted({t for _, rec in records for t in rec["config"]["targets"]})
+    return StudyResults(directory.name, directory, "", _frame(rows, grid_keys), _evals_frame(evals, grid_keys),
+                        grid_keys, targets, {})
+
+
+def _row(name, run_id, cfg: dict, point: dict, rec: dict | None, marker: dict | None) -> dict:
+    status = rec["status"] if rec is not None else ("failed" if marker is not None else "pending")
+    row = {"name": name, "run_id": run_id, "status": status, "optimizer": cfg["optimizer"],
+           "batch_size": cfg["batch_size"], "seed": cfg["seed"], "model": cfg["model"], "dataset": cfg["dataset"]}
+    row.update({f"hp_{k}": v for k, v in point.items()})
+    if rec is not None:
+        f, res = rec["final"], rec["resolved"]
+        accs = [h["test_accuracy"] for h in rec["history"]]
+        row.update(peak_lr=res.get("peak_lr"), planned_iterations=res["iterations"], planned_epochs=res["epochs"],
+                   iterations=f["iteration"], epochs=f["epoch"], examples=f["examples"], seconds=f["seconds"],
+                   propagations=rec["optimizer"].get("propagations"), final_accuracy=f["test_accuracy"],
+                   final_test_loss=f["test_loss"], best_accuracy=max(accs) if accs else None,
+                   steps_per_epoch=res["steps_per_epoch"], device=rec["environment"].get("device"),
+                   cpu=rec["environment"].get("cpu"), gpu=rec["environment"].get("gpu"))
+        for t in rec["targets"]:
+            key = f"{t['test_accuracy']:g}"
+            row[f"reached_{key}"] = t["reached"]
+            for unit in ("iteration", "epoch", "examples", "seconds", "propagations"):
+                row[f"{unit}_to_{key}"] = t[unit]
+    row["error"] = (rec or {}).get("error") or (marker or {}).get("error")
+    return row
+
+
+def _eval_rows(row: dict, rec: dict) -> list[dict]:
+    keep = {k: row[k] for k in row if k in ("name", "status", "optimizer", "batch_size", "seed") or k.startswith("hp_")}
+    out = []
+    for h in rec["history"]:
+        e = {**keep, **{k: h[k] for k in ("iteration", "epoch", "examples", "seconds", "propagations", "lr",
+                                          "train_loss", "test_loss", "test_accuracy")}}
+        noise = h.get("noise")
+        if noise:
+            e.update(noise_b_small=noise["b_small"], noise_b_big=noise["b_big"], noise_grad_sq=noise["grad_sq"],
+                     noise_trace=noise["trace"])
+        out.append(e)
+    return out
+
+
+def _frame(rows: list[dict], grid_keys: dict) -> pd.DataFrame:
+    df = pd.DataFrame(rows)
+    df["status"] = pd.Categorical(df["status"], categories=STATUSES)
+    return df
+
+
+def _evals_frame(rows: list[dict], grid_keys: dict) -> pd.DataFrame:
+    cols = ["name", "status", "optimizer", "batch_size", "seed", "iteration", "epoch", "examples", "seconds",
+            "propagations", "lr", "train_loss", "test_loss", "test_accuracy"]
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=cols)
+
+
+def status_counts(results: StudyResults) -> pd.DataFrame:
+    """Runs per optimizer and batch size by status: what every derived table rests on."""
+    df = results.runs
+    table = pd.crosstab([df["optimizer"], df["batch_size"]], df["status"], dropna=False)
+    return table.reindex(columns=list(STATUSES), fill_value=0)

@@ -1,0 +1,96 @@
+"""An ipywidgets explorer of studies, for live use in Jupyter (the static book uses the Altair
+charts' own selectors instead, which need no kernel).
+
+    from kfaclab.widgets import Explorer
+    Explorer("runs").show()
+
+Pick a study, an optimizer, a target, a budget and a batch size: the scaling chart, the
+accuracy over the grid at that batch size and budget, and the steps-to-target table follow.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ipywidgets as W
+import pandas as pd
+from IPython.display import display
+
+from kfaclab import plots
+from kfaclab.errors import UsageError
+from kfaclab.plots import heatmap_axes
+from kfaclab.results import BUDGET_TYPES, accuracy_at_budget, load_results, steps_to_target, with_ideal_scaling
+
+
+def studies(root: str | Path = "runs") -> list[str]:
+    """Study folders under `root` that have a spec and at least one run record."""
+    root = Path(root)
+    return sorted(p.parent.name for p in root.glob("*/study.yaml")
+                  if any(q.suffix == ".json" and not q.name.endswith(".failed.json") for q in p.parent.iterdir()))
+
+
+class Explorer:
+    def __init__(self, root: str | Path = "runs", study: str | None = None):
+        self.root = Path(root)
+        names = studies(self.root)
+        if not names:
+            raise UsageError(f"no study with results under {self.root}; run one first "
+                             f"(python -m kfaclab sweep runs/smoke/study.yaml)")
+        self.study = W.Dropdown(options=names, value=study or names[0], description="study")
+        self.optimizer = W.Dropdown(description="optimizer")
+        self.target = W.Dropdown(description="target")
+        self.budget = W.ToggleButtons(options=list(BUDGET_TYPES), description="budget")
+        self.batch_size = W.SelectionSlider(options=[0], description="batch size", continuous_update=False)
+        self.chart_out, self.table_out = W.Output(), W.Output()
+        self._load()
+        self.study.observe(lambda _: self._load(), names="value")
+        for w in (self.optimizer, self.target, self.budget, self.batch_size):
+            w.observe(lambda _: self.refresh(), names="value")
+
+    # ------------------------------------------------------------------ state
+    def _load(self):
+        self.results = load_results(self.root / self.study.value)
+        self._quiet = True
+        # A Dropdown given new options keeps no selection: choose the first of each.
+        self.optimizer.options = self.results.optimizers()
+        self.optimizer.index = 0
+        self.target.options = [(f"{t:.0%}", t) for t in self.results.targets]
+        self.target.index = 0
+        self.batch_size.options = self.results.batch_sizes()
+        self._quiet = False
+        self.refresh()
+
+    def steps_table(self) -> pd.DataFrame:
+        """Steps to the chosen target per batch size for the chosen optimizer, with the ideal line."""
+        t = with_ideal_scaling(steps_to_target(self.results, [self.target.value]))
+        return t[t["optimizer"] == self.optimizer.value].reset_index(drop=True)
+
+    def grid_table(self) -> pd.DataFrame:
+        """Accuracy over the chosen optimizer's grid at the chosen batch size and budget."""
+        acc = accuracy_at_budget(self.results, self.budget.value)
+        acc = acc[(acc["optimizer"] == self.optimizer.value) & (acc["batch_size"] == self.batch_size.value)]
+        axes = heatmap_axes(self.results, self.optimizer.value)
+        if axes is None or axes[1] is None:
+            return acc.set_index(axes[0] if axes else "name")[["accuracy"]]
+        return acc.pivot_table(index=axes[1], columns=axes[0], values="accuracy", dropna=False)
+
+    # ------------------------------------------------------------------ view
+    def refresh(self):
+        if getattr(self, "_quiet", False) or self.optimizer.value is None:
+            return
+        self.chart_out.clear_output(wait=True)
+        with self.chart_out:
+            display(plots.scaling_chart(self.results, width=380, height=260))
+        self.table_out.clear_output(wait=True)
+        with self.table_out:
+            display(self.steps_table()[["batch_size", "reached", "iterations", "epochs", "seconds", "ideal",
+                                        "efficiency", "best_run"]])
+            display(self.grid_table().style.format("{:.3f}", na_rep="-")
+                    .set_caption(f"{self.optimizer.value}, batch {self.batch_size.value}, {self.budget.value} budget"))
+
+    def widget(self) -> W.Widget:
+        controls = W.VBox([self.study, self.optimizer, self.target, self.budget, self.batch_size])
+        return W.VBox([controls, W.HBox([self.chart_out, self.table_out])])
+
+    def show(self):
+        display(self.widget())

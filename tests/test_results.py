@@ -1,0 +1,198 @@
+"""kfaclab.results on constructed studies: hand-made run records whose answers are known."""
+
+import json
+
+import numpy as np
+import pytest
+
+from kfaclab.results import (accuracy_at_budget, critical_batch_size, default_budget, fit_steps_curve,
+                             high_accuracy_region, load_results, noise_scale_by_run, status_counts, steps_curve,
+                             steps_to_target, with_ideal_scaling)
+from kfaclab.train import RunConfig, validate_record
+from kfaclab.train.targets import race_to_targets
+
+N_TRAIN = 3200
+
+
+def make_record(optimizer, batch_size, hparams, curve, status="completed", targets=(0.5, 0.6), noise=None):
+    """A valid run record whose history is `curve`: [(iteration, test accuracy), ...]."""
+    cfg = RunConfig(dataset="synthetic", model="mlp:8", optimizer=optimizer, batch_size=batch_size, hparams=hparams,
+                    budget="epochs", budget_value=curve[-1][0] * batch_size / N_TRAIN, targets=targets, device="cpu")
+    spe = N_TRAIN // batch_size
+    history = []
+    for i, (it, acc) in enumerate(curve):
+        h = {"iteration": it, "epoch": it / spe, "examples": it * batch_size, "seconds": 0.01 * it,
+             "propagations": 2 * it * batch_size, "lr": None if it == 0 else 0.1, "train_loss": None if it == 0 else 1.0,
+             "test_loss": 2.0 - acc, "test_accuracy": acc}
+        if noise is not None:
+            h["noise"] = {"b_small": batch_size, "b_big": 4 * batch_size, "small_sq": 1.0, "big_sq": 0.5,
+                          "grad_sq": noise[i][0], "trace": noise[i][1]}
+        history.append(h)
+    last = history[-1]
+    planned = curve[-1][0] if status != "diverged" else curve[-1][0] * 2
+    rec = {
+        "schema_version": 1, "kind": "kfaclab.run", "run_id": cfg.run_id(), "status": status,
+        "config": cfg.to_dict(),
+        "resolved": {"iterations": planned, "epochs": planned / spe, "examples": planned * batch_size,
+                     "steps_per_epoch": spe, "rule_epochs": None, "peak_lr": hparams.get("lr"), "warmup_iterations": 0,
+                     "evaluation_iterations": [c[0] for c in curve], "hparams": hparams, "train_examples": N_TRAIN,
+                     "test_examples": 100, "input_shape": [3, 8, 8], "num_classes": 10, "num_parameters": 100,
+                     "device": "cpu", "dataset_source": "test"},
+        "environment": {"device": "cpu", "cpu": "test", "gpu": None},
+        "history": history if status != "failed" else [],
+        "targets": race_to_targets(history if status != "failed" else [], targets),
+        "final": {"iteration": last["iteration"], "epoch": last["epoch"], "examples": last["examples"],
+                  "seconds": last["seconds"], "eval_seconds": 0.0, "train_loss": 1.0, "test_loss": last["test_loss"],
+                  "test_accuracy": last["test_accuracy"]},
+        "optimizer": {"name": optimizer, "steps": last["iteration"], "propagations": last["propagations"]},
+        "divergence": {"iteration": last["iteration"], "reason": "test"} if status == "diverged" else None,
+        "error": "RuntimeError: boom" if status == "failed" else None,
+        "started_at": "2026-01-01T00:00:00+00:00", "finished_at": "2026-01-01T00:01:00+00:00",
+    }
+    assert validate_record(rec) == []
+    return rec
+
+
+def write_study(directory, records):
+    directory.mkdir(parents=True, exist_ok=True)
+    for i, rec in enumerate(records):
+        c = rec["config"]
+        name = f"{c['optimizer']}-b{c['batch_size']}-" + "-".join(f"{k}{v:g}" for k, v in c["hparams"].items()) + f"-{i}"
+        (directory / f"{name}.json").write_text(json.dumps(rec))
+    return directory
+
+
+@pytest.fixture
+def constructed(tmp_path):
+    """SGD over lr x momentum and K-FAC over lr x damping at batch sizes 32 and 64."""
+    recs = [
+        # SGD, batch 32: first reached 0.5 at 100 (lr .1) and 80 (lr .2); lr .05 never; 0.6 only by lr .2 at 160
+        make_record("sgd", 32, {"lr": 0.1, "momentum": 0.9}, [(0, 0.1), (50, 0.3), (100, 0.55), (150, 0.58)]),
+        make_record("sgd", 32, {"lr": 0.2, "momentum": 0.9}, [(0, 0.1), (40, 0.4), (80, 0.52), (160, 0.61)]),
+        make_record("sgd", 32, {"lr": 0.05, "momentum": 0.9}, [(0, 0.1), (80, 0.3), (160, 0.45)]),
+        make_record("sgd", 32, {"lr": 0.05, "momentum": 0.0}, [(0, 0.1)], status="failed"),
+        # SGD, batch 64: a diverged run reached 0.5 at 45 before diverging: it counts
+        make_record("sgd", 64, {"lr": 0.1, "momentum": 0.9}, [(0, 0.1), (25, 0.3), (50, 0.51), (75, 0.56)]),
+        make_record("sgd", 64, {"lr": 0.2, "momentum": 0.9}, [(0, 0.1), (45, 0.5), (60, 0.2)], status="diverged"),
+        make_record("sgd", 64, {"lr": 0.05, "momentum": 0.9}, [(0, 0.1), (40, 0.3), (80, 0.4)]),
+        make_record("sgd", 64, {"lr": 0.05, "momentum": 0.0}, [(0, 0.1), (40, 0.2), (80, 0.3)]),
+        # K-FAC: only batch 32 reaches 0.5
+        make_record("kfac", 32, {"lr": 0.1, "damping": 0.01}, [(0, 0.1), (30, 0.5), (60, 0.55)]),
+        make_record("kfac", 32, {"lr": 0.1, "damping": 0.1}, [(0, 0.1), (30, 0.4), (60, 0.52)]),
+        make_record("kfac", 64, {"lr": 0.1, "damping": 0.01}, [(0, 0.1), (40, 0.45)]),
+        make_record("kfac", 64, {"lr": 0.1, "damping": 0.1}, [(0, 0.1), (40, 0.3)], status="interrupted"),
+    ]
+    return load_results(write_study(tmp_path / "constructed", recs))
+
+
+def test_every_run_is_listed_with_its_status(constructed):
+    r = constructed
+    assert len(r.runs) == 12
+    counts = status_counts(r)
+    assert counts.loc[("sgd", 32), "failed"] == 1 and counts.loc[("sgd", 64), "diverged"] == 1
+    assert counts.loc[("kfac", 64), "interrupted"] == 1
+    assert counts.to_numpy().sum() == 12
+    assert r.grid_keys == {"sgd": ["lr", "momentum"], "kfac": ["damping"]}  # what varies
+    # the failed run has no evaluations; the interrupted one's are not results either
+    assert set(r.evals["status"]) == {"completed", "diverged"}
+
+
+def test_steps_to_target_is_the_minimum_over_the_grid_of_first_crossings(constructed):
+    t = steps_to_target(constructed).set_index(["optimizer", "batch_size", "target"])
+    row = t.loc[("sgd", 32, 0.5)]
+    assert row["iterations"] == 80 and row["best_run"].startswith("sgd-b32-lr0.2")
+    assert row["epochs"] == pytest.approx(80 / 100) and row["examples"] == 80 * 32
+    assert row["reached"] == 2 and row["failed"] == 1 and row["runs"] == 4 and row["finished"] == 3
+    assert row["hp_lr"] == 0.2 and row["hp_momentum"] == 0.9
+    assert t.loc[("sgd", 32, 0.6), "iterations"] == 160
+    assert t.loc[("sgd", 64, 0.5), "iterations"] == 45  # the diverged run's crossing counts
+    assert t.loc[("sgd", 64, 0.5), "diverged"] == 1
+    assert np.isnan(t.loc[("sgd", 64, 0.6), "iterations"]) and t.loc[("sgd", 64, 0.6), "reached"] == 0
+    assert t.loc[("kfac", 32, 0.5), "iterations"] == 30 and np.isnan(t.loc[("kfac", 64, 0.5), "iterations"])
+    assert t.loc[("kfac", 64, 0.5), "pending"] == 1  # the interrupted run
+
+
+def test_ideal_line_and_efficiency_from_the_smallest_batch(constructed):
+    t = with_ideal_scaling(steps_to_target(constructed, [0.5])).set_index(["optimizer", "batch_size"])
+    assert t.loc[("sgd", 32), "ideal"] == 80 and t.loc[("sgd", 32), "efficiency"] == 1
+    assert t.loc[("sgd", 64), "ideal"] == 40 and t.loc[("sgd", 64), "efficiency"] == pytest.approx(40 / 45)
+    e = with_ideal_scaling(steps_to_target(constructed, [0.5]), "examples").set_index(["optimizer", "batch_size"])
+    assert e.loc[("sgd", 64), "ideal"] == 80 * 32  # perfect scaling: the same number of examples
+    assert e.loc[("sgd", 64), "efficiency"] == pytest.approx(80 * 32 / (45 * 64))
+
+
+def test_fit_recovers_known_s_min_and_b_crit():
+    b = 2.0 ** np.arange(5, 13)
+    exact = fit_steps_curve(b, 1000 * (1 + 512 / b))
+    assert exact["s_min"] == pytest.approx(1000, rel=1e-4) and exact["b_crit"] == pytest.approx(512, rel=1e-4)
+    assert exact["e_min"] == pytest.approx(512_000, rel=1e-3) and exact["rms_log_residual"] < 1e-6
+    assert steps_curve(exact, [512])[0] == pytest.approx(2000, rel=1e-4)
+    rng = np.random.default_rng(0)
+    noisy = fit_steps_curve(b, 1000 * (1 + 512 / b) * np.exp(rng.normal(0, 0.05, len(b))))
+    assert noisy["s_min"] == pytest.approx(1000, rel=0.15) and noisy["b_crit"] == pytest.approx(512, rel=0.25)
+    with pytest.raises(ValueError, match="3 or more batch sizes"):
+        fit_steps_curve([32, 64, 128], [100, np.nan, 30])
+
+
+def test_bootstrap_interval_of_the_fit_covers_the_truth(tmp_path):
+    # 6 grid points per batch size; each crosses the target at S(B) x a factor >= 1 (a worse
+    # configuration), the best at exactly S(B): the point fit is exact, the bootstrap spreads.
+    recs = []
+    for b in [32, 64, 128, 256, 512, 1024]:
+        s = 1000 * (1 + 256 / b)
+        for j, factor in enumerate([1.0, 1.1, 1.3, 1.6, 2.0, 3.0]):
+            hit = int(round(s * factor))
+            recs.append(make_record("sgd", b, {"lr": 0.01 * (j + 1), "momentum": 0.9},
+                                    [(0, 0.1), (hit - 1, 0.3), (hit, 0.55)], targets=(0.5,)))
+    r = load_results(write_study(tmp_path / "fit", recs))
+    fit = critical_batch_size(r, "sgd", 0.5, n_boot=100)
+    assert fit["b_crit"] == pytest.approx(256, rel=0.01) and fit["s_min"] == pytest.approx(1000, rel=0.01)
+    lo, hi = fit["b_crit_interval"]
+    assert lo <= fit["b_crit"] <= hi and hi > lo and fit["bootstrap"] == 1.0
+
+
+def test_accuracy_at_budgets_and_the_high_accuracy_region(constructed):
+    # default budgets, over finished runs: the fewest epochs and the fewest iterations planned
+    assert default_budget(constructed, "epochs") == pytest.approx(0.6)  # kfac b32: 60 it / 100 per epoch
+    assert default_budget(constructed, "iterations") == 40
+    it = accuracy_at_budget(constructed, "iterations", 50).set_index("name")
+    sgd32 = it[(it["optimizer"] == "sgd") & (it["batch_size"] == 32)]
+    assert sorted(sgd32["accuracy"].dropna()) == [0.1, 0.3, 0.4]  # last evaluation at or before 50
+    assert sgd32["accuracy"].isna().sum() == 1  # the failed run
+    div = it[(it["optimizer"] == "sgd") & (it["status"] == "diverged")]
+    assert div["accuracy"].iloc[0] == 0.5  # diverged at 60, after the budget: its accuracy at 45 stands
+    late = accuracy_at_budget(constructed, "iterations", 70).set_index("name")
+    assert np.isnan(late[late["status"] == "diverged"]["accuracy"].iloc[0])  # diverged before the budget
+
+    ep = accuracy_at_budget(constructed, "epochs", 1.0)
+    region = high_accuracy_region(ep, tolerance=0.05).set_index(["optimizer", "batch_size"])
+    # SGD at 1 epoch: b32 accuracies 0.55, 0.52, 0.3 (+failed); b64 (50 it/epoch): 0.51, 0.5 (it 45), 0.2, 0.2.
+    # Best overall 0.55: within 0.05 -> b32: 0.55, 0.52 (2 of 4); b64: 0.51, 0.5 (2 of 4)
+    assert region.loc[("sgd", 32), "in_region"] == 2 and region.loc[("sgd", 32), "share"] == 0.5
+    assert region.loc[("sgd", 64), "in_region"] == 2 and region.loc[("sgd", 64), "reference"] == 0.55
+    per_batch = high_accuracy_region(ep, tolerance=0.005, relative_to="batch_size").set_index(["optimizer", "batch_size"])
+    assert per_batch.loc[("sgd", 64), "reference"] == 0.51 and per_batch.loc[("sgd", 64), "in_region"] == 1
+    rule = accuracy_at_budget(constructed, "rule").set_index("name")
+    assert rule[rule["status"] == "diverged"]["accuracy"].isna().all()  # no final accuracy for diverged runs
+    with pytest.raises(ValueError, match="budget_type must be one of"):
+        accuracy_at_budget(constructed, "weeks")
+
+
+def test_noise_scale_by_run_is_the_ratio_of_means_after_the_first(tmp_path):
+    rec = make_record("sgd", 32, {"lr": 0.1}, [(0, 0.1), (10, 0.2), (20, 0.3)],
+                      noise=[(100.0, 1.0), (2.0, 300.0), (4.0, 500.0)])
+    other = make_record("sgd", 32, {"lr": 0.2}, [(0, 0.1), (10, 0.2)])
+    r = load_results(write_study(tmp_path / "noise", [rec, other]))
+    table = noise_scale_by_run(r)
+    assert len(table) == 1 and table["b_simple"].iloc[0] == pytest.approx(800 / 6)
+    assert table["measurements"].iloc[0] == 2
+
+
+def test_a_folder_without_records_is_a_one_line_error(tmp_path):
+    from kfaclab.errors import UsageError
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="no study.yaml and no run records"):
+        load_results(tmp_path / "empty")
+    with pytest.raises(UsageError, match="no study folder"):
+        load_results(tmp_path / "nope")

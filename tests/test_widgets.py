@@ -1,0 +1,44 @@
+"""The ipywidgets explorer: its controls drive its tables (no browser needed for the logic)."""
+
+import shutil
+
+import pytest
+
+from kfaclab.errors import UsageError
+from kfaclab.widgets import Explorer, studies
+
+
+@pytest.fixture(scope="module")
+def root(smoke_study, tmp_path_factory):
+    r = tmp_path_factory.mktemp("runs")
+    shutil.copytree(smoke_study, r / "smoke")
+    (r / "unrun").mkdir()
+    shutil.copy(smoke_study / "study.yaml", r / "unrun" / "study.yaml")  # a spec without results
+    return r
+
+
+def test_lists_only_studies_with_results(root):
+    assert studies(root) == ["smoke"]
+
+
+def test_controls_drive_the_tables(root):
+    ex = Explorer(root)
+    assert list(ex.optimizer.options) == ["sgd", "kfac"] and ex.batch_size.options == (32, 64)
+    steps = ex.steps_table()
+    assert set(steps["optimizer"]) == {ex.optimizer.value} and list(steps["batch_size"]) == [32, 64]
+    ex.optimizer.value = "kfac"
+    assert set(ex.steps_table()["optimizer"]) == {"kfac"}
+    grid_epochs = ex.grid_table()
+    ex.budget.value = "iterations"
+    ex.batch_size.value = 64
+    grid_iters = ex.grid_table()
+    assert grid_epochs.shape == grid_iters.shape == (1, 2)  # K-FAC: damping (1) x lr (2)
+    assert not grid_epochs.equals(grid_iters)
+    ex.target.value = ex.target.options[-1][1]
+    assert (ex.steps_table()["target"] == ex.target.value).all()
+    ex.widget()
+
+
+def test_no_studies_is_a_one_line_error(tmp_path):
+    with pytest.raises(UsageError, match="no study with results"):
+        Explorer(tmp_path)
