@@ -81,3 +81,23 @@ def test_charts_are_valid_vega_lite_and_carry_their_data(results):
         spec = chart.to_dict(validate=True)  # against Altair's Vega-Lite schema
         assert "url" not in json.dumps(spec.get("data", {}))  # inline data only: no fetch at view time
         assert isinstance(chart, alt.TopLevelMixin)
+
+
+def test_offline_html_embeds_with_the_pages_own_bundle(results, tmp_path):
+    chart = plots.scaling_chart(results)
+    html = plots.chart_html(chart.to_dict())
+    assert "<script src" not in html and "window.vegaEmbed(el, spec" in html
+    assert "cdn" not in html.lower() and "unpkg" not in html.lower()
+    tricky = alt.Chart(pd.DataFrame({"a": ["</script><b>x"]})).mark_text().encode(text="a")
+    assert plots.chart_html(tricky.to_dict()).count("</script>") == 1  # data cannot close the script early
+    bundle = plots.write_vega_bundle(tmp_path)
+    text = bundle.read_text()
+    assert bundle.name == plots.VEGA_BUNDLE and "window.vegaEmbed" in text and len(text) > 100_000
+    assert "import(" not in text.replace("import()", "")  # one self-contained script
+    plots.use_offline_renderer()
+    try:
+        bundle_out = chart._repr_mimebundle_()
+        out = bundle_out[0] if isinstance(bundle_out, tuple) else bundle_out
+        assert "window.vegaEmbed" in out["text/html"]
+    finally:
+        alt.renderers.enable("default")
