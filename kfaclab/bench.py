@@ -24,6 +24,7 @@ from kfaclab.models import build_model
 from kfaclab.optim import OPTIMIZERS, build_optimizer
 from kfaclab.train.config import RunConfig
 from kfaclab.train.loop import make_loaders, resolve_device
+from kfaclab.train.record import environment
 
 
 def _sync(device):
@@ -78,7 +79,7 @@ def run_bench(cfg: RunConfig, optimizers=("sgd",), steps: int = 20, warmup: int 
         r["ratio_to_first"] = r["amortized_step_s"] / base
     return {"model": cfg.model, "batch_size": cfg.batch_size, "dataset": cfg.dataset, "device": str(device),
             "threads": torch.get_num_threads(), "steps": steps * rounds, "warmup": warmup, "amortize": amortize,
-            "resolution": list(loader.input_shape), "results": results}
+            "resolution": list(loader.input_shape), "results": results, "environment": environment(device)}
 
 
 def _forever(loader):

@@ -309,7 +309,10 @@ def write_vega_bundle(directory: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     header = (f"/* Vega {vl_convert.get_vega_version()}, Vega-Lite {vega_lite_version()}, vega-embed "
               f"{vl_convert.get_vega_embed_version()}: bundled by vl-convert for offline pages */\n")
-    path.write_text(header + vl_convert.javascript_bundle(vl_version=vega_lite_version()))
+    # In a function scope: the bundle's top-level `const` names would otherwise be globals of
+    # the page, clashing with any other classic script that declares the same short names.
+    path.write_text(header + "(function () {\n" + vl_convert.javascript_bundle(vl_version=vega_lite_version())
+                    + "\n})();\n")
     return path
 
 
@@ -328,7 +331,7 @@ def chart_html(spec: dict, div_id: str | None = None) -> str:
       console.error("kfaclab: vegaEmbed is missing; serve {VEGA_BUNDLE} with the page");
       return;
     }}
-    window.vegaEmbed(el, spec, {{actions: false, mode: "vega-lite"}}).catch(function (e) {{ console.error(e); }});
+    window.vegaEmbed(el, spec, {{actions: false, mode: "vega-lite", renderer: "svg"}}).catch(function (e) {{ console.error(e); }});
   }}
   if (document.readyState === "complete") {{ embed(); }} else {{ window.addEventListener("load", embed); }}
 }})();

@@ -42,3 +42,8 @@ def smoke_study(tmp_path_factory):
     summary = sweep(load_study(d / "study.yaml"), workers=2, progress=False)
     assert summary.count("failed") == 0, summary.table()
     return d
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "browser: builds the book and drives headless Chromium "
+                                       "(skip with -m 'not browser')")

@@ -86,7 +86,7 @@ def test_charts_are_valid_vega_lite_and_carry_their_data(results):
 def test_offline_html_embeds_with_the_pages_own_bundle(results, tmp_path):
     chart = plots.scaling_chart(results)
     html = plots.chart_html(chart.to_dict())
-    assert "<script src" not in html and "window.vegaEmbed(el, spec" in html
+    assert "<script src" not in html and "window.vegaEmbed(el, spec" in html and "renderer: \"svg\"" in html
     assert "cdn" not in html.lower() and "unpkg" not in html.lower()
     tricky = alt.Chart(pd.DataFrame({"a": ["</script><b>x"]})).mark_text().encode(text="a")
     assert plots.chart_html(tricky.to_dict()).count("</script>") == 1  # data cannot close the script early

@@ -191,3 +191,17 @@ def test_dry_run_of_each_preset_prints_run_count_and_cost(preset):
                         "--dry-run"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert f"study {preset}:" in r.stdout and "total:" in r.stdout and "examples" in r.stdout
+
+
+def test_dry_run_cost_model_separates_per_step_and_per_example_time():
+    from kfaclab.sweep.runner import _fit_cost
+
+    # K-FAC-like: 10 ms of preconditioning per step plus 50 us per example
+    points = [(it, it * b, 0.01 * it + 5e-5 * it * b) for it, b in [(3000, 32), (1500, 128), (300, 2048)]]
+    a, b = _fit_cost(points)
+    assert a == pytest.approx(0.01, rel=1e-6) and b == pytest.approx(5e-5, rel=1e-6)
+    # one batch size: per-step and per-example time cannot be told apart; seconds per example
+    assert _fit_cost([(100, 3200, 4.0), (200, 6400, 8.0)]) == (0.0, pytest.approx(4.0 / 3200))
+    # a fit that would need a negative coefficient keeps the better one alone
+    a, b = _fit_cost([(100, 100 * 32, 1.0), (50, 50 * 64, 0.3)])
+    assert min(a, b) == 0.0 and max(a, b) > 0

@@ -284,10 +284,11 @@ def sweep(study: Study, workers: int = 1, gpus: list[str] | None = None, runs_pe
     bar = tqdm(total=len(pending), unit="run", disable=not progress, dynamic_ncols=True)
     previous = catch_interrupts()
     pool = ThreadPoolExecutor(max_workers=len(slots))
-    futures = []
+    futures, counted = [], set()
     try:
         futures = [pool.submit(job, r) for r in pending]
         for fut in as_completed(futures):
+            counted.add(fut)
             out = fut.result()
             if out is None:
                 continue
@@ -303,6 +304,10 @@ def sweep(study: Study, workers: int = 1, gpus: list[str] | None = None, runs_pe
             w.interrupt()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        for fut in futures:  # runs that were in flight when interrupted end up in the summary too
+            if fut not in counted and fut.done() and not fut.cancelled() and fut.exception() is None \
+                    and fut.result() is not None:
+                summary.outcomes.append(fut.result())
         for w in pool_workers:
             w.close()
         bar.close()
@@ -360,13 +365,16 @@ def dry_run(study: Study, retry_failed: bool = False, only: str | None = None, l
         totals["examples"] += iters * c.batch_size
         rate = rates.get((c.optimizer, c.model))
         if rate is not None:
-            seconds += rate * iters * c.batch_size
+            seconds += rate[0] * iters + rate[1] * iters * c.batch_size
         lines.append(f"  {r.name}: {iters} iterations, {iters * c.batch_size} examples")
     lines.append(f"total: {len(pending)} runs, {totals['iterations']} iterations, {totals['examples']} examples "
                  f"({totals['examples'] / max(1, _typical_train_size(study)):.0f} epochs of the training split)")
     if rates:
-        lines.append(f"estimated time: {seconds / 60:.1f} min of training in one worker, at the seconds per example "
-                     f"measured in this study's finished runs (plus runner overhead per run)")
+        missing = sorted({f"{r.config.optimizer} ({r.config.model})" for r in pending
+                          if (r.config.optimizer, r.config.model) not in rates})
+        lines.append(f"estimated time: {seconds / 60:.1f} min of training in one worker, from a cost model (seconds per "
+                     f"iteration and per example) fitted to this study's finished runs, plus runner overhead per run"
+                     + (f"; no estimate yet for {', '.join(missing)}" if missing else ""))
     else:
         lines.append("estimated time: unknown until some runs of this study have finished "
                      "(run a few with --limit N, then --dry-run again)")
@@ -379,17 +387,36 @@ def _typical_train_size(study: Study) -> int:
 
 
 def _measured_rates(study: Study) -> dict:
-    """Seconds per training example by (optimizer, model), from the study's finished records."""
-    acc: dict = {}
+    """A cost model per (optimizer, model) from the study's finished records: seconds =
+    a x iterations + b x examples (per-step work such as K-FAC's preconditioning, plus
+    per-example work), fitted by non-negative least squares; with one batch size only, where
+    the two cannot be told apart, seconds per example."""
+    points: dict = {}
     for run in study.runs:
         rec = _read_json(study.directory / f"{run.name}.json")
         if not rec or rec.get("run_id") != run.run_id or rec.get("status") not in ("completed", "diverged"):
             continue
         f = rec["final"]
-        key = (run.config.optimizer, run.config.model)
-        s, e = acc.get(key, (0.0, 0))
-        acc[key] = (s + f["seconds"] + f["eval_seconds"], e + max(1, f["examples"]))
-    return {k: s / e for k, (s, e) in acc.items()}
+        points.setdefault((run.config.optimizer, run.config.model), []).append(
+            (f["iteration"], f["examples"], f["seconds"] + f["eval_seconds"]))
+    return {key: _fit_cost(p) for key, p in points.items()}
+
+
+def _fit_cost(points) -> tuple[float, float]:
+    import numpy as np
+
+    x = np.array([(i, e) for i, e, _ in points], dtype=float)
+    y = np.array([s for _, _, s in points], dtype=float)
+    if len({round(e / max(i, 1)) for i, e, _ in points}) > 1:  # several batch sizes
+        coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+        if (coef >= 0).all():
+            return float(coef[0]), float(coef[1])
+        # one coefficient came out negative: the best fit with the other alone
+        fits = [(float(np.sum((y - c * x[:, k]) ** 2)), k, c) for k in (0, 1)
+                for c in [float(x[:, k] @ y / max(x[:, k] @ x[:, k], 1e-12))]]
+        _, k, c = min(fits)
+        return (c, 0.0) if k == 0 else (0.0, c)
+    return 0.0, float(y.sum() / max(x[:, 1].sum(), 1.0))
 
 
 def parse_gpus(text: str | None) -> list[str] | None:

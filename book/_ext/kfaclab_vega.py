@@ -1,0 +1,45 @@
+"""Sphinx extension: the book works offline, with a clean browser console.
+
+- Vega, Vega-Lite and vega-embed are served from the built book itself: the chapters render
+  Altair charts with `kfaclab.plots.use_offline_renderer`, as HTML that calls
+  `window.vegaEmbed`; this extension writes that function's bundle (from vl-convert, no
+  network) into the build's static files and loads it on every page. (MathJax comes from the
+  `sphinx-mathjax-offline` extension.)
+- Inline scripts registered twice (sphinx-thebe's configuration is, under Jupyter Book 1.x)
+  are dropped the second time: a repeated top-level `const` is a page error.
+"""
+
+from pathlib import Path
+
+
+def _add_static_dir(app, config):
+    from kfaclab.plots import write_vega_bundle
+
+    directory = Path(app.outdir).parent / "vega-static"
+    write_vega_bundle(directory)
+    config.html_static_path.append(str(directory))
+
+
+def _script_key(script):
+    if isinstance(script, str):  # older Sphinx: plain file names
+        return script
+    # The same inline script may come once with filename None and once with "".
+    return (script.filename or "", script.priority, tuple(sorted(script.attributes.items())))
+
+
+def _drop_repeated_scripts(app, pagename, templatename, context, doctree):
+    seen, kept = set(), []
+    for script in context.get("script_files", []):
+        if _script_key(script) not in seen:
+            seen.add(_script_key(script))
+            kept.append(script)
+    context["script_files"] = kept
+
+
+def setup(app):
+    from kfaclab.plots import VEGA_BUNDLE
+
+    app.connect("config-inited", _add_static_dir)
+    app.connect("html-page-context", _drop_repeated_scripts, priority=900)
+    app.add_js_file(VEGA_BUNDLE)
+    return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

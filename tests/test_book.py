@@ -1,0 +1,150 @@
+"""The book in a real browser, offline: build it from the committed runs, serve it on localhost,
+open each chapter with charts in headless Chromium with every non-localhost request blocked,
+and check that every chart renders, that every input changes its chart, and that the console
+stays clean.
+
+Marked `browser` (skip locally with `-m "not browser"`). Without Chromium the test skips,
+unless KFACLAB_REQUIRE_BROWSER=1 (CI sets it, after installing Chromium) makes that a failure.
+Set KFACLAB_SCREENSHOTS=DIR to keep a full-page screenshot of each chapter.
+"""
+
+import functools
+import http.server
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTERS_WITH_CHARTS = ["book/trcg", "book/scaling", "book/robustness", "book/critical-batch"]
+CHROMIUM = os.environ.get("KFACLAB_CHROMIUM", "/usr/bin/chromium")
+
+pytestmark = pytest.mark.browser
+
+
+def _need(condition: bool, reason: str):
+    if condition:
+        return
+    if os.environ.get("KFACLAB_REQUIRE_BROWSER") == "1":
+        pytest.fail(reason + " (KFACLAB_REQUIRE_BROWSER=1)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    _need(Path(CHROMIUM).exists(), f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        _need(False, "playwright is not installed (pip install -r requirements-dev.txt)")
+    out = tmp_path_factory.mktemp("book")
+    build = subprocess.run([str(Path(sys.executable).with_name("jupyter-book")), "build", str(ROOT), "-W", "-n",
+                            "--keep-going", "--path-output", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert build.returncode == 0, (build.stdout + build.stderr)[-4000:]
+    html = out / "_build" / "html"
+    assert (html / "_static" / "vega-bundle.js").exists()
+    handler = functools.partial(_QuietHandler, directory=str(html))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-background-networking",
+                                                                "--disable-component-update"])
+        yield b
+        b.close()
+
+
+def _open(browser, url):
+    """A page that can reach localhost only, with its console errors and blocked requests."""
+    page = browser.new_page(viewport={"width": 1366, "height": 900})
+    errors, blocked = [], []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+
+    def route(r):
+        host = urlparse(r.request.url).hostname
+        if r.request.url.startswith("data:") or host in ("127.0.0.1", "localhost"):
+            r.continue_()
+        else:
+            blocked.append(r.request.url)
+            r.abort()
+
+    page.route("**/*", route)
+    page.goto(url, wait_until="load")
+    return page, errors, blocked
+
+
+def _chart_markup(page, i):
+    return page.locator(".kfaclab-chart").nth(i).locator("svg.marks").inner_html()
+
+
+def _wait_rendered(page, n):
+    page.wait_for_function(
+        f"document.querySelectorAll('.kfaclab-chart svg.marks, .kfaclab-chart canvas').length >= {n}", timeout=30000)
+
+
+@pytest.mark.parametrize("chapter", CHAPTERS_WITH_CHARTS)
+def test_chapter_charts_render_and_respond_offline(site, browser, chapter):
+    page, errors, blocked = _open(browser, f"{site}/{chapter}.html")
+    charts = page.locator(".kfaclab-chart").count()
+    assert charts >= 1, f"{chapter}: no charts"
+    _wait_rendered(page, charts)
+    for i in range(charts):
+        chart = page.locator(".kfaclab-chart").nth(i)
+        assert chart.locator("svg.marks").count() == 1, f"{chapter}: chart {i} did not render"
+        assert chart.locator("svg.marks path, svg.marks rect, svg.marks line").count() > 0
+        # Every bound input must change its chart.
+        inputs = chart.locator(".vega-bindings select, .vega-bindings input[type=radio], "
+                               ".vega-bindings input[type=range]")
+        for j in range(inputs.count()):
+            control = inputs.nth(j)
+            kind = control.evaluate("e => e.tagName === 'SELECT' ? 'select' : e.type")
+            if kind == "radio" and control.is_checked():
+                continue  # choosing the current value changes nothing; another radio will
+            before = _chart_markup(page, i)
+            if kind == "select":
+                options = control.locator("option")
+                current = control.input_value()
+                other = next(options.nth(k).get_attribute("value") for k in range(options.count())
+                             if options.nth(k).get_attribute("value") != current)
+                control.select_option(other)
+            elif kind == "radio":
+                control.check()
+            else:
+                control.evaluate("e => { e.value = e.max; e.dispatchEvent(new Event('input', {bubbles: true})); "
+                                 "e.dispatchEvent(new Event('change', {bubbles: true})); }")
+            page.wait_for_timeout(300)
+            assert _chart_markup(page, i) != before, f"{chapter}: input {j} ({kind}) of chart {i} changed nothing"
+    shots = os.environ.get("KFACLAB_SCREENSHOTS")
+    if shots:
+        Path(shots).mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(Path(shots) / f"{Path(chapter).name}.png"), full_page=True)
+    assert not errors, f"{chapter}: console errors: {errors[:5]}"
+    assert not blocked, f"{chapter}: the page tried to reach the network: {blocked[:5]}"
+    page.close()
+
+
+def test_every_page_loads_without_errors_or_network(site, browser):
+    for chapter in ["book/intro", "book/protocol", "book/kfac", "book/reproduce", "book/run-record"]:
+        page, errors, blocked = _open(browser, f"{site}/{chapter}.html")
+        assert page.locator("h1").count() >= 1
+        assert not errors, f"{chapter}: console errors: {errors[:5]}"
+        assert not blocked, f"{chapter}: the page tried to reach the network: {blocked[:5]}"
+        page.close()
