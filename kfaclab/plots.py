@@ -245,7 +245,15 @@ def critical_batch_chart(results: StudyResults, unit: str = "iterations", n_boot
     (optimizer, b_simple), the measured gradient noise scale is drawn as a dashed rule."""
     points, curves, fits = critical_batch_data(results, unit, n_boot)
     target = _target_param(results.targets)
-    x = _batch_axis(results.batch_sizes())
+    # The axis spans the batch sizes, and the noise scale where it is drawn: a rule outside
+    # the axis would be drawn outside the plot.
+    span = list(results.batch_sizes())
+    if noise_scale is not None and len(noise_scale):
+        span += [float(v) for v in noise_scale["b_simple"] if np.isfinite(v) and v > 0]
+    xscale = alt.Scale(type="log", base=2, domain=[min(span) / 1.2, max(span) * 1.2])
+    x = alt.X("batch_size:Q", title="batch size", scale=xscale,
+              axis=alt.Axis(values=[2 ** k for k in range(int(math.log2(min(span))), int(math.log2(max(span))) + 2)],
+                            format="d"))
     color = _color(results.optimizers())
     y = alt.Y("steps:Q", scale=alt.Scale(type="log"), title=f"{UNIT_TITLES[unit]} to the target")
     layers = [
@@ -255,15 +263,14 @@ def critical_batch_chart(results: StudyResults, unit: str = "iterations", n_boot
                                             alt.Tooltip("steps:Q", format=",.4~g")]),
     ]
     if len(fits):
-        band = fits.assign(b_crit_lo=fits["b_crit_lo"].clip(lower=min(results.batch_sizes()) / 1.2),
-                           b_crit_hi=fits["b_crit_hi"].clip(upper=max(results.batch_sizes()) * 1.2))
-        in_view = band[(band["b_crit"] > min(results.batch_sizes()) / 1.2) &
-                       (band["b_crit"] < max(results.batch_sizes()) * 1.2)]
+        band = fits.assign(b_crit_lo=fits["b_crit_lo"].clip(lower=min(span) / 1.2),
+                           b_crit_hi=fits["b_crit_hi"].clip(upper=max(span) * 1.2))
+        in_view = band[(band["b_crit"] > min(span) / 1.2) & (band["b_crit"] < max(span) * 1.2)]
         layers += [
             alt.Chart(in_view).transform_filter(alt.datum.target == target).mark_rect(opacity=0.12).encode(
-                x="b_crit_lo:Q", x2="b_crit_hi:Q", color=color),
+                x=alt.X("b_crit_lo:Q", scale=xscale), x2="b_crit_hi:Q", color=color),
             alt.Chart(in_view).transform_filter(alt.datum.target == target).mark_rule(strokeWidth=2).encode(
-                x="b_crit:Q", color=color,
+                x=alt.X("b_crit:Q", scale=xscale), color=color,
                 tooltip=["optimizer:N", alt.Tooltip("b_crit:Q", title="fitted B_crit", format=",.0f"),
                          alt.Tooltip("b_crit_lo:Q", title="68% interval from", format=",.0f"),
                          alt.Tooltip("b_crit_hi:Q", title="to", format=",.0f"),
@@ -271,7 +278,7 @@ def critical_batch_chart(results: StudyResults, unit: str = "iterations", n_boot
         ]
     if noise_scale is not None and len(noise_scale):
         layers.append(alt.Chart(noise_scale).mark_rule(strokeDash=[6, 3], strokeWidth=2).encode(
-            x="b_simple:Q", color=color,
+            x=alt.X("b_simple:Q", scale=xscale), color=color,
             tooltip=["optimizer:N", alt.Tooltip("b_simple:Q", title="gradient noise scale B_simple", format=",.0f")]))
     return alt.layer(*layers).add_params(target).properties(
         width=width, height=height,

@@ -95,6 +95,30 @@ def _chart_markup(page, i):
     return page.locator(".kfaclab-chart").nth(i).locator("svg.marks").inner_html()
 
 
+def _controls(chart):
+    """(name, [ways to set another value]) for each input vega-embed bound to the chart."""
+    out = []
+    selects = chart.locator(".vega-bindings select")
+    for k in range(selects.count()):
+        sel = selects.nth(k)
+        values = [o.get_attribute("value") for o in sel.locator("option").all()]
+        current = sel.input_value()
+        out.append((f"select {k}", [lambda s=sel, v=v: s.select_option(v) for v in values if v != current]))
+    ranges = chart.locator(".vega-bindings input[type=range]")
+    for k in range(ranges.count()):
+        rng = ranges.nth(k)
+        out.append((f"slider {k}", [lambda r=rng, end=end: r.evaluate(
+            f"e => {{ e.value = e.{end}; e.dispatchEvent(new Event('input', {{bubbles: true}})); }}")
+            for end in ("max", "min")]))
+    radios = chart.locator(".vega-bindings input[type=radio]")
+    groups: dict = {}
+    for k in range(radios.count()):
+        groups.setdefault(radios.nth(k).get_attribute("name"), []).append(radios.nth(k))
+    for name, buttons in groups.items():
+        out.append((f"radio {name}", [lambda b=b: b.check() for b in buttons if not b.is_checked()]))
+    return out
+
+
 def _wait_rendered(page, n):
     page.wait_for_function(
         f"document.querySelectorAll('.kfaclab-chart svg.marks, .kfaclab-chart canvas').length >= {n}", timeout=30000)
@@ -110,28 +134,16 @@ def test_chapter_charts_render_and_respond_offline(site, browser, chapter):
         chart = page.locator(".kfaclab-chart").nth(i)
         assert chart.locator("svg.marks").count() == 1, f"{chapter}: chart {i} did not render"
         assert chart.locator("svg.marks path, svg.marks rect, svg.marks line").count() > 0
-        # Every bound input must change its chart.
-        inputs = chart.locator(".vega-bindings select, .vega-bindings input[type=radio], "
-                               ".vega-bindings input[type=range]")
-        for j in range(inputs.count()):
-            control = inputs.nth(j)
-            kind = control.evaluate("e => e.tagName === 'SELECT' ? 'select' : e.type")
-            if kind == "radio" and control.is_checked():
-                continue  # choosing the current value changes nothing; another radio will
+        for name, choices in _controls(chart):
             before = _chart_markup(page, i)
-            if kind == "select":
-                options = control.locator("option")
-                current = control.input_value()
-                other = next(options.nth(k).get_attribute("value") for k in range(options.count())
-                             if options.nth(k).get_attribute("value") != current)
-                control.select_option(other)
-            elif kind == "radio":
-                control.check()
-            else:
-                control.evaluate("e => { e.value = e.max; e.dispatchEvent(new Event('input', {bubbles: true})); "
-                                 "e.dispatchEvent(new Event('change', {bubbles: true})); }")
-            page.wait_for_timeout(300)
-            assert _chart_markup(page, i) != before, f"{chapter}: input {j} ({kind}) of chart {i} changed nothing"
+            changed = False
+            for choose in choices:  # some other value of every input must change its chart
+                choose()
+                page.wait_for_timeout(300)
+                if _chart_markup(page, i) != before:
+                    changed = True
+                    break
+            assert changed, f"{chapter}: no value of input {name!r} changed chart {i}"
     shots = os.environ.get("KFACLAB_SCREENSHOTS")
     if shots:
         Path(shots).mkdir(parents=True, exist_ok=True)

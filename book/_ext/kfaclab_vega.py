@@ -12,11 +12,24 @@
 from pathlib import Path
 
 
+# Vega-embed's inputs, spaced and labelled so that they read as controls of the chart above;
+# table cells with room between their numbers.
+CSS = """
+.kfaclab-chart .vega-bindings { margin: 0.4em 0 1em; font-size: 0.9em; }
+.kfaclab-chart .vega-bind { margin: 0.25em 0; }
+.kfaclab-chart .vega-bind-name { font-weight: 600; margin-right: 0.5em; }
+.kfaclab-chart .vega-bind-radio label { margin: 0 1.2em 0 0.3em; }
+.kfaclab-chart .vega-bind-radio input { margin: 0; vertical-align: middle; }
+.cell_output table th, .cell_output table td { padding: 0.2em 0.7em; }
+"""
+
+
 def _add_static_dir(app, config):
     from kfaclab.plots import write_vega_bundle
 
     directory = Path(app.outdir).parent / "vega-static"
     write_vega_bundle(directory)
+    (directory / "kfaclab-charts.css").write_text(CSS)
     config.html_static_path.append(str(directory))
 
 
@@ -42,4 +55,5 @@ def setup(app):
     app.connect("config-inited", _add_static_dir)
     app.connect("html-page-context", _drop_repeated_scripts, priority=900)
     app.add_js_file(VEGA_BUNDLE)
+    app.add_css_file("kfaclab-charts.css")
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

@@ -17,8 +17,11 @@ from kfaclab.results.study import StudyResults
 from kfaclab.train.noise_scale import noise_scale
 
 
-def noise_scale_series(results: StudyResults, smoothing: float = 0.5) -> pd.DataFrame:
-    """One row per evaluation of runs that measured it: the raw ratio and the smoothed B_simple."""
+def noise_scale_series(results: StudyResults, smoothing: float = 0.8) -> pd.DataFrame:
+    """One row per evaluation of runs that measured it: the raw ratio and the smoothed B_simple
+    (exponential moving averages with weight `smoothing` on the past; NaN while the averaged
+    |G|^2 estimate is not positive, which happens late in training, when |G|^2 is small
+    against its own estimation noise)."""
     ev = results.evals
     if "noise_trace" not in ev or ev["noise_trace"].isna().all():
         return pd.DataFrame(columns=["name", "optimizer", "batch_size", "epoch", "b_simple", "b_simple_raw"])

@@ -81,8 +81,8 @@ def _with_spec(spec_file: Path) -> StudyResults:
         if rec is not None and rec.get("status") in FINISHED:
             evals += _eval_rows(row, rec)
     spec = {k: raw.get(k) for k in ("fixed", "batch_sizes", "budget", "lr_scaling", "seeds")}
-    return StudyResults(study.name, study.directory, study.description, _frame(rows, grid_keys),
-                        _evals_frame(evals, grid_keys), grid_keys, list(study.runs[0].config.targets), spec)
+    return StudyResults(study.name, study.directory, study.description, _frame(rows),
+                        _evals_frame(evals), grid_keys, list(study.runs[0].config.targets), spec)
 
 
 def _without_spec(directory: Path) -> StudyResults:
@@ -108,7 +108,7 @@ def _without_spec(directory: Path) -> StudyResults:
         if rec.get("status") in FINISHED:
             evals += _eval_rows(row, rec)
     targets = sorted({t for _, rec in records for t in rec["config"]["targets"]})
-    return StudyResults(directory.name, directory, "", _frame(rows, grid_keys), _evals_frame(evals, grid_keys),
+    return StudyResults(directory.name, directory, "", _frame(rows), _evals_frame(evals),
                         grid_keys, targets, {})
 
 
@@ -124,7 +124,8 @@ def _row(name, run_id, cfg: dict, point: dict, rec: dict | None, marker: dict | 
                    iterations=f["iteration"], epochs=f["epoch"], examples=f["examples"], seconds=f["seconds"],
                    propagations=rec["optimizer"].get("propagations"), final_accuracy=f["test_accuracy"],
                    final_test_loss=f["test_loss"], best_accuracy=max(accs) if accs else None,
-                   steps_per_epoch=res["steps_per_epoch"], device=rec["environment"].get("device"),
+                   steps_per_epoch=res["steps_per_epoch"], train_examples=res["train_examples"],
+                   device=rec["environment"].get("device"),
                    cpu=rec["environment"].get("cpu"), gpu=rec["environment"].get("gpu"))
         for t in rec["targets"]:
             key = f"{t['test_accuracy']:g}"
@@ -149,13 +150,13 @@ def _eval_rows(row: dict, rec: dict) -> list[dict]:
     return out
 
 
-def _frame(rows: list[dict], grid_keys: dict) -> pd.DataFrame:
+def _frame(rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     df["status"] = pd.Categorical(df["status"], categories=STATUSES)
     return df
 
 
-def _evals_frame(rows: list[dict], grid_keys: dict) -> pd.DataFrame:
+def _evals_frame(rows: list[dict]) -> pd.DataFrame:
     cols = ["name", "status", "optimizer", "batch_size", "seed", "iteration", "epoch", "examples", "seconds",
             "propagations", "lr", "train_loss", "test_loss", "test_accuracy"]
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=cols)
