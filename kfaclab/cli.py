@@ -217,11 +217,21 @@ def cmd_train(args) -> int:
     classifier_hyperparameters(cfg.optimizer, cfg.hparams)  # bad names fail before any data is loaded
     if cfg.output is None:
         cfg.output = f"kfaclab-run-{cfg.run_id()}.json"
+    from kfaclab.distributed import from_environment
+
+    ctx = from_environment(cfg.device)  # torchrun: data-parallel over WORLD_SIZE processes
     try:
-        record = train(cfg, progress=not args.quiet)
+        record = train(cfg, progress=not args.quiet, ctx=ctx)
     except KeyboardInterrupt:
         print(f"interrupted; the partial record (status 'interrupted') is in {cfg.output}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        if ctx.active:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+    if not ctx.is_main:
+        return 0 if record["status"] in ("completed", "diverged") else 1
     f = record["final"]
     reached = ", ".join(f"{t['test_accuracy']:.3g}@it{t['iteration']}" if t["reached"] else f"{t['test_accuracy']:.3g}:no"
                         for t in record["targets"])

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from kfaclab.data.split import Split
 
 
-def crop_and_flip(padded: torch.Tensor, idx: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+def crop_and_flip(padded: torch.Tensor, idx: torch.Tensor, padding: int, generator: torch.Generator,
+                  keep: slice | None = None) -> torch.Tensor:
     """Gather examples `idx` of a zero-padded uint8 split (N, C, H + 2p, W + 2p), each cropped at a
     random offset in [0, 2p] x [0, 2p] back to (H, W) and mirrored left-right with probability 1/2.
 
@@ -24,13 +25,18 @@ def crop_and_flip(padded: torch.Tensor, idx: torch.Tensor, padding: int, generat
     done as two row selections (whole rows are contiguous memory, so `index_select` copies them
     fast): rows of the crop window first, then, after one transpose, its columns, in mirrored
     order for flipped images. Randomness: offsets (2, n), then flip draws (n,), from `generator`.
+    `keep` returns only those examples of the batch, with the draws the whole batch would get
+    (a data-parallel rank's part of a global batch, augmented as in a single process).
     """
-    n, c = len(idx), padded.shape[1]
+    n = len(idx)
     hp, wp = padded.shape[2:]
     h, w = hp - 2 * padding, wp - 2 * padding
     dev = padded.device
     offsets = torch.randint(0, 2 * padding + 1, (2, n), device=dev, generator=generator)
     flip = torch.rand(n, device=dev, generator=generator) < 0.5
+    if keep is not None:
+        idx, offsets, flip = idx[keep], offsets[:, keep], flip[keep]
+    n, c = len(idx), padded.shape[1]
     channel = torch.arange(c, device=dev)[None, :, None]
     # Rows (length wp) of the crop window: example idx[i], channel k, padded row dy_i + r.
     rows = ((idx[:, None, None] * c + channel) * hp + offsets[0][:, None, None]
@@ -69,13 +75,21 @@ class DeviceLoader:
         drop_last: drop the final partial batch. Then an epoch has exactly N // batch_size
             batches and every batch has batch_size examples; otherwise ceil(N / batch_size).
         resolution: downsample the split once (area averaging) to this square size.
+        part: (rank, world size) of data parallelism: each batch of `batch_size` (the global
+            batch) is drawn, shuffled and augmented as in one process, and this loader yields
+            only its rank's contiguous slice, so the ranks together see every example of an
+            epoch once. The global batch must divide evenly.
     """
 
     def __init__(self, split: Split, batch_size: int, *, mean, std, device="cpu", shuffle: bool = False,
                  augment: bool = False, drop_last: bool = False, seed: int = 0, crop_padding: int = 4,
-                 resolution: int | None = None):
+                 resolution: int | None = None, part: tuple[int, int] = (0, 1)):
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
+        rank, world = part
+        if batch_size % world or not 0 <= rank < world:
+            raise ValueError(f"a global batch of {batch_size} does not split evenly over {world} ranks")
+        self.part = part
         self.device = torch.device(device)
         if resolution is not None:
             split = downsample(split, resolution)
@@ -127,11 +141,19 @@ class DeviceLoader:
         for i in range(len(self)):
             sl = slice(i * self.batch_size, min((i + 1) * self.batch_size, n))
             idx = order[sl] if order is not None else torch.arange(sl.start, sl.stop, device=self.device)
+            keep = self._my_part(len(idx))
             if self.augment:
-                x = crop_and_flip(self._padded, idx, self.crop_padding, g)
+                x = crop_and_flip(self._padded, idx, self.crop_padding, g, keep)
+                idx = idx[keep]
             else:
+                idx = idx[keep]
                 x = self.images[idx]
             yield self.normalize(x), self.labels[idx]
+
+    def _my_part(self, n: int) -> slice:
+        rank, world = self.part
+        local = n // world
+        return slice(rank * local, (rank + 1) * local)
 
     def __iter__(self):
         return self.epoch(0)

@@ -31,6 +31,18 @@ class TrainingOptimizer:
         """Optimizers that need more than the batch (TRCG: the full gradient, Hessian samples)
         keep the loop's training loader here; the others ignore it."""
 
+    # Whether the optimizer trains data-parallel: its model is then a DistributedDataParallel
+    # wrapper, which all-reduces the loss gradients in backward.
+    data_parallel = False
+
+    def attach_distributed(self, ctx) -> None:
+        """Called with the kfaclab.distributed.Context when the run has more than one process;
+        optimizers with work of their own to spread (K-FAC) override it."""
+        if ctx.active and not self.data_parallel:
+            from kfaclab.errors import UsageError
+
+            raise UsageError(f"{self.name} does not train data-parallel; use sgd or kfac under torchrun")
+
     def set_lr(self, lr: float) -> None:
         for group in self.torch_optimizer.param_groups:
             group["lr"] = lr

@@ -16,8 +16,10 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from kfaclab.optim import kfac_layers as kl
+from kfaclab.distributed import SINGLE, all_reduce_mean_, broadcast_
 from kfaclab.optim.base import TrainingOptimizer
 
 FISHER_TYPES = ("mc", "empirical", "exact")
@@ -26,6 +28,9 @@ INVERSE_METHODS = ("eigen", "inverse")
 # goes with F.cross_entropy on logits, gaussian with F.mse_loss (mean over batch and outputs).
 LIKELIHOODS = ("categorical", "gaussian")
 FACTOR_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+# replicated: every rank decomposes every layer (no communication beyond the factor average);
+# distributed: each rank decomposes the layers assigned to it (balanced by cost) and broadcasts.
+INVERSE_STRATEGIES = ("replicated", "distributed")
 
 
 def supported(module: nn.Module) -> bool:
@@ -52,8 +57,14 @@ class KFAC(TrainingOptimizer):
         "fisher_type": "mc", "likelihood": "categorical", "inverse_method": "eigen", "factor_dtype": "float32",
         "skip_layers": [],  # fnmatch patterns of module names left to the plain gradient
         "seed": 0,  # for the labels sampled by the MC Fisher
+        # Data parallelism (Ba et al. 2017; KAISA): who decomposes the averaged factors, and
+        # whether a step may use decompositions one update old while the new ones are computed.
+        "inverse_strategy": "replicated",
+        "stale_inverses": False,
     }
-    choices = {"fisher_type": FISHER_TYPES, "likelihood": LIKELIHOODS, "inverse_method": INVERSE_METHODS, "factor_dtype": tuple(FACTOR_DTYPES)}
+    choices = {"fisher_type": FISHER_TYPES, "likelihood": LIKELIHOODS, "inverse_method": INVERSE_METHODS,
+               "factor_dtype": tuple(FACTOR_DTYPES), "inverse_strategy": INVERSE_STRATEGIES}
+    data_parallel = True
 
     @staticmethod
     def check(h: dict) -> list[str]:
@@ -67,6 +78,8 @@ class KFAC(TrainingOptimizer):
         for k in ("cov_update_freq", "inv_update_freq", "damping_decay_steps"):
             if not (isinstance(h[k], int) and h[k] >= 1):
                 problems.append(f"{k} must be a whole number >= 1")
+        if not isinstance(h["stale_inverses"], bool):
+            problems.append("stale_inverses must be true or false")
         return problems
 
     def __init__(self, model, loss_fn, hyperparameters):
@@ -75,8 +88,13 @@ class KFAC(TrainingOptimizer):
         self.torch_optimizer = torch.optim.SGD(model.parameters(), lr=h["lr"], momentum=h["momentum"],
                                                weight_decay=h["weight_decay"], nesterov=h["nesterov"])
         self.dtype = FACTOR_DTYPES[h["factor_dtype"]]
-        self.layers = {name: _Layer(m) for name, m in model.named_modules() if supported(m)
+        inner = model.module if isinstance(model, DistributedDataParallel) else model  # names without "module."
+        self.layers = {name: _Layer(m) for name, m in inner.named_modules() if supported(m)
                        and not any(fnmatch.fnmatchcase(name, p) for p in h["skip_layers"])}
+        self.ctx = SINGLE
+        self._owners: dict[str, int] = {}
+        self._pending = None  # stale inverses: the Future of the decompositions being computed
+        self._pending_names: list[str] = []
         self.counters.update({"factor_updates": 0, "inverse_updates": 0, "decomposition_failures": 0,
                               "fallback_layer_steps": 0, "skipped_factor_updates": 0})
         self._capture_inputs = self._capture_grads = False
@@ -86,6 +104,14 @@ class KFAC(TrainingOptimizer):
         self.generator.manual_seed(h["seed"])
         for name, layer in self.layers.items():
             layer.module.register_forward_hook(self._forward_hook(layer))
+
+    def attach_distributed(self, ctx) -> None:
+        """Data parallelism: factors are averaged over ranks, decompositions replicated or
+        distributed; MC Fisher labels are drawn from a stream per rank."""
+        self.ctx = ctx
+        if ctx.active:
+            self.generator.manual_seed(self.hyperparameters["seed"] + 1_000_003 * ctx.rank)
+        self._owners = assign_owners({n: (l.module) for n, l in self.layers.items()}, ctx.world_size)
 
     # ------------------------------------------------------------------ hooks
 
@@ -119,19 +145,37 @@ class KFAC(TrainingOptimizer):
         update_inverses = t % h["inv_update_freq"] == 0
         self.torch_optimizer.zero_grad(set_to_none=False)
         self._batch_size = len(inputs)
-        self._capture_inputs = update_factors
+        n = len(inputs)
+        curvature_pass = update_factors and h["fisher_type"] != "empirical"
         try:
-            out = self.model(inputs)
-            self._capture_inputs = False
-            loss = self.loss_fn(out, targets)
-            if update_factors and h["fisher_type"] != "empirical":
-                self._curvature_backward(out)
+            if curvature_pass and isinstance(self.model, DistributedDataParallel):
+                # DDP all-reduces every backward of a forward it ran: the curvature backward
+                # gets a forward of its own under no_sync (local statistics only), with
+                # BatchNorm buffers put back so that they move once per step, as without DDP.
+                buffers = [b.clone() for b in self.model.module.buffers()]
+                with self.model.no_sync():
+                    self._capture_inputs = True
+                    out = self.model(inputs)
+                    self._capture_inputs = False
+                    self._curvature_backward(out)
+                for b, saved in zip(self.model.module.buffers(), buffers):
+                    b.copy_(saved)
+                self.counters["propagations"] += n  # the extra forward
                 self.torch_optimizer.zero_grad(set_to_none=False)
+                out = self.model(inputs)
+                loss = self.loss_fn(out, targets)
+            else:
+                self._capture_inputs = update_factors
+                out = self.model(inputs)
+                self._capture_inputs = False
+                loss = self.loss_fn(out, targets)
+                if curvature_pass:
+                    self._curvature_backward(out)
+                    self.torch_optimizer.zero_grad(set_to_none=False)
             self._capture_grads = update_factors and h["fisher_type"] == "empirical"
             loss.backward()
         finally:
             self._capture_inputs = self._capture_grads = False
-        n = len(inputs)
         self.counters["propagations"] += 2 * n
         if update_factors:
             self._update_factors()
@@ -183,6 +227,8 @@ class KFAC(TrainingOptimizer):
 
     def _update_factors(self):
         decay = self.hyperparameters["stat_decay"]
+        if self.ctx.active:
+            self._average_factors_over_ranks()
         for layer in self.layers.values():
             A, G = layer.batch_A, layer.batch_G
             layer.batch_A = layer.batch_G = None
@@ -196,13 +242,100 @@ class KFAC(TrainingOptimizer):
                 layer.G.mul_(decay).add_(G, alpha=1 - decay)
         self.counters["factor_updates"] += 1
 
+    def _average_factors_over_ranks(self):
+        """This step's factors averaged over ranks in one all-reduce: for every layer, in a fixed
+        order, A and G (zeros where this rank has none) and a count of the ranks that had them."""
+        device = next(iter(self.layers.values())).module.weight.device
+        parts, counts = [], []
+        for layer in self.layers.values():
+            has = layer.batch_A is not None and layer.batch_G is not None
+            da, dg = kl.factor_dims(layer.module)
+            parts += [layer.batch_A if has else torch.zeros(da, da, dtype=self.dtype, device=device),
+                      layer.batch_G if has else torch.zeros(dg, dg, dtype=self.dtype, device=device)]
+            counts.append(float(has))
+        count = torch.tensor(counts, dtype=self.dtype, device=device)
+        all_reduce_mean_([count] + parts, self.ctx)  # means; x world size gives sums
+        for i, layer in enumerate(self.layers.values()):
+            ranks = float(count[i]) * self.ctx.world_size
+            if ranks < 0.5:
+                layer.batch_A = layer.batch_G = None
+                continue
+            scale = self.ctx.world_size / ranks  # the mean over the ranks that had the layer
+            layer.batch_A, layer.batch_G = parts[2 * i] * scale, parts[2 * i + 1] * scale
+
     # ------------------------------------------------------------------ decompositions
 
     def _decompose_all(self, damping: float):
-        for layer in self.layers.values():
-            if layer.A is not None:
-                layer.decomposition = self._decompose(layer.A, layer.G, damping)
+        """Decompose the running factors. Under data parallelism with the `distributed`
+        strategy each rank decomposes the layers it owns and the owners broadcast; with
+        `stale_inverses`, an inverse step installs the decompositions computed in the background
+        since the previous one and starts the next, so steps use decompositions one update old
+        (the first inverse step computes in the foreground: there is nothing older to use)."""
+        names = [n for n, l in self.layers.items() if l.A is not None]
+        if not self.hyperparameters["stale_inverses"] or self._first_inverse(names):
+            self._install(self._share(self._compute(self._mine(names), damping), names))
+        else:
+            if self._pending is not None:
+                self._install(self._share(self._pending.result(), self._pending_names))
+            snapshot = {n: (self.layers[n].A.clone(), self.layers[n].G.clone()) for n in self._mine(names)}
+            self._pending_names = names
+            self._pending = self._background().submit(self._compute_from, snapshot, damping)
         self.counters["inverse_updates"] += 1
+
+    def _first_inverse(self, names) -> bool:
+        return all(self.layers[n].decomposition is None for n in names) and self._pending is None
+
+    def _mine(self, names) -> list[str]:
+        if self.hyperparameters["inverse_strategy"] == "replicated" or not self.ctx.active:
+            return list(names)
+        return [n for n in names if self._owners[n] == self.ctx.rank]
+
+    def _compute(self, names, damping) -> dict:
+        return self._compute_from({n: (self.layers[n].A, self.layers[n].G) for n in names}, damping)
+
+    def _compute_from(self, factors: dict, damping) -> dict:
+        return {n: self._decompose(A, G, damping) for n, (A, G) in factors.items()}
+
+    def _background(self):
+        if getattr(self, "_executor", None) is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kfac-inverses")
+        return self._executor
+
+    def _share(self, results: dict, names) -> dict:
+        """With the distributed strategy, every layer's decomposition from its owner, one
+        broadcast per owner (a flag per layer says whether its decomposition failed)."""
+        if self.hyperparameters["inverse_strategy"] == "replicated" or not self.ctx.active:
+            return results
+        keys = ("QA", "dA", "QG", "dG") if self.hyperparameters["inverse_method"] == "eigen" else ("A_inv", "G_inv")
+        shared = {}
+        for owner in range(self.ctx.world_size):
+            owned = [n for n in names if self._owners[n] == owner]
+            if not owned:
+                continue
+            tensors, flags = [], []
+            for n in owned:
+                mine = results.get(n) if owner == self.ctx.rank else None
+                flags.append(float(mine is not None))
+                for k, shape in zip(keys, self._decomposition_shapes(n, keys)):
+                    tensors.append(mine[k] if mine is not None else
+                                   torch.zeros(shape, dtype=self.dtype, device=self.layers[n].A.device))
+            flag = torch.tensor(flags, dtype=self.dtype, device=tensors[0].device)
+            broadcast_([flag] + tensors, owner, self.ctx)
+            for i, n in enumerate(owned):
+                part = tensors[i * len(keys):(i + 1) * len(keys)]
+                shared[n] = dict(zip(keys, part)) if float(flag[i]) == 1.0 else None
+        return shared
+
+    def _decomposition_shapes(self, name, keys):
+        da, dg = self.layers[name].A.shape[0], self.layers[name].G.shape[0]
+        sizes = {"QA": (da, da), "dA": (da,), "QG": (dg, dg), "dG": (dg,), "A_inv": (da, da), "G_inv": (dg, dg)}
+        return [sizes[k] for k in keys]
+
+    def _install(self, results: dict):
+        for n, d in results.items():
+            self.layers[n].decomposition = d
 
     def _decompose(self, A, G, damping):
         """Decompose in the factor dtype; on failure (non-finite input or output, or an
@@ -288,3 +421,15 @@ def _jittered(M):
 
 def _clone(t):
     return None if t is None else t.clone()
+
+
+def assign_owners(modules: dict, world_size: int) -> dict:
+    """Each layer's rank for the distributed decompositions, balanced by cost (an
+    eigendecomposition of a d x d factor costs ~ d^3): largest first, to the least loaded rank."""
+    load = [0.0] * world_size
+    owners = {}
+    for name, module in sorted(modules.items(), key=lambda kv: -sum(d ** 3 for d in kl.factor_dims(kv[1]))):
+        rank = min(range(world_size), key=lambda r: (load[r], r))
+        owners[name] = rank
+        load[rank] += sum(d ** 3 for d in kl.factor_dims(module))
+    return owners

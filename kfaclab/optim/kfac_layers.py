@@ -126,3 +126,9 @@ def damped_inverses(A, G, damping: float):
     eye_a = torch.eye(A.shape[0], dtype=A.dtype, device=A.device)
     eye_g = torch.eye(G.shape[0], dtype=G.dtype, device=G.device)
     return torch.linalg.inv(A + pi * root * eye_a), torch.linalg.inv(G + root / pi * eye_g)
+
+
+def factor_dims(module: nn.Module) -> tuple[int, int]:
+    """Sizes of A and G for a Linear or Conv2d layer: (d_in [+1 for the bias], d_out)."""
+    w = module.weight
+    return w[0].numel() + (module.bias is not None), w.shape[0]

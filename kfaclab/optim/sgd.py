@@ -9,6 +9,7 @@ from kfaclab.optim.base import TrainingOptimizer
 
 class SGD(TrainingOptimizer):
     name = "sgd"
+    data_parallel = True  # DDP's gradient all-reduce is all it needs
     defaults = {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": False}
 
     def __init__(self, model, loss_fn, hyperparameters):

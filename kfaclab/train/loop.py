@@ -18,7 +18,8 @@ from tqdm.auto import tqdm
 
 from kfaclab.data import DeviceLoader, load_dataset
 from kfaclab.data.loader import downsample
-from kfaclab.data.split import Dataset
+from kfaclab.data.split import Dataset, Split
+from kfaclab.distributed import SINGLE, Context, all_reduce_sum, device_for, shard_bounds
 from kfaclab.errors import UsageError
 from kfaclab.models import build_model, count_parameters
 from kfaclab.optim import build_optimizer, resolve_hyperparameters
@@ -77,21 +78,29 @@ def _prepared(ds: Dataset, cfg: RunConfig):
     return _remember(_RECENT_SPLITS, (id(ds), cfg.train_subset, cfg.test_subset, cfg.resolution), make)[1:]
 
 
-def make_loaders(cfg: RunConfig, ds: Dataset, device) -> tuple[DeviceLoader, DeviceLoader]:
-    """The training loader (shuffled, augmented, drop-last) and the test loader."""
+def make_loaders(cfg: RunConfig, ds: Dataset, device, ctx: Context = SINGLE) -> tuple[DeviceLoader, DeviceLoader]:
+    """The training loader (shuffled, augmented, drop-last) and the test loader; under data
+    parallelism, this rank's slice of every global batch and its contiguous part of the test set."""
     train, test, (mean, std) = _prepared(ds, cfg)
     if cfg.batch_size > len(train):
         raise UsageError(f"batch size {cfg.batch_size} is larger than the {len(train)} training examples; "
                          "lower --batch-size or raise --train-subset")
+    if cfg.batch_size % ctx.world_size:
+        raise UsageError(f"batch size {cfg.batch_size} does not split evenly over {ctx.world_size} processes; "
+                         "choose a multiple of the world size")
+    if ctx.active:
+        start, stop = shard_bounds(len(test), ctx)
+        test = Split(test.images[start:stop], test.labels[start:stop])
     common = dict(mean=mean, std=std, device=device)
     return (DeviceLoader(train, cfg.batch_size, shuffle=True, augment=cfg.augment, drop_last=True,
-                         seed=cfg.seed, crop_padding=cfg.crop_padding, **common),
+                         seed=cfg.seed, crop_padding=cfg.crop_padding, part=(ctx.rank, ctx.world_size), **common),
             DeviceLoader(test, cfg.eval_batch_size, **common))
 
 
 @torch.no_grad()
-def evaluate(model, loader: DeviceLoader) -> tuple[float, float]:
-    """(mean loss, accuracy) over the whole split, in eval mode."""
+def evaluate(model, loader: DeviceLoader, ctx: Context = SINGLE) -> tuple[float, float]:
+    """(mean loss, accuracy) over the whole split, in eval mode; under data parallelism each
+    rank evaluates its part of the split and the sums are reduced."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=loader.device, dtype=torch.float64)
@@ -101,8 +110,9 @@ def evaluate(model, loader: DeviceLoader) -> tuple[float, float]:
         loss_sum += F.cross_entropy(out, y, reduction="sum").double()
         correct += (out.argmax(1) == y).sum()
     model.train(was_training)
-    n = loader.num_examples
-    return loss_sum.item() / n, correct.item() / n
+    loss, right, n = all_reduce_sum([loss_sum.item(), float(correct.item()), float(loader.num_examples)], ctx,
+                                    loader.device)
+    return loss / n, right / n
 
 
 def classifier_hyperparameters(optimizer: str, given: dict) -> dict:
@@ -136,21 +146,32 @@ def plan(cfg: RunConfig, steps_per_epoch: int) -> dict:
     }
 
 
-def train(cfg: RunConfig, *, dataset: Dataset | None = None, progress: bool = True) -> dict:
+def train(cfg: RunConfig, *, dataset: Dataset | None = None, progress: bool = True,
+          ctx: Context | None = None) -> dict:
     """Run one experiment; returns its record (also written to cfg.output if set).
 
     A run that diverges ends early with status `diverged`; Ctrl-C or an error writes a record
     with status `interrupted` or `failed` before re-raising, so nothing already measured is lost.
     """
     cfg.validate()
+    ctx = ctx or SINGLE
     started = _now()
-    device = resolve_device(cfg.device)
+    device = resolve_device(device_for(ctx, cfg.device))
+    if ctx.active and cfg.noise_scale_batches:
+        raise UsageError("noise_scale_batches is measured in single-process runs only; drop it under torchrun")
     ds = dataset or dataset_for(cfg)
-    train_loader, test_loader = make_loaders(cfg, ds, device)
+    train_loader, test_loader = make_loaders(cfg, ds, device, ctx)
     p = plan(cfg, len(train_loader))
-    torch.manual_seed(cfg.seed)  # model initialisation
+    torch.manual_seed(cfg.seed)  # model initialisation: the same on every rank
     model = build_model(cfg.model, train_loader.input_shape, ds.num_classes).to(device)
+    if ctx.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # DDP all-reduces (averages) the loss gradients in backward; ranks hold equal shards,
+        # so the average is the gradient of the global batch.
+        model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     opt = build_optimizer(cfg.optimizer, model, F.cross_entropy, p["hparams"])
+    opt.attach_distributed(ctx)
     opt.attach_training_data(train_loader)
     if p["peak_lr"] is None:
         schedule = lambda t: None  # noqa: E731
@@ -159,22 +180,22 @@ def train(cfg: RunConfig, *, dataset: Dataset | None = None, progress: bool = Tr
                               cfg.lr_milestones, cfg.lr_gamma)
     resolved = {
         **p, "train_examples": train_loader.num_examples,
-        "test_examples": test_loader.num_examples, "input_shape": list(train_loader.input_shape),
+        "test_examples": int(all_reduce_sum([test_loader.num_examples], ctx, device)[0]), "input_shape": list(train_loader.input_shape),
         "num_classes": ds.num_classes, "num_parameters": count_parameters(model), "device": str(device),
-        "dataset_source": ds.source,
+        "dataset_source": ds.source, "world_size": ctx.world_size,
     }
     state = _LoopState()
     try:
-        _run(cfg, model, opt, schedule, train_loader, test_loader, p, state, progress)
+        _run(cfg, model, opt, schedule, train_loader, test_loader, p, state, progress and ctx.is_main, ctx)
     except KeyboardInterrupt:
         state.status = "interrupted"
-        _finish(cfg, state, resolved, opt, device, started)
+        _finish(cfg, state, resolved, opt, device, started, ctx)
         raise
     except Exception as e:
         state.status, state.error = "failed", f"{type(e).__name__}: {e}"
-        _finish(cfg, state, resolved, opt, device, started)
+        _finish(cfg, state, resolved, opt, device, started, ctx)
         raise
-    return _finish(cfg, state, resolved, opt, device, started)
+    return _finish(cfg, state, resolved, opt, device, started, ctx)
 
 
 class _LoopState:
@@ -188,11 +209,14 @@ class _LoopState:
         self.eval_seconds = 0.0
 
 
-def _run(cfg, model, opt, schedule, train_loader, test_loader, p, st: _LoopState, progress: bool):
+def _run(cfg, model, opt, schedule, train_loader, test_loader, p, st: _LoopState, progress: bool,
+         ctx: Context = SINGLE):
     device = train_loader.device
     total, spe = p["iterations"], p["steps_per_epoch"]
     evals = set(p["evaluation_iterations"])
-    check_every = 1 if device.type == "cpu" else 10  # a divergence check syncs the GPU
+    # A divergence check syncs the GPU, and under data parallelism all ranks (they must agree
+    # on stopping): there it looks at the loss averaged over ranks, every 10 steps.
+    check_every = 1 if device.type == "cpu" and not ctx.active else 10
     loss_sum = torch.zeros((), device=device)
     losses_since_eval = 0
     reference_loss = None
@@ -200,7 +224,7 @@ def _run(cfg, model, opt, schedule, train_loader, test_loader, p, st: _LoopState
     def record_eval(train_loss):
         _sync(device)
         t0 = time.perf_counter()
-        test_loss, test_acc = evaluate(model, test_loader)
+        test_loss, test_acc = evaluate(model, test_loader, ctx)
         entry = {
             "iteration": st.iteration, "epoch": st.iteration / spe, "examples": st.iteration * cfg.batch_size,
             "seconds": st.train_seconds, "propagations": opt.counters["propagations"],
@@ -234,9 +258,9 @@ def _run(cfg, model, opt, schedule, train_loader, test_loader, p, st: _LoopState
         losses_since_eval += 1
         bar.update(1)
         if reference_loss is None:
-            reference_loss = loss.item()
+            reference_loss = all_reduce_sum([loss.item()], ctx, device)[0] / ctx.world_size
         if st.iteration % check_every == 0 or st.iteration in evals:
-            value = loss.item()
+            value = all_reduce_sum([loss.item()], ctx, device)[0] / ctx.world_size
             if not math.isfinite(value) or value > cfg.divergence_factor * max(reference_loss, 1e-8):
                 st.train_seconds += time.perf_counter() - t_start
                 st.status = "diverged"
@@ -246,7 +270,8 @@ def _run(cfg, model, opt, schedule, train_loader, test_loader, p, st: _LoopState
         if st.iteration in evals:
             _sync(device)
             st.train_seconds += time.perf_counter() - t_start
-            acc = record_eval(loss_sum.item() / losses_since_eval)
+            mean_loss = all_reduce_sum([loss_sum.item()], ctx, device)[0] / ctx.world_size
+            acc = record_eval(mean_loss / losses_since_eval)
             bar.set_postfix(loss=f"{st.history[-1]['train_loss']:.3f}", acc=f"{acc:.3f}")
             loss_sum.zero_()
             losses_since_eval = 0
@@ -254,7 +279,7 @@ def _run(cfg, model, opt, schedule, train_loader, test_loader, p, st: _LoopState
     bar.close()
 
 
-def _finish(cfg, st: _LoopState, resolved, opt, device, started) -> dict:
+def _finish(cfg, st: _LoopState, resolved, opt, device, started, ctx: Context = SINGLE) -> dict:
     last = st.history[-1] if st.history else {}
     record = {
         "schema_version": rec.SCHEMA_VERSION, "kind": "kfaclab.run", "run_id": cfg.run_id(), "status": st.status,
@@ -269,7 +294,7 @@ def _finish(cfg, st: _LoopState, resolved, opt, device, started) -> dict:
         "optimizer": {"name": opt.name, **opt.counters},
         "divergence": st.divergence, "error": st.error, "started_at": started, "finished_at": _now(),
     }
-    if cfg.output:
+    if cfg.output and ctx.is_main:  # one record per run, however many processes
         rec.write_atomic(cfg.output, record)
     return record
 
