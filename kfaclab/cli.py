@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from kfaclab.errors import UsageError
 
@@ -131,6 +132,11 @@ def build_parser():
     e.add_argument("--divergence-factor", type=float, default=10.0)
     e.add_argument("--noise-scale-batches", type=int, default=0, metavar="M",
                    help="at each evaluation, estimate the gradient noise scale from M batches (0: off)")
+    t.add_argument("--nproc", type=_positive_int, default=1,
+                   help="data-parallel processes on this machine: launches torchrun (gloo on CPUs, NCCL on GPUs); "
+                        "for several machines run torchrun yourself")
+    t.add_argument("--config", metavar="JSON", help="a RunConfig as JSON (a record's 'config'): replaces the flags "
+                                                  "above, except --out")
     t.add_argument("--out", help="run record path (default: kfaclab-run-<run id>.json)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -198,7 +204,15 @@ def _train_config(args):
         budget, value = "examples", float(args.examples)
     else:
         budget, value = "epochs", args.epochs or 1.0
-    return RunConfig(**_data_fields(args), optimizer=args.optimizer, budget=budget, budget_value=value,
+    if args.config:
+        try:
+            data = json.loads(Path(args.config).read_text())
+        except (OSError, ValueError) as e:
+            raise UsageError(f"cannot read the config {args.config}: {e}") from None
+        cfg = RunConfig.from_dict(data, where=args.config)
+        cfg.output = args.out or cfg.output
+        return cfg
+    return RunConfig(**_data_fields(args), optimizer=args.optimizer, budget=budget, budget_value=value, nproc=args.nproc,
                      rule_b0=args.rule_b0, rule_e0=args.rule_e0, lr_scaling=args.lr_scaling,
                      lr_base_batch_size=args.lr_base_batch_size, warmup_epochs=args.warmup_epochs,
                      lr_decay=args.lr_decay, lr_milestones=tuple(args.lr_milestones), lr_gamma=args.lr_gamma,
@@ -215,11 +229,17 @@ def cmd_train(args) -> int:
     cfg = _train_config(args)
     cfg.validate("arguments")
     classifier_hyperparameters(cfg.optimizer, cfg.hparams)  # bad names fail before any data is loaded
-    if cfg.output is None:
-        cfg.output = f"kfaclab-run-{cfg.run_id()}.json"
-    from kfaclab.distributed import from_environment
+    from kfaclab.distributed import from_environment, launch
 
     ctx = from_environment(cfg.device)  # torchrun: data-parallel over WORLD_SIZE processes
+    if ctx.active and cfg.nproc not in (1, ctx.world_size):
+        raise UsageError(f"the config asks for {cfg.nproc} processes but torchrun started {ctx.world_size}")
+    if ctx.active:
+        cfg.nproc = ctx.world_size  # the record says how many processes trained it
+    if cfg.output is None:
+        cfg.output = f"kfaclab-run-{cfg.run_id()}.json"
+    if not ctx.active and cfg.nproc > 1:
+        return launch(cfg, quiet=args.quiet)  # this config again under torchrun, nproc processes
     try:
         record = train(cfg, progress=not args.quiet, ctx=ctx)
     except KeyboardInterrupt:
@@ -257,6 +277,23 @@ def cmd_bench(args) -> int:
                          f"{', '.join(sorted(set(cfg.hparams) - known))}")
     for o in optimizers:
         classifier_hyperparameters(o, {k: v for k, v in cfg.hparams.items() if k in OPTIMIZERS[o].defaults})
+    from kfaclab.distributed import from_environment
+
+    ctx = from_environment(cfg.device)
+    if ctx.active:  # under torchrun: the data-parallel bench, per way of spreading K-FAC's work
+        import torch.distributed as dist
+
+        from kfaclab.bench_distributed import format_distributed, run_distributed_bench
+
+        try:
+            result = run_distributed_bench(cfg, optimizers, ctx, warmup=args.warmup, amortize=args.amortize)
+        finally:
+            dist.destroy_process_group()
+        if ctx.is_main:
+            print(format_distributed(result))
+            if args.json:
+                write_atomic(args.json, result)
+        return 0
     result = run_bench(cfg, optimizers, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
                        amortize=args.amortize)
     print(format_table(result))

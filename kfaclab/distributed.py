@@ -97,3 +97,30 @@ def shard_bounds(n: int, ctx: Context) -> tuple[int, int]:
     base, extra = divmod(n, ctx.world_size)
     start = ctx.rank * base + min(ctx.rank, extra)
     return start, start + base + (1 if ctx.rank < extra else 0)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(cfg, quiet: bool = False) -> int:
+    """Run `python -m kfaclab train` for this config under torchrun with cfg.nproc processes on
+    this machine (a rendezvous on a free localhost port); returns torchrun's exit status."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.NamedTemporaryFile("w", suffix=".json", prefix="kfaclab-config-", delete=False) as f:
+        json.dump(cfg.to_dict(), f)
+    try:
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={cfg.nproc}",
+               "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", "kfaclab", "train",
+               "--config", f.name] + (["--quiet"] if quiet else [])
+        return subprocess.run(cmd).returncode
+    finally:
+        os.unlink(f.name)

@@ -89,7 +89,7 @@ def test_torchrun_train_writes_one_record_with_the_whole_test_set(tmp_path):
     two, one = (json.loads((out / n).read_text()) for n in ("two.json", "one.json"))
     assert two["resolved"]["world_size"] == 2 and one["resolved"]["world_size"] == 1
     assert two["resolved"]["test_examples"] == one["resolved"]["test_examples"] == 201
-    assert two["run_id"] == one["run_id"]
+    assert two["config"]["nproc"] == 2 and one["config"]["nproc"] == 1  # part of the run id: numerics may differ
     for h2, h1 in zip(two["history"], one["history"]):
         assert h2["iteration"] == h1["iteration"]
         assert h2["test_accuracy"] == pytest.approx(h1["test_accuracy"], abs=1e-9)
@@ -120,3 +120,31 @@ def test_stale_inverses_use_the_decomposition_of_one_update_before():
         assert torch.allclose(used, torch.linalg.eigvalsh(expected).clamp(min=0), atol=1e-12), t
         if t >= 2:
             assert not torch.allclose(used, torch.linalg.eigvalsh(factors[t]).clamp(min=0), atol=1e-12)
+
+
+def test_a_sweep_runs_a_study_with_two_processes_per_run(tmp_path):
+    import yaml
+
+    from kfaclab.sweep import load_study
+    from kfaclab.sweep.runner import sweep
+
+    spec = yaml.safe_load((Path(__file__).parents[1] / "runs" / "smoke" / "study.yaml").read_text())
+    spec["fixed"]["nproc"] = 2
+    spec["batch_sizes"] = [64]
+    spec["optimizers"]["sgd"]["grid"]["lr"] = [0.05]
+    spec["optimizers"]["kfac"]["grid"]["lr"] = [0.05]
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump(spec))
+    study = load_study(tmp_path / "study.yaml")
+    summary = sweep(study, workers=1, progress=False)
+    assert summary.count("failed") == 0, summary.table()
+    records = [json.loads(p.read_text()) for p in tmp_path.glob("*.json")]
+    assert len(records) == 2 and all(r["resolved"]["world_size"] == 2 for r in records)
+    assert sorted(r["run_id"] for r in records) == sorted(r.run_id for r in study.runs)
+
+
+def test_nproc_that_does_not_divide_the_batch_is_a_one_line_error(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "kfaclab", "train", "--dataset", "synthetic", "--model", "mlp:8",
+                        "--batch-size", "63", "--nproc", "2", "--device", "cpu", "--quiet",
+                        "--out", str(tmp_path / "x.json")], capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "does not split evenly over 2 processes" in (r.stdout + r.stderr)
+    assert not (tmp_path / "x.json").exists()

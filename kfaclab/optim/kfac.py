@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import math
+import time
 
 import torch
 import torch.nn as nn
@@ -92,6 +93,9 @@ class KFAC(TrainingOptimizer):
         self.layers = {name: _Layer(m) for name, m in inner.named_modules() if supported(m)
                        and not any(fnmatch.fnmatchcase(name, p) for p in h["skip_layers"])}
         self.ctx = SINGLE
+        # Wall-clock seconds spent in K-FAC's own collectives and in foreground decompositions
+        # (for `bench` under torchrun; not part of the run record).
+        self.timings = {"communication_s": 0.0, "decomposition_s": 0.0}
         self._owners: dict[str, int] = {}
         self._pending = None  # stale inverses: the Future of the decompositions being computed
         self._pending_names: list[str] = []
@@ -254,7 +258,9 @@ class KFAC(TrainingOptimizer):
                       layer.batch_G if has else torch.zeros(dg, dg, dtype=self.dtype, device=device)]
             counts.append(float(has))
         count = torch.tensor(counts, dtype=self.dtype, device=device)
+        t0 = time.perf_counter()
         all_reduce_mean_([count] + parts, self.ctx)  # means; x world size gives sums
+        self.timings["communication_s"] += time.perf_counter() - t0
         for i, layer in enumerate(self.layers.values()):
             ranks = float(count[i]) * self.ctx.world_size
             if ranks < 0.5:
@@ -276,7 +282,10 @@ class KFAC(TrainingOptimizer):
             self._install(self._share(self._compute(self._mine(names), damping), names))
         else:
             if self._pending is not None:
-                self._install(self._share(self._pending.result(), self._pending_names))
+                t0 = time.perf_counter()
+                results = self._pending.result()  # waiting here is decomposition time not hidden
+                self.timings["decomposition_s"] += time.perf_counter() - t0
+                self._install(self._share(results, self._pending_names))
             snapshot = {n: (self.layers[n].A.clone(), self.layers[n].G.clone()) for n in self._mine(names)}
             self._pending_names = names
             self._pending = self._background().submit(self._compute_from, snapshot, damping)
@@ -291,7 +300,10 @@ class KFAC(TrainingOptimizer):
         return [n for n in names if self._owners[n] == self.ctx.rank]
 
     def _compute(self, names, damping) -> dict:
-        return self._compute_from({n: (self.layers[n].A, self.layers[n].G) for n in names}, damping)
+        t0 = time.perf_counter()
+        out = self._compute_from({n: (self.layers[n].A, self.layers[n].G) for n in names}, damping)
+        self.timings["decomposition_s"] += time.perf_counter() - t0
+        return out
 
     def _compute_from(self, factors: dict, damping) -> dict:
         return {n: self._decompose(A, G, damping) for n, (A, G) in factors.items()}
@@ -322,7 +334,9 @@ class KFAC(TrainingOptimizer):
                     tensors.append(mine[k] if mine is not None else
                                    torch.zeros(shape, dtype=self.dtype, device=self.layers[n].A.device))
             flag = torch.tensor(flags, dtype=self.dtype, device=tensors[0].device)
+            t0 = time.perf_counter()
             broadcast_([flag] + tensors, owner, self.ctx)
+            self.timings["communication_s"] += time.perf_counter() - t0
             for i, n in enumerate(owned):
                 part = tensors[i * len(keys):(i + 1) * len(keys)]
                 shared[n] = dict(zip(keys, part)) if float(flag[i]) == 1.0 else None

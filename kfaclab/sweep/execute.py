@@ -134,8 +134,13 @@ def main(argv=None) -> int:
     _exit_with_parent()
     kernel_per_run = "--kernel-per-run" in argv
     kernel_name = next((a.split("=", 1)[1] for a in argv if a.startswith("--kernel=")), "python3")
-    protocol = sys.stdout
-    sys.stdout = sys.stderr  # anything printed by libraries must not corrupt the protocol
+    # The protocol gets a private copy of stdout; file descriptor 1 itself then points at stderr,
+    # so nothing written by libraries, kernels or their children (a torchrun launched by a
+    # notebook) can corrupt the protocol.
+    sys.stdout.flush()
+    protocol = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     engine = _engine()
     kernel = Kernel(kernel_name)
     try:

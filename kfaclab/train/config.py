@@ -18,7 +18,7 @@ from kfaclab.train.schedule import LR_DECAYS, LR_SCALINGS
 LOCATION_FIELDS = ("output", "cache_dir", "data_root", "data_archive", "download")
 # Fields added after the first runs were recorded, whose default changes nothing: left out of
 # the run id at their default, so that the ids of earlier runs stay valid.
-LATER_FIELDS = {"noise_scale_batches": 0}
+LATER_FIELDS = {"noise_scale_batches": 0, "nproc": 1}
 
 
 @dataclass
@@ -62,6 +62,7 @@ class RunConfig:
     # execution
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    nproc: int = 1  # data-parallel processes (torchrun); the global batch is split among them
     output: str | None = None
 
     @classmethod
@@ -82,7 +83,7 @@ class RunConfig:
         def bad(key, msg):
             raise UsageError(f"{where}: {key} {msg}")
 
-        for key in ("batch_size", "min_evals", "eval_batch_size", "rule_b0", "lr_base_batch_size"):
+        for key in ("batch_size", "min_evals", "eval_batch_size", "rule_b0", "lr_base_batch_size", "nproc"):
             if getattr(self, key) <= 0:
                 bad(key, f"must be positive, got {getattr(self, key)}")
         for key in ("train_subset", "test_subset", "resolution"):
