@@ -11,3 +11,11 @@ here=runs/bench
     --optimizers sgd,kfac --device cpu --json "$here/resnet20-b128-cpu.json"
 .venv/bin/python -m kfaclab bench --dataset cifar10-jpeg --resolution 16 --model mlp:256 --batch-size 512 \
     --no-augment --optimizers sgd,kfac --device cpu --json "$here/mlp-b512-cpu.json"
+# Data-parallel, two CPU processes with gloo, one thread each: SGD and K-FAC per strategy
+# (decompositions replicated, distributed by cost, distributed with stale inverses).
+.venv/bin/python -m torch.distributed.run --nproc_per_node=2 --master_addr=127.0.0.1 --master_port=29571 \
+    -m kfaclab bench --dataset cifar10-jpeg --resolution 16 --model mlp:256 --batch-size 512 --no-augment \
+    --optimizers sgd,kfac --device cpu --threads 1 --json "$here/distributed-mlp-b512-2cpu.json"
+.venv/bin/python -m torch.distributed.run --nproc_per_node=2 --master_addr=127.0.0.1 --master_port=29572 \
+    -m kfaclab bench --dataset cifar10-jpeg --model resnet20 --batch-size 128 \
+    --optimizers sgd,kfac --device cpu --threads 1 --json "$here/distributed-resnet20-b128-2cpu.json"
