@@ -9,9 +9,9 @@ Set KFACLAB_SCREENSHOTS=DIR to keep a full-page screenshot of each chapter.
 """
 
 import functools
+import importlib.util
 import http.server
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -38,10 +38,8 @@ def _need(condition: bool, reason: str):
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     _need(Path(CHROMIUM).exists(), f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    try:
-        import playwright  # noqa: F401
-    except ImportError:
-        _need(False, "playwright is not installed (pip install -r requirements-dev.txt)")
+    _need(importlib.util.find_spec("playwright") is not None,
+          "playwright is not installed (pip install -r requirements-dev.txt)")
     out = tmp_path_factory.mktemp("book")
     build = subprocess.run([str(Path(sys.executable).with_name("jupyter-book")), "build", str(ROOT), "-W", "-n",
                             "--keep-going", "--path-output", str(out)], capture_output=True, text=True, cwd=ROOT)

@@ -12,7 +12,7 @@ from torch.func import functional_call, hessian, jacrev
 from kfaclab.errors import UsageError
 from kfaclab.optim import build_optimizer, resolve_hyperparameters
 from kfaclab.optim import kfac_layers as kl
-from kfaclab.optim.kfac import KFAC, kl_clip_scale
+from kfaclab.optim.kfac import kl_clip_scale
 
 
 def mlp():

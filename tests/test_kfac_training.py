@@ -1,7 +1,5 @@
 """K-FAC in the training loop, on real data: the JPEG CIFAR-10 copy."""
 
-import pytest
-
 from kfaclab.train import RunConfig, train, validate_record
 
 

@@ -1,7 +1,6 @@
 import json
 
 import pytest
-import torch
 
 from kfaclab.optim.sgd import SGD
 from kfaclab.train import RunConfig, race_to_targets, train, validate_record

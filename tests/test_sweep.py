@@ -3,7 +3,6 @@ failure isolation, interruption and kills."""
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys

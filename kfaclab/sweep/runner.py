@@ -35,7 +35,6 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from kfaclab.errors import UsageError
-from kfaclab.sweep.execute import partial_path
 from kfaclab.sweep.spec import Run, Study
 from kfaclab.train.record import write_atomic
 
