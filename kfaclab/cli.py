@@ -132,6 +132,16 @@ def build_parser():
     e.add_argument("--divergence-factor", type=float, default=10.0)
     e.add_argument("--noise-scale-batches", type=int, default=0, metavar="M",
                    help="at each evaluation, estimate the gradient noise scale from M batches (0: off)")
+    a = t.add_argument_group("batch-size schedule (Yao et al. 2018) and gradient accumulation")
+    a.add_argument("--batch-schedule", default="fixed",
+                   help="fixed | abs (batch doubles as the Hessian's top eigenvalue halves) | absa (abs + FGSM "
+                        "adversarial examples); --batch-size is then the base batch, the budget whole --epochs")
+    a.add_argument("--schedule-option", type=_hparam, action="append", default=[], metavar="KEY=VALUE",
+                   help="an abs/absa option, e.g. max_batch_multiple=16, patience_epochs=10, adv_eps=0.005")
+    a.add_argument("--micro-batch", type=_positive_int,
+                   help="accumulate gradients over chunks of at most this many examples (large batches)")
+    a.add_argument("--measure-top-eigenvalue", action="store_true",
+                   help="record the Hessian's top eigenvalue (power iteration, 128 examples) at each evaluation")
     t.add_argument("--nproc", type=_positive_int, default=1,
                    help="data-parallel processes on this machine: launches torchrun (gloo on CPUs, NCCL on GPUs); "
                         "for several machines run torchrun yourself")
@@ -219,7 +229,9 @@ def _train_config(args):
                      eval_every_epochs=args.eval_every_epochs, min_evals=args.min_evals,
                      eval_batch_size=args.eval_batch_size, targets=tuple(args.target_acc),
                      target_loss=args.target_loss, divergence_factor=args.divergence_factor,
-                     noise_scale_batches=args.noise_scale_batches, output=args.out)
+                     noise_scale_batches=args.noise_scale_batches, batch_schedule=args.batch_schedule,
+                     schedule_options=dict(args.schedule_option), micro_batch=args.micro_batch,
+                     measure_top_eigenvalue=args.measure_top_eigenvalue, output=args.out)
 
 
 def cmd_train(args) -> int:

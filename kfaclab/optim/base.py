@@ -43,6 +43,44 @@ class TrainingOptimizer:
 
             raise UsageError(f"{self.name} does not train data-parallel; use sgd or kfac under torchrun")
 
+    # Gradient accumulation: at most this many examples per forward/backward (None: the batch).
+    micro_batch: int | None = None
+
+    def set_micro_batch(self, size: int | None) -> None:
+        """Split each batch into chunks of at most `size` examples whose gradients accumulate into
+        the batch's: the same update as one pass over the batch (BatchNorm apart: it normalises
+        each chunk with that chunk's statistics, as "ghost batches" do)."""
+        self.micro_batch = size
+
+    def chunks(self, inputs: torch.Tensor, targets: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        if not self.micro_batch or self.micro_batch >= len(inputs):
+            return [(inputs, targets)]
+        return list(zip(inputs.split(self.micro_batch), targets.split(self.micro_batch)))
+
+    def accumulate_loss_backward(self, chunks, n: int, before_backward=None) -> torch.Tensor:
+        """Forward and backward of the batch-mean loss over `chunks` (n examples in all), each
+        chunk's mean loss weighted by its share of the batch, so the gradients that accumulate are
+        the batch's. Under DDP only the last chunk's backward all-reduces. Returns the batch loss."""
+        import contextlib
+
+        total = None
+        for i, (x, y) in enumerate(chunks):
+            last = i == len(chunks) - 1
+            sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
+            with sync:
+                loss = self.loss_fn(self.model(x), y)
+                if len(chunks) > 1:
+                    loss = loss * (len(x) / n)
+                if before_backward is not None:
+                    before_backward()
+                loss.backward()
+            total = loss.detach() if total is None else total + loss.detach()
+        return total
+
+    def on_batch_size_change(self, ratio_to_base: float) -> None:
+        """Called by adaptive batch schedules after an epoch with the batch size over the run's
+        base batch size; optimizers with statistics kept across steps (K-FAC) adapt them."""
+
     def set_lr(self, lr: float) -> None:
         for group in self.torch_optimizer.param_groups:
             group["lr"] = lr

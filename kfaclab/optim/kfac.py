@@ -103,6 +103,7 @@ class KFAC(TrainingOptimizer):
                               "fallback_layer_steps": 0, "skipped_factor_updates": 0})
         self._capture_inputs = self._capture_grads = False
         self._batch_size = 0
+        self._decay_power = 1.0  # adaptive batch sizes: see on_batch_size_change
         device = next(model.parameters()).device
         self.generator = torch.Generator(device=device)
         self.generator.manual_seed(h["seed"])
@@ -123,8 +124,11 @@ class KFAC(TrainingOptimizer):
         def hook(module, inputs, output):
             if not self._capture_inputs:
                 return
-            layer.batch_A = kl.layer_factor_A(module, inputs[0].detach(), self.dtype)
-            layer.batch_G = None
+            A = kl.layer_factor_A(module, inputs[0].detach(), self.dtype)
+            m = inputs[0].shape[0]
+            if m != self._batch_size:  # a chunk of an accumulated batch: its share of the mean
+                A = A * (m / self._batch_size)
+            layer.batch_A = A if layer.batch_A is None else layer.batch_A + A
             output.register_hook(lambda g: self._on_output_grad(layer, g))
         return hook
 
@@ -151,23 +155,19 @@ class KFAC(TrainingOptimizer):
         self._batch_size = len(inputs)
         n = len(inputs)
         curvature_pass = update_factors and h["fisher_type"] != "empirical"
+        chunks = self.chunks(inputs, targets)
+        for layer in self.layers.values():
+            layer.batch_A = layer.batch_G = None
         try:
-            if curvature_pass and isinstance(self.model, DistributedDataParallel):
-                # DDP all-reduces every backward of a forward it ran: the curvature backward
-                # gets a forward of its own under no_sync (local statistics only), with
-                # BatchNorm buffers put back so that they move once per step, as without DDP.
-                buffers = [b.clone() for b in self.model.module.buffers()]
-                with self.model.no_sync():
-                    self._capture_inputs = True
-                    out = self.model(inputs)
-                    self._capture_inputs = False
-                    self._curvature_backward(out)
-                for b, saved in zip(self.model.module.buffers(), buffers):
-                    b.copy_(saved)
-                self.counters["propagations"] += n  # the extra forward
-                self.torch_optimizer.zero_grad(set_to_none=False)
-                out = self.model(inputs)
-                loss = self.loss_fn(out, targets)
+            if len(chunks) > 1 or (curvature_pass and isinstance(self.model, DistributedDataParallel)):
+                if curvature_pass:
+                    self._curvature_pass(chunks)
+                    self.counters["propagations"] += n  # the extra forward
+                # Gradient accumulation: each chunk's loss weighted by its share of the batch
+                # (empirical Fisher: the factors come from these passes).
+                self._capture_inputs = update_factors and not curvature_pass
+                self._capture_grads = update_factors and h["fisher_type"] == "empirical"
+                loss = self.accumulate_loss_backward(chunks, n)
             else:
                 self._capture_inputs = update_factors
                 out = self.model(inputs)
@@ -176,8 +176,8 @@ class KFAC(TrainingOptimizer):
                 if curvature_pass:
                     self._curvature_backward(out)
                     self.torch_optimizer.zero_grad(set_to_none=False)
-            self._capture_grads = update_factors and h["fisher_type"] == "empirical"
-            loss.backward()
+                self._capture_grads = update_factors and h["fisher_type"] == "empirical"
+                loss.backward()
         finally:
             self._capture_inputs = self._capture_grads = False
         self.counters["propagations"] += 2 * n
@@ -190,19 +190,50 @@ class KFAC(TrainingOptimizer):
         self.counters["steps"] += 1
         return loss.detach()
 
+    def _curvature_pass(self, chunks):
+        """Factors from a forward and a curvature backward of their own, chunk by chunk (A
+        weighted by each chunk's share, G summed over chunks of the batch-mean loss), with the
+        BatchNorm buffers put back so that they move once per step. Under DDP this runs under
+        no_sync: DDP all-reduces every backward of a forward it ran, and these statistics are
+        local (they are averaged over ranks in one all-reduce of their own)."""
+        import contextlib
+
+        inner = self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
+        buffers = [b.clone() for b in inner.buffers()]
+        n = self._batch_size
+        sync = self.model.no_sync() if isinstance(self.model, DistributedDataParallel) else contextlib.nullcontext()
+        with sync:
+            for x, _ in chunks:
+                self._capture_inputs = True
+                out = self.model(x)
+                self._capture_inputs = False
+                self._curvature_backward(out)
+        for b, saved in zip(inner.buffers(), buffers):
+            b.copy_(saved)
+        self.torch_optimizer.zero_grad(set_to_none=False)
+
+    def on_batch_size_change(self, ratio_to_base: float) -> None:
+        """Adaptive batch sizes: factors are per-example averages, so estimates from batches of
+        any size mix in one running average; to give each example the same weight whatever batch
+        it came in (a memory fixed in examples, not updates), the decay per update becomes
+        stat_decay ** (B / B_base)."""
+        self._decay_power = float(ratio_to_base)
+
     def _curvature_backward(self, out: torch.Tensor):
         """Backward passes that give G its meaning: one with targets sampled from the model's
         predictive distribution (mc), or one per output with the square root of the loss
         Hessian (exact: the type-2 Fisher, which equals the GGN for these losses; small
         outputs only). Both backpropagate S with S S^T = the Hessian of the batch-mean loss
-        with respect to the outputs (in expectation for mc)."""
+        with respect to the outputs (in expectation for mc). `out` may be a chunk of b of the
+        batch's n examples (gradient accumulation): the mean is still over the batch."""
         b, c_out = out.shape[0], out.shape[1]
+        n = self._batch_size or b
         self._capture_grads = True
         mc = self.hyperparameters["fisher_type"] == "mc"
         if self.hyperparameters["likelihood"] == "gaussian":
             # F.mse_loss averages over B x C: the Hessian is (2 / (B C)) I per example, so
             # S = sqrt(2 / C) / B times a standard normal sample (mc) or a unit vector (exact).
-            scale = math.sqrt(2.0 / out[0].numel()) / b
+            scale = math.sqrt(2.0 / out[0].numel()) / n
             if mc:
                 z = torch.randn(out.shape, generator=self.generator, device=out.device, dtype=out.dtype)
                 out.backward(z * scale, retain_graph=True)
@@ -219,18 +250,19 @@ class KFAC(TrainingOptimizer):
         probs = F.softmax(out.detach().to(torch.promote_types(out.dtype, torch.float32)), dim=1).to(out.dtype)
         if mc:
             sampled = torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
-            F.cross_entropy(out, sampled).backward(retain_graph=True)
+            sampled_loss = F.cross_entropy(out, sampled)
+            (sampled_loss if b == n else sampled_loss * (b / n)).backward(retain_graph=True)
             self.counters["propagations"] += b
             return
         eye = torch.eye(c_out, dtype=out.dtype, device=out.device)
         for c in range(c_out):
             # H = diag(p) - p p^T = sum_c h_c h_c^T with h_c = sqrt(p_c) (e_c - p); 1/B for the mean.
-            h_c = probs[:, c : c + 1].sqrt() * (eye[c] - probs) / b
+            h_c = probs[:, c : c + 1].sqrt() * (eye[c] - probs) / n
             out.backward(h_c, retain_graph=True)
         self.counters["propagations"] += b * c_out
 
     def _update_factors(self):
-        decay = self.hyperparameters["stat_decay"]
+        decay = self.hyperparameters["stat_decay"] ** self._decay_power
         if self.ctx.active:
             self._average_factors_over_ranks()
         for layer in self.layers.values():

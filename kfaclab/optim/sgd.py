@@ -20,8 +20,7 @@ class SGD(TrainingOptimizer):
 
     def step(self, inputs, targets):
         self.torch_optimizer.zero_grad(set_to_none=True)
-        loss = self.loss_fn(self.model(inputs), targets)
-        loss.backward()
+        loss = self.accumulate_loss_backward(self.chunks(inputs, targets), len(inputs))
         self.torch_optimizer.step()
         self.counters["steps"] += 1
         self.counters["propagations"] += 2 * len(inputs)

@@ -123,6 +123,13 @@ class TRCG(TrainingOptimizer):
     def set_lr(self, lr) -> None:
         """A trust region sets its own step length: there is no learning rate."""
 
+    def set_micro_batch(self, size) -> None:
+        if size:
+            from kfaclab.errors import UsageError
+
+            raise UsageError(f"{self.name} passes over its samples in chunks of its own: set its chunk_size "
+                             "hyperparameter instead of micro_batch")
+
     # ------------------------------------------------------------------ samples and passes
 
     def _random_sample(self, fraction: float) -> torch.Tensor:

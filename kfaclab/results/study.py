@@ -18,6 +18,14 @@ import pandas as pd
 
 from kfaclab.errors import UsageError
 
+def method(cfg: dict) -> str:
+    """The label a run is compared under: its optimizer, with its batch-size schedule when that
+    is adaptive ("sgd+abs", "kfac+absa"), so that adaptive runs never mix with fixed-batch runs of
+    the same base batch size in steps-to-target tables."""
+    schedule = cfg.get("batch_schedule", "fixed")
+    return cfg["optimizer"] if schedule == "fixed" else f"{cfg['optimizer']}+{schedule}"
+
+
 STATUSES = ("completed", "diverged", "failed", "interrupted", "pending")
 # Statuses whose history is a result (a diverged run's evaluations before it diverged count).
 FINISHED = ("completed", "diverged")
@@ -70,7 +78,7 @@ def _with_spec(spec_file: Path) -> StudyResults:
     rows, evals = [], []
     grid_keys: dict = {}
     for run in study.runs:
-        grid_keys.setdefault(run.config.optimizer, list(run.grid_point))
+        grid_keys.setdefault(method(run.config.to_dict()), [k for k in run.grid_point if k != "batch_schedule"])
         rec = _read(study.directory / f"{run.name}.json")
         if rec is not None and rec.get("run_id") != run.run_id:
             rec = None  # stale: another config under this name
@@ -97,12 +105,12 @@ def _without_spec(directory: Path) -> StudyResults:
     values: dict = {}
     for _, rec in records:
         for k, v in rec["config"]["hparams"].items():
-            values.setdefault(rec["config"]["optimizer"], {}).setdefault(k, set()).add(json.dumps(v))
+            values.setdefault(method(rec["config"]), {}).setdefault(k, set()).add(json.dumps(v))
     grid_keys = {o: [k for k, vs in hp.items() if len(vs) > 1] for o, hp in values.items()}
     rows, evals = [], []
     for name, rec in records:
         cfg = rec["config"]
-        point = {k: cfg["hparams"].get(k) for k in grid_keys[cfg["optimizer"]]}
+        point = {k: cfg["hparams"].get(k) for k in grid_keys.get(method(cfg), [])}
         row = _row(name, rec["run_id"], cfg, point, rec, None)
         rows.append(row)
         if rec.get("status") in FINISHED:
@@ -114,9 +122,10 @@ def _without_spec(directory: Path) -> StudyResults:
 
 def _row(name, run_id, cfg: dict, point: dict, rec: dict | None, marker: dict | None) -> dict:
     status = rec["status"] if rec is not None else ("failed" if marker is not None else "pending")
-    row = {"name": name, "run_id": run_id, "status": status, "optimizer": cfg["optimizer"],
+    row = {"name": name, "run_id": run_id, "status": status, "optimizer": method(cfg),
+           "base_optimizer": cfg["optimizer"], "batch_schedule": cfg.get("batch_schedule", "fixed"),
            "batch_size": cfg["batch_size"], "seed": cfg["seed"], "model": cfg["model"], "dataset": cfg["dataset"]}
-    row.update({f"hp_{k}": v for k, v in point.items()})
+    row.update({f"hp_{k}": v for k, v in point.items() if k != "batch_schedule"})
     if rec is not None:
         f, res = rec["final"], rec["resolved"]
         accs = [h["test_accuracy"] for h in rec["history"]]
@@ -127,6 +136,13 @@ def _row(name, run_id, cfg: dict, point: dict, rec: dict | None, marker: dict | 
                    steps_per_epoch=res["steps_per_epoch"], train_examples=res["train_examples"],
                    device=rec["environment"].get("device"),
                    cpu=rec["environment"].get("cpu"), gpu=rec["environment"].get("gpu"))
+        adaptive = rec.get("adaptive")
+        if adaptive is not None:
+            log = adaptive["epochs"]
+            row.update(final_batch_size=rec["history"][-1].get("batch_size", cfg["batch_size"]),
+                       max_batch=adaptive["max_batch"],
+                       doublings_eigenvalue=sum(e["action"] == "eigenvalue" for e in log),
+                       doublings_patience=sum(e["action"] == "patience" for e in log))
         for t in rec["targets"]:
             key = f"{t['test_accuracy']:g}"
             row[f"reached_{key}"] = t["reached"]
@@ -137,11 +153,17 @@ def _row(name, run_id, cfg: dict, point: dict, rec: dict | None, marker: dict | 
 
 
 def _eval_rows(row: dict, rec: dict) -> list[dict]:
-    keep = {k: row[k] for k in row if k in ("name", "status", "optimizer", "batch_size", "seed") or k.startswith("hp_")}
+    keep = {k: row[k] for k in row if k in ("name", "status", "optimizer", "batch_schedule", "batch_size", "seed")
+            or k.startswith("hp_")}
     out = []
     for h in rec["history"]:
         e = {**keep, **{k: h[k] for k in ("iteration", "epoch", "examples", "seconds", "propagations", "lr",
                                           "train_loss", "test_loss", "test_accuracy")}}
+        # Adaptive schedules: the batch size in use; any run: the top eigenvalue where measured.
+        e["current_batch_size"] = h.get("batch_size", row["batch_size"])
+        for k in ("adv_ratio", "top_eigenvalue"):
+            if h.get(k) is not None:
+                e[k] = h[k]
         noise = h.get("noise")
         if noise:
             e.update(noise_b_small=noise["b_small"], noise_b_big=noise["b_big"], noise_grad_sq=noise["grad_sq"],

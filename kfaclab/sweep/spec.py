@@ -145,7 +145,8 @@ def parse_study(spec, path: Path) -> Study:
                     d = {**fixed, **cfg_over, **budget_fields, **scaling, "optimizer": opt_name, "hparams": hp,
                          "batch_size": b, "targets": targets, "seed": seed}
                     cfg = RunConfig.from_dict(d, where=f"{where}: {key} {_describe(point)} batch {b}")
-                    runs.append(Run(_run_name(opt_name, b, point, seed, cfg.run_id()), cfg.run_id(), cfg, point))
+                    runs.append(Run(_run_name(opt_name, b, point, seed, cfg.run_id(), cfg.batch_schedule), cfg.run_id(),
+                                    cfg, point))
     ids = [r.run_id for r in runs]
     if len(set(ids)) != len(ids):
         bad("optimizers", "two runs resolve to the same config (a grid repeats a value?)")
@@ -222,8 +223,11 @@ def _fmt(v) -> str:
     return str(v).replace("/", "_").replace(":", "_").replace(" ", "")
 
 
-def _run_name(optimizer: str, batch_size: int, point: dict, seed: int, run_id: str) -> str:
-    parts = [optimizer, f"b{batch_size}"] + [f"{k}{_fmt(v)}" for k, v in point.items()] + [f"s{seed}", run_id[:6]]
+def _run_name(optimizer: str, batch_size: int, point: dict, seed: int, run_id: str, schedule: str = "fixed") -> str:
+    # An adaptive batch schedule is part of the method's label (sgd+abs), as in kfaclab.results.
+    label = optimizer if schedule == "fixed" else f"{optimizer}+{schedule}"
+    parts = [label, f"b{batch_size}"] + [f"{k}{_fmt(v)}" for k, v in point.items() if k != "batch_schedule"]
+    parts += [f"s{seed}", run_id[:6]]
     return "-".join(parts)
 
 

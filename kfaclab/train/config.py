@@ -11,6 +11,7 @@ import typing
 from dataclasses import dataclass, field
 
 from kfaclab.errors import UsageError
+from kfaclab.train.adaptive import resolve_options
 from kfaclab.train.budget import BUDGET_KINDS
 from kfaclab.train.schedule import LR_DECAYS, LR_SCALINGS
 
@@ -18,7 +19,8 @@ from kfaclab.train.schedule import LR_DECAYS, LR_SCALINGS
 LOCATION_FIELDS = ("output", "cache_dir", "data_root", "data_archive", "download")
 # Fields added after the first runs were recorded, whose default changes nothing: left out of
 # the run id at their default, so that the ids of earlier runs stay valid.
-LATER_FIELDS = {"noise_scale_batches": 0, "nproc": 1}
+LATER_FIELDS = {"noise_scale_batches": 0, "nproc": 1, "batch_schedule": "fixed", "schedule_options": {},
+                "micro_batch": None, "measure_top_eigenvalue": False}
 
 
 @dataclass
@@ -38,7 +40,10 @@ class RunConfig:
     model: str = "mlp"
     optimizer: str = "sgd"
     hparams: dict = field(default_factory=dict)  # optimizer hyperparameters; lr is the base rate
-    batch_size: int = 128
+    batch_size: int = 128  # with an adaptive batch_schedule: the base (starting) batch size
+    batch_schedule: str = "fixed"  # fixed | abs | absa (Yao et al. 2018: kfaclab.train.adaptive)
+    schedule_options: dict = field(default_factory=dict)  # abs/absa options (adaptive.DEFAULT_OPTIONS)
+    micro_batch: int | None = None  # gradient accumulation: examples per forward/backward (None: whole batch)
     # budget
     budget: str = "epochs"  # epochs | iterations | examples | rule
     budget_value: float | None = 1.0  # ignored by "rule"
@@ -59,6 +64,7 @@ class RunConfig:
     target_loss: float | None = None
     divergence_factor: float = 10.0  # running loss above this x the initial loss = diverged
     noise_scale_batches: int = 0  # >= 2: measure the gradient noise scale at each evaluation (0: off)
+    measure_top_eigenvalue: bool = False  # the Hessian's top eigenvalue at each evaluation (fixed batch of 128)
     # execution
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -117,6 +123,12 @@ class RunConfig:
             bad("target_loss", "must be positive")
         if self.noise_scale_batches < 0 or self.noise_scale_batches == 1:
             bad("noise_scale_batches", f"must be 0 (off) or at least 2 batches, got {self.noise_scale_batches}")
+        resolve_options(self.batch_schedule, self.schedule_options, where)
+        if self.batch_schedule != "fixed" and (self.budget != "epochs" or self.budget_value != int(self.budget_value)):
+            bad("budget", f"of an adaptive batch schedule ({self.batch_schedule}) must be a whole number of epochs "
+                "(it acts once per epoch); use budget epochs with a whole value")
+        if self.micro_batch is not None and self.micro_batch <= 0:
+            bad("micro_batch", f"must be positive (or null for no accumulation), got {self.micro_batch}")
         if not self.divergence_factor > 1:
             bad("divergence_factor", "must be > 1")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):

@@ -24,6 +24,8 @@ from kfaclab.errors import UsageError
 from kfaclab.models import build_model, count_parameters
 from kfaclab.optim import build_optimizer, resolve_hyperparameters
 from kfaclab.train import record as rec
+from kfaclab.hessian import fixed_batch, top_eigenvalue
+from kfaclab.train.adaptive import resolve_options, run_adaptive
 from kfaclab.train.budget import evaluation_iterations, stopping_rule_epochs, total_iterations
 from kfaclab.train.config import RunConfig
 from kfaclab.train.noise_scale import NOISE_EPOCH_OFFSET
@@ -159,9 +161,15 @@ def train(cfg: RunConfig, *, dataset: Dataset | None = None, progress: bool = Tr
     device = resolve_device(device_for(ctx, cfg.device))
     if ctx.active and cfg.noise_scale_batches:
         raise UsageError("noise_scale_batches is measured in single-process runs only; drop it under torchrun")
+    if ctx.active and (cfg.batch_schedule != "fixed" or cfg.micro_batch or cfg.measure_top_eigenvalue):
+        raise UsageError("adaptive batch sizes, gradient accumulation and eigenvalue measurements run in "
+                         "single-process runs only; drop them or run without torchrun")
     ds = dataset or dataset_for(cfg)
     train_loader, test_loader = make_loaders(cfg, ds, device, ctx)
     p = plan(cfg, len(train_loader))
+    if cfg.batch_schedule != "fixed" and p["peak_lr"] is None:
+        raise UsageError(f"batch_schedule {cfg.batch_schedule} doubles the learning rate with the batch, and "
+                         f"{cfg.optimizer} has no learning rate; use sgd or kfac")
     torch.manual_seed(cfg.seed)  # model initialisation: the same on every rank
     model = build_model(cfg.model, train_loader.input_shape, ds.num_classes).to(device)
     if ctx.active:
@@ -173,6 +181,7 @@ def train(cfg: RunConfig, *, dataset: Dataset | None = None, progress: bool = Tr
     opt = build_optimizer(cfg.optimizer, model, F.cross_entropy, p["hparams"])
     opt.attach_distributed(ctx)
     opt.attach_training_data(train_loader)
+    opt.set_micro_batch(cfg.micro_batch)
     if p["peak_lr"] is None:
         schedule = lambda t: None  # noqa: E731
     else:
@@ -185,8 +194,16 @@ def train(cfg: RunConfig, *, dataset: Dataset | None = None, progress: bool = Tr
         "dataset_source": ds.source, "world_size": ctx.world_size,
     }
     state = _LoopState()
+    record_eval = _evaluator(cfg, model, opt, schedule, train_loader, test_loader, state, ctx, ds)
     try:
-        _run(cfg, model, opt, schedule, train_loader, test_loader, p, state, progress and ctx.is_main, ctx)
+        if cfg.batch_schedule == "fixed":
+            _run(cfg, model, opt, schedule, train_loader, test_loader, p, state, progress and ctx.is_main, ctx,
+                 record_eval)
+        else:
+            options = resolve_options(cfg.batch_schedule, cfg.schedule_options)
+            resolved["adaptive_options"] = options
+            run_adaptive(cfg, model, opt, schedule, train_loader, test_loader, p, state, progress, options,
+                         record_eval, _prepared(ds, cfg)[2])
     except KeyboardInterrupt:
         state.status = "interrupted"
         _finish(cfg, state, resolved, opt, device, started, ctx)
@@ -205,12 +222,49 @@ class _LoopState:
         self.divergence = None
         self.error = None
         self.iteration = 0
+        self.examples = 0
         self.train_seconds = 0.0
+        self.adaptive = None  # ABS/ABSA: the schedule's per-epoch log
+        self.epoch = None  # ABS/ABSA: epochs done (batches per epoch change with the batch size)
         self.eval_seconds = 0.0
 
 
+def _evaluator(cfg, model, opt, schedule, train_loader, test_loader, st: _LoopState, ctx: Context, ds):
+    """record_eval(train_loss, extra=None): evaluate on the test split (plus the optional
+    measurements), append a history entry (`extra` overrides or adds fields) and return the
+    test accuracy. Its time counts as evaluation, not training."""
+    device = train_loader.device
+    spe = len(train_loader)
+    eig_batch = fixed_batch(train_loader, min(128, train_loader.num_examples), cfg.seed) \
+        if cfg.measure_top_eigenvalue and cfg.batch_schedule == "fixed" else None
+
+    def record_eval(train_loss, extra=None):
+        extra = extra or {}
+        _sync(device)
+        t0 = time.perf_counter()
+        test_loss, test_acc = evaluate(model, test_loader, ctx)
+        entry = {
+            "iteration": st.iteration, "epoch": st.iteration / spe, "examples": st.examples,
+            "seconds": st.train_seconds, "propagations": opt.counters["propagations"],
+            "lr": schedule(st.iteration - 1) if st.iteration else None,
+            "train_loss": train_loss, "test_loss": test_loss, "test_accuracy": test_acc, **extra,
+        }
+        if cfg.noise_scale_batches:
+            batches = itertools.islice(train_loader.epoch(NOISE_EPOCH_OFFSET + len(st.history)),
+                                       cfg.noise_scale_batches)
+            entry["noise"] = measure_noise(model, F.cross_entropy, batches)
+        if eig_batch is not None:
+            entry["top_eigenvalue"] = top_eigenvalue(model, F.cross_entropy, *eig_batch, seed=cfg.seed).value
+        _sync(device)
+        st.eval_seconds += time.perf_counter() - t0
+        st.history.append(entry)
+        return test_acc
+
+    return record_eval
+
+
 def _run(cfg, model, opt, schedule, train_loader, test_loader, p, st: _LoopState, progress: bool,
-         ctx: Context = SINGLE):
+         ctx: Context, record_eval):
     device = train_loader.device
     total, spe = p["iterations"], p["steps_per_epoch"]
     evals = set(p["evaluation_iterations"])
@@ -220,25 +274,6 @@ def _run(cfg, model, opt, schedule, train_loader, test_loader, p, st: _LoopState
     loss_sum = torch.zeros((), device=device)
     losses_since_eval = 0
     reference_loss = None
-
-    def record_eval(train_loss):
-        _sync(device)
-        t0 = time.perf_counter()
-        test_loss, test_acc = evaluate(model, test_loader, ctx)
-        entry = {
-            "iteration": st.iteration, "epoch": st.iteration / spe, "examples": st.iteration * cfg.batch_size,
-            "seconds": st.train_seconds, "propagations": opt.counters["propagations"],
-            "lr": schedule(st.iteration - 1) if st.iteration else None,
-            "train_loss": train_loss, "test_loss": test_loss, "test_accuracy": test_acc,
-        }
-        if cfg.noise_scale_batches:
-            batches = itertools.islice(train_loader.epoch(NOISE_EPOCH_OFFSET + len(st.history)),
-                                       cfg.noise_scale_batches)
-            entry["noise"] = measure_noise(model, F.cross_entropy, batches)
-        _sync(device)
-        st.eval_seconds += time.perf_counter() - t0
-        st.history.append(entry)
-        return test_acc
 
     model.train()
     record_eval(None)
@@ -254,6 +289,7 @@ def _run(cfg, model, opt, schedule, train_loader, test_loader, p, st: _LoopState
         opt.set_lr(schedule(st.iteration))
         loss = opt.step(*batch)
         st.iteration += 1
+        st.examples += cfg.batch_size
         loss_sum += loss
         losses_since_eval += 1
         bar.update(1)
@@ -286,14 +322,17 @@ def _finish(cfg, st: _LoopState, resolved, opt, device, started, ctx: Context = 
         "config": cfg.to_dict(), "resolved": resolved, "environment": rec.environment(device),
         "history": st.history, "targets": race_to_targets(st.history, cfg.targets, cfg.target_loss),
         "final": {
-            "iteration": st.iteration, "epoch": st.iteration / resolved["steps_per_epoch"],
-            "examples": st.iteration * cfg.batch_size, "seconds": st.train_seconds, "eval_seconds": st.eval_seconds,
+            "iteration": st.iteration,
+            "epoch": st.epoch if st.epoch is not None else st.iteration / resolved["steps_per_epoch"],
+            "examples": st.examples, "seconds": st.train_seconds, "eval_seconds": st.eval_seconds,
             "train_loss": last.get("train_loss"), "test_loss": last.get("test_loss"),
             "test_accuracy": last.get("test_accuracy"),
         },
         "optimizer": {"name": opt.name, **opt.counters},
         "divergence": st.divergence, "error": st.error, "started_at": started, "finished_at": _now(),
     }
+    if st.adaptive is not None:
+        record["adaptive"] = st.adaptive
     if cfg.output and ctx.is_main:  # one record per run, however many processes
         rec.write_atomic(cfg.output, record)
     return record

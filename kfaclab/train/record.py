@@ -5,7 +5,10 @@ Schema version 1 (documented in book/run-record.md):
   config (RunConfig.to_dict()), resolved (what the config resolved to for this data and batch),
   environment, history (one entry per evaluation), targets (race results), final, optimizer
   (counters), divergence (null or {iteration, reason}), error (null or the error's last lines),
-  started_at, finished_at.
+  started_at, finished_at. Optional: adaptive (ABS/ABSA runs: max_batch, options, and one
+  entry per epoch with the eigenvalue measured, the rule's action and the batch size, learning-
+  rate multiplier and adversarial ratio that follow); in history entries, noise (the gradient
+  noise scale terms), top_eigenvalue, and for ABS/ABSA runs batch_size and adv_ratio.
 """
 
 from __future__ import annotations
@@ -32,6 +35,11 @@ HISTORY_ENTRY = {
 }
 NOISE_ENTRY = {  # optional in a history entry, with RunConfig.noise_scale_batches
     "b_small": int, "b_big": int, "small_sq": NUM, "big_sq": NUM, "grad_sq": NUM, "trace": NUM,
+}
+ADAPTIVE = {"max_batch": int, "options": dict, "epochs": list}
+ADAPTIVE_EPOCH = {
+    "epoch": int, "eigenvalue": NUM, "reference": OPT_NUM, "action": (str, type(None)), "batch_size": int,
+    "lr_multiplier": NUM, "adv_ratio": NUM, "iteration": int,
 }
 TARGET_ENTRY = {
     "test_accuracy": NUM, "train_loss": OPT_NUM, "reached": bool, "iteration": (int, type(None)),
@@ -60,6 +68,10 @@ def validate_record(rec: dict) -> list[str]:
         problems += _check(h, HISTORY_ENTRY, f"history[{i}]")
         if "noise" in h:
             problems += _check(h["noise"], NOISE_ENTRY, f"history[{i}].noise")
+    if "adaptive" in rec:
+        problems += _check(rec["adaptive"], ADAPTIVE, "adaptive")
+        for i, e in enumerate(rec["adaptive"].get("epochs", [])):
+            problems += _check(e, ADAPTIVE_EPOCH, f"adaptive.epochs[{i}]")
     for i, t in enumerate(rec["targets"]):
         problems += _check(t, TARGET_ENTRY, f"targets[{i}]")
     iters = [h.get("iteration") for h in rec["history"]]

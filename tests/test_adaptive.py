@@ -1,0 +1,389 @@
+"""ABS/ABSA (Yao et al. 2018): the Hessian's top eigenvalue, the batch-size rule, FGSM,
+gradient accumulation, and the adaptive training loop."""
+
+import json
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call, hessian
+
+from kfaclab.errors import UsageError
+from kfaclab.hessian import fixed_batch, top_eigenvalue
+from kfaclab.optim import build_optimizer
+from kfaclab.train import RunConfig, train, validate_record
+from kfaclab.train import adaptive as ad
+from kfaclab.train.adversarial import fgsm, with_adversarial
+from kfaclab.train.schedule import LRSchedule
+
+
+# --------------------------------------------------------------------------- Hessian
+
+
+def _tiny_problem(seed=0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 4)).double()
+    x = torch.randn(32, 6, dtype=torch.float64)
+    y = torch.randint(0, 4, (32,))
+    return model, x, y
+
+
+def _dense_hessian(model, x, y):
+    """The loss Hessian over all parameters, by torch.func on a flat parameter vector."""
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+    def loss_of(v):
+        parts = v.split([s.numel() for s in shapes])
+        return F.cross_entropy(functional_call(model, {n: t.view(s) for n, t, s in zip(names, parts, shapes)}, (x,)), y)
+
+    return hessian(loss_of)(flat)
+
+
+def test_power_iteration_matches_the_dense_top_eigenvalue():
+    model, x, y = _tiny_problem()
+    eigenvalues = torch.linalg.eigvalsh(_dense_hessian(model, x, y))
+    top = eigenvalues[eigenvalues.abs().argmax()].item()
+    assert top > 0
+    e = top_eigenvalue(model, F.cross_entropy, x, y, max_iterations=500, tolerance=1e-12)
+    assert e.converged and e.value == pytest.approx(top, rel=1e-8)
+    # ABS's budget (10 products, 1e-2): a Rayleigh quotient, so never above the top eigenvalue,
+    # and close to it for every start vector.
+    for seed in range(5):
+        quick = top_eigenvalue(model, F.cross_entropy, x, y, seed=seed)
+        assert quick.iterations <= 10
+        assert top * 0.9 <= quick.value <= top + 1e-12
+
+
+def test_eigenvalue_measurement_leaves_the_model_alone():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 3))
+    x, y = torch.randn(16, 3, 8, 8), torch.randint(0, 3, (16,))
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 7.0)
+    rng = torch.get_rng_state()
+    top_eigenvalue(model, F.cross_entropy, x, y)
+    assert model.training
+    assert torch.equal(torch.get_rng_state(), rng)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k  # BatchNorm running statistics did not move
+    assert all(torch.equal(p.grad, torch.full_like(p, 7.0)) for p in model.parameters())
+
+
+def test_eigenvalue_in_eval_mode_differs_from_train_mode_batchnorm():
+    """The measurement uses the running statistics (eval mode), not the batch's."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 6), nn.BatchNorm1d(6), nn.Tanh(), nn.Linear(6, 3)).double()
+    x, y = torch.randn(32, 5, dtype=torch.float64) * 3 + 1, torch.randint(0, 3, (32,))
+    got = top_eigenvalue(model, F.cross_entropy, x, y, max_iterations=300, tolerance=1e-12).value
+    model.eval()
+    H = _dense_hessian(model, x, y)
+    ev = torch.linalg.eigvalsh(H)
+    assert got == pytest.approx(ev[ev.abs().argmax()].item(), rel=1e-6)
+
+
+# --------------------------------------------------------------------------- the rule
+
+
+def _rule(**kw):
+    args = dict(base_batch=128, max_batch=128 * 128, total_epochs=100, patience_epochs=10, eigen_drop=2.0,
+                initial_adv_ratio=0.2)
+    args.update(kw)
+    return ad.AdaptiveBatchSchedule(**args)
+
+
+def _drive(rule, eigenvalues):
+    return [rule.end_of_epoch(i, e) for i, e in enumerate(eigenvalues)]
+
+
+def test_rule_doubles_when_the_eigenvalue_halves():
+    rule = _rule()
+    log = _drive(rule, [10.0, 6.0, 5.01, 5.0, 3.0, 2.5])
+    assert [e["action"] for e in log] == [None, None, None, "eigenvalue", None, "eigenvalue"]
+    assert [e["batch_size"] for e in log] == [128, 128, 128, 256, 256, 512]
+    assert [e["lr_multiplier"] for e in log] == [1, 1, 1, 2, 2, 4]
+    assert log[3]["reference"] == 10.0 and log[5]["reference"] == 5.0  # the reference moved to 5
+    assert [e["adv_ratio"] for e in log] == pytest.approx([0.2, 0.2, 0.2, 0.1, 0.1, 0.05])
+
+
+def test_rule_doubles_anyway_after_the_patience_and_keeps_the_reference():
+    rule = _rule(total_epochs=200)
+    log = _drive(rule, [10.0] * 25)
+    doublings = [e["epoch"] for e in log if e["action"]]
+    assert doublings == [10, 20]
+    assert all(e["action"] in (None, "patience") for e in log)
+    assert rule.reference == 10.0
+    # A halving restarts the patience count.
+    rule = _rule(total_epochs=200)
+    log = _drive(rule, [10.0] * 6 + [5.0] + [5.0] * 12)
+    assert [(e["epoch"], e["action"]) for e in log if e["action"]] == [(7, "eigenvalue"), (17, "patience")]
+
+
+def test_rule_stops_at_the_cap_and_then_has_no_adversarial_examples():
+    rule = _rule(max_batch=128 * 4)
+    log = _drive(rule, [16.0, 8.0, 4.0, 2.0, 1.0])
+    assert [e["batch_size"] for e in log] == [128, 256, 512, 512, 512]
+    assert [e["action"] for e in log] == [None, "eigenvalue", "eigenvalue", None, None]
+    assert rule.capped and rule.lr_multiplier == 4
+    assert log[2]["adv_ratio"] == 0.0 and rule.adv_ratio(3) == 0.0
+    with pytest.raises(ValueError):
+        _rule(max_batch=128 * 3)
+
+
+def test_adversarial_ratio_is_zero_in_the_second_half():
+    rule = _rule(total_epochs=10)
+    assert [rule.adv_ratio(e) for e in range(10)] == [0.2] * 5 + [0.0] * 5
+    rule = _rule(total_epochs=7)  # the seed's code: from epoch 7 // 2 on
+    assert rule.adv_ratio(2) == 0.2 and rule.adv_ratio(3) == 0.0
+
+
+def test_rule_ignores_failed_measurements_but_counts_them():
+    rule = _rule(patience_epochs=3)
+    log = _drive(rule, [math.nan, 4.0, math.nan, 1.0])
+    assert [e["action"] for e in log] == [None, None, "patience", "eigenvalue"]
+
+
+def test_cap_fits_the_training_split():
+    assert ad.max_batch_for(128, 128, 50_000) == 16_384
+    assert ad.max_batch_for(128, 512, 50_000) == 32_768
+    assert ad.max_batch_for(128, 128, 10_000) == 8_192
+    assert ad.max_batch_for(128, 4, 50_000) == 512
+    assert ad.max_batch_for(128, 128, 100) == 128
+
+
+def test_options_are_checked():
+    assert ad.resolve_options("abs", {})["adv_ratio"] == 0.0  # ABS has no adversarial part
+    assert ad.resolve_options("absa", {"patience_epochs": 5})["patience_epochs"] == 5
+    for schedule, given in [("absa", {"patience": 5}), ("absa", {"max_batch_multiple": 6}),
+                            ("absa", {"adv_ratio": 1.5}), ("absa", {"eigen_drop": 1}), ("fixed", {"adv_eps": 0.1}),
+                            ("sometimes", {}), ("absa", {"eigen_batch": "all"})]:
+        with pytest.raises(UsageError):
+            ad.resolve_options(schedule, given)
+    with pytest.raises(UsageError, match="whole number of epochs"):
+        RunConfig(batch_schedule="abs", budget="iterations", budget_value=100).validate()
+    with pytest.raises(UsageError, match="whole number of epochs"):
+        RunConfig(batch_schedule="abs", budget="epochs", budget_value=2.5).validate()
+
+
+# --------------------------------------------------------------------------- FGSM
+
+
+def test_fgsm_step_has_the_gradient_sign_the_pixel_size_and_stays_valid():
+    torch.manual_seed(0)
+    mean, std = (0.5, 0.4, 0.3), (0.25, 0.2, 0.1)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 5))
+    pixels = torch.rand(20, 3, 4, 4)
+    pixels[0, :, 0, 0] = 0.0  # at the valid range's ends: the step is clipped there
+    pixels[1, :, 0, 0] = 1.0
+    m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+    x = (pixels - m) / s
+    y = torch.randint(0, 5, (20,))
+    eps = 0.03
+    adv = fgsm(model, F.cross_entropy, x, y, eps, mean, std)
+    adv_pixels = adv * s + m
+    assert adv_pixels.min() >= -1e-6 and adv_pixels.max() <= 1 + 1e-6
+    xg = x.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(F.cross_entropy(model(xg), y), xg)
+    delta = adv_pixels - pixels
+    inside = (pixels + eps * grad.sign()).clamp(0, 1) == pixels + eps * grad.sign()
+    moved = grad != 0
+    # Where not clipped, every pixel moved by exactly eps in the gradient's sign...
+    assert torch.allclose(delta[inside & moved], (eps * grad.sign())[inside & moved], atol=1e-6)
+    # ...and where clipped, it stopped at the edge of [0, 1].
+    clipped = ~inside & moved
+    assert clipped.any()
+    assert torch.allclose(adv_pixels[clipped], (pixels + eps * grad.sign()).clamp(0, 1)[clipped], atol=1e-6)
+    assert F.cross_entropy(model(adv), y) > F.cross_entropy(model(x), y)
+
+
+def test_fgsm_leaves_batchnorm_and_grads_alone_and_replaces_the_first_share():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 4, 3))
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = torch.randn(10, 3, 4, 4), torch.randint(0, 3, (10,))
+    out, k = with_adversarial(model, F.cross_entropy, x, y, 0.2, 0.005, (0.5,) * 3, (0.25,) * 3)
+    assert k == 2 and torch.equal(out[2:], x[2:]) and not torch.equal(out[:2], x[:2])
+    assert model.training and all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(v, before[n]) for n, v in model.state_dict().items())
+    assert with_adversarial(model, F.cross_entropy, x, y, 0.0, 0.005, (0.5,) * 3, (0.25,) * 3)[1] == 0
+
+
+# --------------------------------------------------------------------------- accumulation
+
+
+def _mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Flatten(), nn.Linear(12, 7), nn.Tanh(), nn.Linear(7, 4)).double()
+
+
+@pytest.mark.parametrize("name,hp", [
+    ("sgd", {"lr": 0.1, "momentum": 0.9}),
+    ("kfac", {"lr": 0.1, "fisher_type": "exact", "cov_update_freq": 1, "inv_update_freq": 1, "factor_dtype": "float64"}),
+    ("kfac", {"lr": 0.1, "fisher_type": "empirical", "cov_update_freq": 1, "inv_update_freq": 2,
+              "factor_dtype": "float64", "inverse_method": "inverse"}),
+])
+def test_gradient_accumulation_gives_the_large_batch_update(name, hp):
+    torch.manual_seed(1)
+    batches = [(torch.randn(10, 12, dtype=torch.float64), torch.randint(0, 4, (10,))) for _ in range(3)]
+    params = []
+    for micro in (None, 3):  # 10 = 3 + 3 + 3 + 1: uneven chunks
+        model = _mlp()
+        opt = build_optimizer(name, model, F.cross_entropy, hp)
+        opt.set_micro_batch(micro)
+        losses = [opt.step(x, y).item() for x, y in batches]
+        params.append((torch.cat([p.detach().reshape(-1) for p in model.parameters()]), losses, opt))
+    (p_full, l_full, o_full), (p_acc, l_acc, o_acc) = params
+    assert l_acc == pytest.approx(l_full, rel=1e-12)
+    assert torch.allclose(p_acc, p_full, rtol=0, atol=1e-12)
+    if name == "kfac":
+        for layer_full, layer_acc in zip(o_full.layers.values(), o_acc.layers.values()):
+            assert torch.allclose(layer_full.A, layer_acc.A, atol=1e-13)
+            assert torch.allclose(layer_full.G, layer_acc.G, atol=1e-13)
+        # Accumulation gives the curvature pass a forward of its own (n more per factor update).
+        extra = 0 if hp["fisher_type"] == "empirical" else 10 * o_acc.counters["factor_updates"]
+        assert o_acc.counters["propagations"] == o_full.counters["propagations"] + extra
+
+
+def test_kfac_mc_accumulation_gives_the_same_A_factor():
+    """MC labels are drawn chunk by chunk (a different random stream), but A does not depend on them."""
+    torch.manual_seed(1)
+    x, y = torch.randn(10, 12, dtype=torch.float64), torch.randint(0, 4, (10,))
+    opts = []
+    for micro in (None, 4):
+        opt = build_optimizer("kfac", _mlp(), F.cross_entropy, {"factor_dtype": "float64"})
+        opt.set_micro_batch(micro)
+        opt.step(x, y)
+        opts.append(opt)
+    for a, b in zip(opts[0].layers.values(), opts[1].layers.values()):
+        assert torch.allclose(a.A, b.A, atol=1e-13)
+
+
+def test_kfac_running_average_weights_examples_equally_across_batch_sizes():
+    opt = build_optimizer("kfac", _mlp(), F.cross_entropy, {"stat_decay": 0.9, "factor_dtype": "float64"})
+    layer = next(iter(opt.layers.values()))
+    d_a, d_g = 13, 7
+    old_A, old_G = torch.eye(d_a, dtype=torch.float64), torch.eye(d_g, dtype=torch.float64)
+    new_A, new_G = 3 * torch.eye(d_a, dtype=torch.float64), 5 * torch.eye(d_g, dtype=torch.float64)
+    for lay in opt.layers.values():
+        lay.A = lay.G = None
+    layer.A, layer.G = old_A.clone(), old_G.clone()
+    layer.batch_A, layer.batch_G = new_A.clone(), new_G.clone()
+    opt.on_batch_size_change(4.0)  # the batch is now 4x the base: one update stands for four
+    opt._update_factors()
+    w = 0.9 ** 4
+    assert torch.allclose(layer.A, w * old_A + (1 - w) * new_A)
+    assert torch.allclose(layer.G, w * old_G + (1 - w) * new_G)
+
+
+def test_trcg_refuses_micro_batches():
+    opt = build_optimizer("trcg", _mlp(), F.cross_entropy, {})
+    with pytest.raises(UsageError, match="chunk_size"):
+        opt.set_micro_batch(4)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def _abs_cfg(**kw):
+    base = dict(dataset="synthetic", model="mlp:32", batch_size=32, budget="epochs", budget_value=4.0, device="cpu",
+                hparams={"lr": 0.05}, batch_schedule="absa", min_evals=4, eval_batch_size=200,
+                schedule_options={"max_batch_multiple": 4})
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def test_abs_run_follows_a_scripted_eigenvalue_sequence(tiny_dataset, monkeypatch):
+    from kfaclab.hessian import Eigenvalue
+
+    script = iter([8.0, 4.0, 1.9, 0.5])
+    monkeypatch.setattr(ad, "top_eigenvalue", lambda *a, **k: Eigenvalue(next(script), 3, True))
+    rec = train(_abs_cfg(), dataset=tiny_dataset, progress=False)
+    assert validate_record(rec) == []
+    log = rec["adaptive"]["epochs"]
+    assert [e["eigenvalue"] for e in log] == [8.0, 4.0, 1.9, 0.5]
+    assert [e["action"] for e in log] == [None, "eigenvalue", "eigenvalue", None]  # 128 = 4 x 32: capped
+    assert [e["batch_size"] for e in log] == [32, 64, 128, 128]
+    # Iterations per epoch follow the batch size (512 examples, drop-last).
+    assert [e["iteration"] for e in log] == [16, 32, 40, 44]
+    assert rec["final"]["iteration"] == 44 and rec["final"]["epoch"] == 4.0
+    assert rec["final"]["examples"] == 4 * 512
+    # History entries carry the batch size and adversarial ratio of their epoch, and the
+    # learning rate is the base schedule times the batch multiplier.
+    sched = LRSchedule(0.05, rec["resolved"]["iterations"], 0, "cosine")
+    spe = rec["resolved"]["steps_per_epoch"]
+    for h in rec["history"][1:]:
+        epoch = math.ceil(h["epoch"]) - 1
+        b = [32, 32, 64, 128][epoch]
+        assert h["batch_size"] == b
+        assert h["adv_ratio"] == pytest.approx([0.2, 0.2, 0.0, 0.0][epoch])
+        steps = 512 // b
+        i = round((h["epoch"] - epoch) * steps)
+        assert h["lr"] == pytest.approx(sched((epoch + (i - 1) / steps) * spe) * b / 32)
+    # FGSM examples: round(20% of 32) = 6 per batch in the first two epochs (the batch doubles
+    # only after the second); none in the second half.
+    assert rec["optimizer"]["adversarial_examples"] == 16 * 6 + 16 * 6
+
+
+def test_abs_with_kfac_trains_and_records(tiny_dataset, tmp_path, monkeypatch):
+    from kfaclab.optim.kfac import KFAC
+
+    ratios = []
+    original = KFAC.on_batch_size_change
+    monkeypatch.setattr(KFAC, "on_batch_size_change", lambda self, r: (ratios.append(r), original(self, r)))
+    cfg = _abs_cfg(optimizer="kfac", batch_schedule="abs", hparams={"lr": 0.05, "damping": 0.03},
+                   schedule_options={"max_batch_multiple": 4, "patience_epochs": 1}, output=str(tmp_path / "r.json"))
+    rec = train(cfg, dataset=tiny_dataset, progress=False)
+    assert rec["status"] == "completed" and validate_record(rec) == []
+    log = rec["adaptive"]["epochs"]
+    assert all(math.isfinite(e["eigenvalue"]) and e["eigenvalue"] > 0 for e in log)
+    assert [e["batch_size"] for e in log] == [64, 128, 128, 128]  # patience 1: doubles every epoch to the cap
+    assert "adversarial_examples" not in rec["optimizer"]  # abs: no FGSM
+    assert json.loads((tmp_path / "r.json").read_text())["adaptive"]["max_batch"] == 128
+    assert ratios == [2.0, 4.0, 4.0, 4.0]  # K-FAC's running averages told of every epoch's batch
+
+
+def test_abs_capped_at_the_base_batch_is_the_fixed_batch_run(tiny_dataset):
+    """The eigenvalue measurements change nothing: with the cap at the base batch (no doubling
+    possible) and no adversarial examples, an ABS run is the fixed-batch run, step for step."""
+    common = dict(dataset="synthetic", model="mlp:32", batch_size=32, budget="epochs", budget_value=3.0, device="cpu",
+                  hparams={"lr": 0.05}, min_evals=3, eval_batch_size=200)
+    fixed = train(RunConfig(**common), dataset=tiny_dataset, progress=False)
+    capped = train(RunConfig(**common, batch_schedule="abs", schedule_options={"max_batch_multiple": 1}),
+                   dataset=tiny_dataset, progress=False)
+    assert [e["action"] for e in capped["adaptive"]["epochs"]] == [None, None, None]
+    assert [(h["iteration"], h["test_accuracy"], h["train_loss"]) for h in capped["history"]] == \
+        [(h["iteration"], h["test_accuracy"], h["train_loss"]) for h in fixed["history"]]
+
+
+def test_fixed_runs_can_measure_the_top_eigenvalue(tiny_dataset):
+    rec = train(RunConfig(dataset="synthetic", model="mlp:32", batch_size=64, budget="epochs", budget_value=1.0,
+                          device="cpu", min_evals=2, measure_top_eigenvalue=True), dataset=tiny_dataset, progress=False)
+    assert validate_record(rec) == []
+    assert all(h["top_eigenvalue"] > 0 for h in rec["history"])
+    # The same measurement by hand at the end of training.
+    assert "adaptive" not in rec
+
+
+def test_fixed_batch_is_reproducible_and_unaugmented(tiny_dataset):
+    from kfaclab.train.loop import make_loaders
+
+    cfg = RunConfig(dataset="synthetic", model="mlp", batch_size=64, device="cpu")
+    loader, _ = make_loaders(cfg, tiny_dataset, torch.device("cpu"))
+    x1, y1 = fixed_batch(loader, 128, seed=3)
+    x2, y2 = fixed_batch(loader, 128, seed=3)
+    assert torch.equal(x1, x2) and torch.equal(y1, y2) and len(set(y1.tolist())) > 1
+    idx = torch.randperm(loader.num_examples, generator=torch.Generator().manual_seed(3))[:128]
+    assert torch.equal(x1, loader.normalize(loader.images[idx]))
+    with pytest.raises(ValueError):
+        fixed_batch(loader, 10_000)
+
+
+def test_adaptive_runs_refuse_data_parallelism_and_trcg(tiny_dataset):
+    with pytest.raises(UsageError, match="no learning rate"):
+        train(_abs_cfg(optimizer="trcg", hparams={}), dataset=tiny_dataset, progress=False)
