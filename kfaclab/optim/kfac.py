@@ -200,7 +200,6 @@ class KFAC(TrainingOptimizer):
 
         inner = self.model.module if isinstance(self.model, DistributedDataParallel) else self.model
         buffers = [b.clone() for b in inner.buffers()]
-        n = self._batch_size
         sync = self.model.no_sync() if isinstance(self.model, DistributedDataParallel) else contextlib.nullcontext()
         with sync:
             for x, _ in chunks:

@@ -266,7 +266,7 @@ def _evaluator(cfg, model, opt, schedule, train_loader, test_loader, st: _LoopSt
 def _run(cfg, model, opt, schedule, train_loader, test_loader, p, st: _LoopState, progress: bool,
          ctx: Context, record_eval):
     device = train_loader.device
-    total, spe = p["iterations"], p["steps_per_epoch"]
+    total = p["iterations"]
     evals = set(p["evaluation_iterations"])
     # A divergence check syncs the GPU, and under data parallelism all ranks (they must agree
     # on stopping): there it looks at the loss averaged over ranks, every 10 steps.
