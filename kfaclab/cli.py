@@ -364,6 +364,16 @@ def cmd_results(args) -> int:
     print(f"\n{args.unit} to each target (minimum over the grid; NaN: no run reached it)")
     with pd.option_context("display.float_format", "{:,.4g}".format, "display.width", 160):
         print(wide.to_string())
+    if (res.runs["batch_schedule"] != "fixed").any():
+        from kfaclab.results.adaptive import comparison
+
+        cols = ["method", "target", "iterations_to_target", "fewer_iterations", "total_iterations", "final_accuracy",
+                "accuracy_change"]
+        print("\nadaptive batch schedules against the same optimizer at a fixed batch (best learning rate each):")
+        with pd.option_context("display.float_format", "{:,.4g}".format, "display.width", 160):
+            print(comparison(res).reindex(columns=cols).to_string(index=False))
+    if len(res.batch_sizes()) < 3:
+        return 0  # a fit of S(B) needs batch sizes to fit
     print("\nfit S(B) = S_min (1 + B_crit / B), 68% bootstrap interval over grid points:")
     for opt in res.optimizers():
         for t in res.targets:

@@ -387,3 +387,106 @@ def test_fixed_batch_is_reproducible_and_unaugmented(tiny_dataset):
 def test_adaptive_runs_refuse_data_parallelism_and_trcg(tiny_dataset):
     with pytest.raises(UsageError, match="no learning rate"):
         train(_abs_cfg(optimizer="trcg", hparams={}), dataset=tiny_dataset, progress=False)
+
+
+# --------------------------------------------------------------------------- results and charts
+
+
+@pytest.fixture(scope="module")
+def adaptive_study(tmp_path_factory):
+    """Fixed-batch SGD, ABS and ABSA runs (two learning rates each) written as bare records,
+    with a scripted eigenvalue sequence, so that every derived number is known."""
+    from kfaclab.data.sources import make_synthetic
+    from kfaclab.data.split import Dataset
+    from kfaclab.hessian import Eigenvalue
+
+    tr, te, classes = make_synthetic(n_train=512, n_test=200, size=8, contrast=30.0, seed=1)
+    ds = Dataset("synthetic", tr, te, classes, source="test")
+    d = tmp_path_factory.mktemp("abs-study")
+    original = ad.top_eigenvalue
+    try:
+        for schedule in ("fixed", "abs", "absa"):
+            for lr in (0.02, 0.05):
+                script = iter([8.0, 4.0, 1.9, 0.5])
+                ad.top_eigenvalue = lambda *a, script=script, **k: Eigenvalue(next(script), 3, True)
+                cfg = _abs_cfg(batch_schedule=schedule, hparams={"lr": lr}, targets=(0.3, 0.6),
+                               schedule_options={} if schedule == "fixed" else {"max_batch_multiple": 4},
+                               measure_top_eigenvalue=schedule == "fixed",
+                               output=str(d / f"{schedule}-{lr}.json"))
+                train(cfg, dataset=ds, progress=False)
+    finally:
+        ad.top_eigenvalue = original
+    return d
+
+
+def test_adaptive_results_tables(adaptive_study):
+    from kfaclab.results import load_results
+    from kfaclab.results.adaptive import best_configurations, comparison, final_sharpness, trajectories
+
+    res = load_results(adaptive_study)
+    assert set(res.runs["optimizer"]) == {"sgd", "sgd+abs", "sgd+absa"}  # never mixed with the fixed runs
+    recs = {p.stem: json.loads(p.read_text()) for p in adaptive_study.glob("*.json")}
+    best = best_configurations(res).set_index("method")
+    for method, schedule in [("sgd", "fixed"), ("sgd+abs", "abs"), ("sgd+absa", "absa")]:
+        accs = {lr: recs[f"{schedule}-{lr}"]["final"]["test_accuracy"] for lr in (0.02, 0.05)}
+        lr = max(accs, key=accs.get)
+        assert best.loc[method, "lr"] == lr and best.loc[method, "final_accuracy"] == accs[lr]
+        assert best.loc[method, "iterations"] == recs[f"{schedule}-{lr}"]["final"]["iteration"]
+    assert best.loc["sgd+abs", "final_batch_size"] == 128 and best.loc["sgd", "final_batch_size"] == 32
+    table = comparison(res)
+    for _, row in table.iterrows():
+        schedule = {"sgd": "fixed", "sgd+abs": "abs", "sgd+absa": "absa"}[row["method"]]
+
+        def first(s, t=row["target"]):
+            hits = [r["targets"][[x["test_accuracy"] for x in r["targets"]].index(t)]["iteration"]
+                    for name, r in recs.items() if name.startswith(s + "-")]
+            hits = [h for h in hits if h is not None]
+            return min(hits) if hits else None
+
+        mine, base = first(schedule), first("fixed")
+        if mine is not None and base is not None:
+            assert row["fewer_iterations"] == pytest.approx(base / mine)
+        assert row["accuracy_change"] == pytest.approx(best.loc[row["method"], "final_accuracy"]
+                                                       - best.loc["sgd", "final_accuracy"])
+    t = trajectories(res)
+    assert len(t) == 4 * (4 + 1)  # 4 adaptive runs x (start + 4 epochs)
+    one = t[(t["method"] == "sgd+abs") & (t["lr"] == 0.05)].sort_values("epoch")
+    assert list(one["batch_size"]) == [32, 32, 64, 128, 128]
+    assert list(one["action"].fillna("-")) == ["-", "-", "eigenvalue", "eigenvalue", "-"]
+    sharp = final_sharpness(res)
+    fixed = sharp[sharp["optimizer"] == "sgd"]
+    assert len(fixed) == 2 and (fixed["top_eigenvalue"] > 0).all()
+    last = {lr: recs[f"fixed-{lr}"]["history"][-1]["top_eigenvalue"] for lr in (0.02, 0.05)}
+    assert sorted(fixed["top_eigenvalue"]) == sorted(last.values())
+
+
+def test_adaptive_charts_bind_their_controls(adaptive_study):
+    from kfaclab import plots
+    from kfaclab.results import load_results
+
+    res = load_results(adaptive_study)
+
+    def bound(spec):
+        found = {}
+
+        def walk(node):
+            if isinstance(node, dict):
+                found.update({p["name"]: p for p in node.get("params", []) if "bind" in p})
+                for v in node.values():
+                    walk(v)
+            elif isinstance(node, list):
+                for v in node:
+                    walk(v)
+        walk(spec)
+        return found
+
+    curves = plots.adaptive_curves_chart(res).to_dict()
+    p = bound(curves)
+    assert p["base_optimizer"]["bind"]["options"] == ["sgd"]
+    assert p["x_axis"]["bind"]["options"] == ["iteration", "epoch"]
+    assert "(datum.axis === x_axis)" in json.dumps(curves)
+    traj = plots.adaptive_trajectory_chart(res).to_dict()
+    assert bound(traj)["adaptive_method"]["bind"]["options"] == ["sgd+abs", "sgd+absa"]
+    assert '"base": 2' in json.dumps(traj)  # batch sizes on a log2 axis
+    sharp = plots.sharpness_chart(res).to_dict()
+    assert '"type": "log"' in json.dumps(sharp)

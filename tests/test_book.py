@@ -21,7 +21,8 @@ from urllib.parse import urlparse
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-CHAPTERS_WITH_CHARTS = ["book/trcg", "book/distributed", "book/scaling", "book/robustness", "book/critical-batch"]
+CHAPTERS_WITH_CHARTS = ["book/trcg", "book/distributed", "book/scaling", "book/robustness", "book/critical-batch",
+                        "book/adaptive"]
 CHROMIUM = os.environ.get("KFACLAB_CHROMIUM", "/usr/bin/chromium")
 
 pytestmark = pytest.mark.browser

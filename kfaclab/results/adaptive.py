@@ -58,6 +58,8 @@ def comparison(results: StudyResults, baseline_schedule: str = "fixed") -> pd.Da
     rows = []
     for _, r in steps.iterrows():
         m = r["optimizer"]
+        if m not in best.index:  # no finished run yet (pending, failed): nothing to compare
+            continue
         base_opt = best.loc[m, "base_optimizer"]
         baseline = base_opt if baseline_schedule == "fixed" else f"{base_opt}+{baseline_schedule}"
         row = {"method": m, "base_optimizer": base_opt, "batch_schedule": best.loc[m, "batch_schedule"],

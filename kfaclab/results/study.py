@@ -136,11 +136,12 @@ def _row(name, run_id, cfg: dict, point: dict, rec: dict | None, marker: dict | 
                    steps_per_epoch=res["steps_per_epoch"], train_examples=res["train_examples"],
                    device=rec["environment"].get("device"),
                    cpu=rec["environment"].get("cpu"), gpu=rec["environment"].get("gpu"))
+        row["final_batch_size"] = rec["history"][-1].get("batch_size", cfg["batch_size"]) if rec["history"] \
+            else cfg["batch_size"]
         adaptive = rec.get("adaptive")
         if adaptive is not None:
             log = adaptive["epochs"]
-            row.update(final_batch_size=rec["history"][-1].get("batch_size", cfg["batch_size"]),
-                       max_batch=adaptive["max_batch"],
+            row.update(max_batch=adaptive["max_batch"],
                        doublings_eigenvalue=sum(e["action"] == "eigenvalue" for e in log),
                        doublings_patience=sum(e["action"] == "patience" for e in log))
         for t in rec["targets"]:
