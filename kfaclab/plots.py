@@ -302,18 +302,9 @@ def learning_curves(results: StudyResults, names: list[str], x: str = "epoch", w
 
 def adaptive_curves_data(results: StudyResults) -> pd.DataFrame:
     """Test accuracy along training of each method's best configuration (all its seeds)."""
-    from kfaclab.results.adaptive import best_configurations
+    from kfaclab.results.adaptive import best_run_names
 
-    best = best_configurations(results)
-    runs = results.runs
-    names = []
-    for _, b in best.iterrows():
-        mine = runs[runs["optimizer"] == b["method"]]
-        for k in [c for c in runs.columns if c.startswith("hp_")]:
-            if k[3:] in b and pd.notna(b[k[3:]]):
-                mine = mine[mine[k] == b[k[3:]]]
-        names += list(mine["name"])
-    ev = results.evals[results.evals["name"].isin(names)].copy()
+    ev = results.evals[results.evals["name"].isin(best_run_names(results))].copy()
     ev["base_optimizer"] = ev["optimizer"].str.split("+").str[0]
     ev["schedule"] = ev["batch_schedule"]
     ev["run"] = ev["optimizer"] + ", seed " + ev["seed"].astype(str)
@@ -351,6 +342,11 @@ def adaptive_trajectory_chart(results: StudyResults, width: int = 460, height: i
     from kfaclab.results.adaptive import trajectories
 
     t = trajectories(results)
+    # The rule acts after the last epoch too; that doubling never trains, so the batch-size
+    # line keeps the last batch used.
+    planned = results.runs.set_index("name")["planned_epochs"]
+    after = t["epoch"] >= t["name"].map(planned)
+    t["batch_size"] = t["batch_size"].where(~after, t.groupby("name")["batch_size"].shift(1))
     t["lr"] = t["lr"].astype(float)
     t["run"] = "lr " + t["lr"].map("{:g}".format) + ", seed " + t["seed"].astype(str)
     methods = list(dict.fromkeys(t["method"]))
@@ -364,7 +360,8 @@ def adaptive_trajectory_chart(results: StudyResults, width: int = 460, height: i
         y=alt.Y("eigenvalue:Q", title="top Hessian eigenvalue", scale=alt.Scale(type="log"))
     ).properties(width=width, height=height)
     batch = base.mark_line(interpolate="step-after").encode(
-        y=alt.Y("batch_size:Q", title="batch size", scale=alt.Scale(type="log", base=2))
+        y=alt.Y("batch_size:Q", title="batch size (in use)", scale=alt.Scale(type="log", base=2),
+                axis=alt.Axis(values=sorted({int(b) for b in t["batch_size"].dropna()}), format="d"))
     ).properties(width=width, height=height)
     return alt.vconcat(eig, batch).add_params(method).properties(
         title=alt.TitleParams("The ABS rule at work", subtitle="eigenvalue after each epoch; the batch size that follows"))
@@ -388,8 +385,9 @@ def sharpness_chart(results: StudyResults, width: int = 460, height: int = 300) 
     line = alt.Chart(data).mark_line(opacity=0.5).encode(
         x=_batch_axis(sorted(set(data["batch_size"]))), y="median(top_eigenvalue):Q",
         color=_color(list(dict.fromkeys(data["optimizer"]))))
-    return alt.layer(line, points).properties(width=width, height=height,
-                                              title="Sharpness of the end point against the batch size")
+    return alt.layer(line, points).properties(width=width, height=height, title=alt.TitleParams(
+        "Sharpness of the end point against the batch size",
+        subtitle="points: each learning rate (completed runs); lines: median over learning rates"))
 
 
 # ---------------------------------------------------------------------- offline rendering

@@ -448,6 +448,16 @@ def test_adaptive_results_tables(adaptive_study):
             assert row["fewer_iterations"] == pytest.approx(base / mine)
         assert row["accuracy_change"] == pytest.approx(best.loc[row["method"], "final_accuracy"]
                                                        - best.loc["sgd", "final_accuracy"])
+
+        def at_best(method, s, t=row["target"]):  # one seed: the best configuration is one run
+            r = recs[f"{s}-{best.loc[method, 'lr']}"]
+            return r["targets"][[x["test_accuracy"] for x in r["targets"]].index(t)]["iteration"]
+
+        mine, base = at_best(row["method"], schedule), at_best("sgd", "fixed")
+        if mine is not None and base is not None:
+            assert row["fewer_iterations_best_config"] == pytest.approx(base / mine)
+        else:
+            assert math.isnan(row["iterations_to_target_best_config"]) or base is None
     t = trajectories(res)
     assert len(t) == 4 * (4 + 1)  # 4 adaptive runs x (start + 4 epochs)
     one = t[(t["method"] == "sgd+abs") & (t["lr"] == 0.05)].sort_values("epoch")
@@ -461,24 +471,12 @@ def test_adaptive_results_tables(adaptive_study):
 
 
 def test_adaptive_charts_bind_their_controls(adaptive_study):
+    from test_plots import params as bound  # the bound Vega-Lite parameters of a chart spec
+
     from kfaclab import plots
     from kfaclab.results import load_results
 
     res = load_results(adaptive_study)
-
-    def bound(spec):
-        found = {}
-
-        def walk(node):
-            if isinstance(node, dict):
-                found.update({p["name"]: p for p in node.get("params", []) if "bind" in p})
-                for v in node.values():
-                    walk(v)
-            elif isinstance(node, list):
-                for v in node:
-                    walk(v)
-        walk(spec)
-        return found
 
     curves = plots.adaptive_curves_chart(res).to_dict()
     p = bound(curves)

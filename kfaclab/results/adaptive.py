@@ -48,12 +48,27 @@ def best_configurations(results: StudyResults) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _best_runs(results: StudyResults, best: pd.DataFrame) -> dict:
+    """method -> the finished runs (all seeds) of its best configuration."""
+    runs = results.runs[results.runs["status"].isin(FINISHED)]
+    out = {}
+    for m, b in best.iterrows():
+        mine = runs[runs["optimizer"] == m]
+        for c in [c for c in runs.columns if c.startswith("hp_")]:
+            if c[3:] in b.index and pd.notna(b[c[3:]]):
+                mine = mine[mine[c] == b[c[3:]]]
+        out[m] = mine
+    return out
+
+
 def comparison(results: StudyResults, baseline_schedule: str = "fixed") -> pd.DataFrame:
-    """Per method and target: iterations to the target (minimum over the grid) and the best
-    configuration's final accuracy, with both relative to the same optimizer's fixed-batch
-    run: `fewer_iterations` = baseline iterations / method iterations (the paper's "up to 5x"),
-    `accuracy_change` = method accuracy - baseline accuracy (the paper's "up to 1%")."""
+    """Per method and target: iterations to the target (minimum over the grid and seeds, and
+    the mean over the seeds of the best configuration, NaN unless every seed reached it) and the
+    best configuration's final accuracy, each relative to the same optimizer's fixed-batch run:
+    `fewer_iterations` = baseline iterations / method iterations (the paper's "up to 5x"; also
+    `fewer_iterations_best_config`), `accuracy_change` = method accuracy - baseline accuracy."""
     best = best_configurations(results).set_index("method")
+    best_runs = _best_runs(results, best)
     steps = steps_to_target(results)
     rows = []
     for _, r in steps.iterrows():
@@ -66,13 +81,27 @@ def comparison(results: StudyResults, baseline_schedule: str = "fixed") -> pd.Da
                "target": r["target"], "iterations_to_target": r["iterations"],
                "examples_to_target": r["examples"], "final_accuracy": best.loc[m, "final_accuracy"],
                "total_iterations": best.loc[m, "iterations"]}
+        col = f"iteration_to_{r['target']:g}"
+
+        def at_best(method):
+            its = best_runs[method][col].astype(float) if col in best_runs[method] else pd.Series(dtype=float)
+            return float(its.mean()) if len(its) and its.notna().all() else np.nan
+
+        row["iterations_to_target_best_config"] = at_best(m)
         b = steps[(steps["optimizer"] == baseline) & (steps["target"] == r["target"])]
         if len(b) and baseline in best.index:
             row["fewer_iterations"] = float(b["iterations"].iloc[0] / r["iterations"])
+            row["fewer_iterations_best_config"] = at_best(baseline) / row["iterations_to_target_best_config"]
             row["fewer_total_iterations"] = float(best.loc[baseline, "iterations"] / best.loc[m, "iterations"])
             row["accuracy_change"] = float(best.loc[m, "final_accuracy"] - best.loc[baseline, "final_accuracy"])
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def best_run_names(results: StudyResults) -> list[str]:
+    """The runs (all seeds) of every method's best configuration."""
+    best = best_configurations(results).set_index("method")
+    return [n for runs in _best_runs(results, best).values() for n in runs["name"]]
 
 
 def trajectories(results: StudyResults) -> pd.DataFrame:
@@ -98,11 +127,13 @@ def trajectories(results: StudyResults) -> pd.DataFrame:
 
 
 def final_sharpness(results: StudyResults) -> pd.DataFrame:
-    """The top Hessian eigenvalue at the end of each finished run that measured it (fixed-batch
+    """The top Hessian eigenvalue at the end of each completed run that measured it (fixed-batch
     runs with `measure_top_eigenvalue`, or any adaptive run), with its batch size and accuracy."""
     ev = results.evals
     if "top_eigenvalue" not in ev:
         return pd.DataFrame(columns=["name", "optimizer", "batch_size", "top_eigenvalue", "final_accuracy"])
+    # Completed runs only: a diverged run's last measurement is not the end of training.
+    ev = ev[ev["status"] == "completed"]
     last = ev[ev["top_eigenvalue"].notna()].sort_values("iteration").groupby("name").tail(1)
     runs = results.runs.set_index("name")
     out = last[["name", "optimizer", "batch_size", "current_batch_size", "top_eigenvalue"]].copy()
