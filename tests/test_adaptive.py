@@ -385,6 +385,9 @@ def test_fixed_batch_is_reproducible_and_unaugmented(tiny_dataset):
 
 
 def test_adaptive_runs_refuse_data_parallelism_and_trcg(tiny_dataset):
+    for extra in ({"batch_schedule": "abs"}, {"micro_batch": 16}, {"measure_top_eigenvalue": True}):
+        with pytest.raises(UsageError, match="nproc"):
+            RunConfig(nproc=2, **extra).validate()
     with pytest.raises(UsageError, match="no learning rate"):
         train(_abs_cfg(optimizer="trcg", hparams={}), dataset=tiny_dataset, progress=False)
 

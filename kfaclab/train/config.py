@@ -127,6 +127,10 @@ class RunConfig:
         if self.batch_schedule != "fixed" and (self.budget != "epochs" or self.budget_value != int(self.budget_value)):
             bad("budget", f"of an adaptive batch schedule ({self.batch_schedule}) must be a whole number of epochs "
                 "(it acts once per epoch); use budget epochs with a whole value")
+        if self.nproc > 1 and (self.batch_schedule != "fixed" or self.micro_batch or self.measure_top_eigenvalue
+                               or self.noise_scale_batches):
+            bad("nproc", "must be 1 with an adaptive batch_schedule, micro_batch, measure_top_eigenvalue or "
+                "noise_scale_batches (they run in single-process runs only); drop them or use nproc 1")
         if self.micro_batch is not None and self.micro_batch <= 0:
             bad("micro_batch", f"must be positive (or null for no accumulation), got {self.micro_batch}")
         if not self.divergence_factor > 1:
