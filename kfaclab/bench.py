@@ -59,7 +59,12 @@ def run_bench(cfg: RunConfig, optimizers=("sgd",), steps: int = 20, warmup: int 
         for i in range(warmup):
             opt.step(*premade[i % len(premade)])
         props0 = opt.counters["propagations"]
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         amortized = _timed(lambda: [opt.step(*premade[i % len(premade)]) for i in range(amortize)], device) / amortize
+        # The most device memory a training step of this optimizer held (what runs sharing a GPU
+        # must fit beside each other); None on the CPU.
+        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
         props = (opt.counters["propagations"] - props0) / amortize
         if progress:
             print(f"  {name}: {amortize} steps amortized: {1e3 * amortized:.1f} ms/step", flush=True)
@@ -72,7 +77,8 @@ def run_bench(cfg: RunConfig, optimizers=("sgd",), steps: int = 20, warmup: int 
             if progress:
                 print(f"  {name}: round {r + 1}/{rounds} done", flush=True)
         pre, load, data = (statistics.median(t) for t in (t_pre, t_load, t_data))
-        results.append({"optimizer": name, "amortized_step_s": amortized, "propagations_per_step": props, "step_premade_s": pre, "step_loader_s": load, "loader_only_s": data,
+        results.append({"optimizer": name, "amortized_step_s": amortized, "propagations_per_step": props,
+                        "peak_memory_bytes": peak, "step_premade_s": pre, "step_loader_s": load, "loader_only_s": data,
                         "overhead_step_diff": load / pre - 1.0, "overhead_loader_share": data / pre})
     base = results[0]["amortized_step_s"]
     for r in results:

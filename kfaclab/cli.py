@@ -1,4 +1,5 @@
-"""`python -m kfaclab {train,bench,sweep}`: argument parsing and error reporting only.
+"""`python -m kfaclab {train,bench,sweep,harvest,harvest-merge,results}`: argument parsing and error
+reporting only.
 
 Bad input is one line on stderr naming the problem and the fix, with exit code 2.
 """
@@ -180,6 +181,31 @@ def build_parser():
     w.add_argument("--only", metavar="PATTERN", help="only runs whose name matches (fnmatch), e.g. 'kfac-b128-*'")
     w.add_argument("--limit", type=_positive_int, help="at most N of the pending runs")
     w.add_argument("--quiet", action="store_true", help="no progress bar")
+    h = sub.add_parser("harvest", help="as much of a study as fits before a deadline (a borrowed GPU), packed "
+                                       "into one archive: smoke check, bench, then the pending runs")
+    h.add_argument("spec", help="the study spec, e.g. runs/gpu/study.yaml")
+    h.add_argument("--out", required=True, help="folder for the archive, the report and the bench (three files)")
+    h.add_argument("--deadline-s", type=_positive_float, required=True,
+                   help="seconds from now by which the harvest has stopped (runs in flight at the deadline are "
+                        "interrupted and stay pending)")
+    h.add_argument("--workers", type=_positive_int, help="runs in parallel on the CPU (default 1)")
+    h.add_argument("--gpus", help="GPU indices, e.g. 0: one worker per GPU x --runs-per-gpu")
+    h.add_argument("--runs-per-gpu", type=_positive_int, default=1, help="runs sharing one GPU")
+    h.add_argument("--threads", type=_positive_int, help="CPU threads per run (default: cores / workers)")
+    h.add_argument("--bench", choices=("auto", "always", "never"), default="auto",
+                   help="auto: only when the study has no bench from this kind of device (default)")
+    h.add_argument("--bench-batch-sizes", default="128,512,2048", help="batch sizes of the step-time bench")
+    h.add_argument("--bench-steps", type=_positive_int, default=100, help="steps per amortized step time")
+    h.add_argument("--throughput-runs", default="2,4,8", help="numbers of runs sharing the device to measure")
+    h.add_argument("--throughput-seconds", type=_positive_float, default=5.0)
+    h.add_argument("--no-smoke", dest="smoke", action="store_false", help="skip the smoke check")
+    h.add_argument("--smoke-limit-s", type=_positive_float, default=60.0)
+    h.add_argument("--retry-failed", action="store_true", help="re-run runs that failed before")
+    h.add_argument("--work", help="where runs execute (default: a new temporary folder)")
+    h.add_argument("--quiet", action="store_true")
+    m = sub.add_parser("harvest-merge", help="validate a harvest archive and add its runs to the study")
+    m.add_argument("archive", help="harvest-<study>.tar.gz")
+    m.add_argument("study", help="the study folder or its spec, e.g. runs/gpu")
     r = sub.add_parser("results", help="summarize a study's results: runs by status, steps to each target, B_crit")
     r.add_argument("study", help="the study folder or its spec, e.g. runs/cpu")
     r.add_argument("--unit", choices=("iterations", "epochs", "examples", "seconds", "propagations"),
@@ -351,6 +377,46 @@ def cmd_sweep(args) -> int:
     return 1 if summary.count("failed") else 0
 
 
+def _int_list(text: str, flag: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise UsageError(f"{flag} must be whole numbers separated by commas, got '{text}'") from None
+    if not values or min(values) <= 0:
+        raise UsageError(f"{flag} must be positive whole numbers separated by commas, got '{text}'")
+    return values
+
+
+def cmd_harvest(args) -> int:
+    from kfaclab.sweep.harvest import Options, harvest
+    from kfaclab.sweep.runner import parse_gpus
+
+    if args.workers and args.gpus:
+        raise UsageError("--workers is for the CPU; with --gpus, the workers are --runs-per-gpu per GPU")
+    opts = Options(out=Path(args.out), deadline_s=args.deadline_s, workers=args.workers or 1,
+                   gpus=parse_gpus(args.gpus), runs_per_gpu=args.runs_per_gpu, threads=args.threads,
+                   bench=args.bench, bench_batch_sizes=_int_list(args.bench_batch_sizes, "--bench-batch-sizes"),
+                   bench_steps=args.bench_steps, throughput_runs=_int_list(args.throughput_runs, "--throughput-runs"),
+                   throughput_seconds=args.throughput_seconds, smoke=args.smoke, smoke_limit_s=args.smoke_limit_s,
+                   retry_failed=args.retry_failed, work=Path(args.work) if args.work else None,
+                   progress=not args.quiet)
+    try:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        probe = Path(args.out) / ".kfaclab-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"cannot write to --out {args.out} ({e.strerror}); give a writable folder") from None
+    return harvest(args.spec, opts)
+
+
+def cmd_harvest_merge(args) -> int:
+    from kfaclab.sweep.merge import merge
+
+    print(merge(args.archive, args.study).line())
+    return 0
+
+
 def cmd_results(args) -> int:
     import pandas as pd
 
@@ -395,8 +461,8 @@ def main(argv=None) -> int:
             import torch
 
             torch.set_num_threads(args.threads)
-        return {"train": cmd_train, "bench": cmd_bench, "sweep": cmd_sweep,
-                "results": cmd_results}[args.command](args)
+        return {"train": cmd_train, "bench": cmd_bench, "sweep": cmd_sweep, "harvest": cmd_harvest,
+                "harvest-merge": cmd_harvest_merge, "results": cmd_results}[args.command](args)
     except UsageError as e:
         print(f"kfaclab: error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -47,3 +47,5 @@ def smoke_study(tmp_path_factory):
 def pytest_configure(config):
     config.addinivalue_line("markers", "browser: builds the book and drives headless Chromium "
                                        "(skip with -m 'not browser')")
+    config.addinivalue_line("markers", "gpu: needs a CUDA device (skips without one; `pytest -m gpu` runs "
+                                       "only these, as the GPU window's smoke check does)")

@@ -132,3 +132,60 @@ def test_config_from_dict_rejects_unknown_keys_and_types():
 def test_run_id_ignores_locations_only():
     a = RunConfig(output="a.json", cache_dir="/x")
     assert a.run_id() == RunConfig(output="b.json").run_id() != RunConfig(seed=1).run_id()
+
+
+def _conv_cfg(**kw):
+    return cfg(model="resnet20", batch_size=32, budget="iterations", budget_value=6.0, min_evals=2,
+               optimizer="kfac", hparams={"lr": 0.01, "cov_update_freq": 2, "inv_update_freq": 3}, **kw)
+
+
+def test_speed_options_are_recorded_and_change_only_what_they_should(tiny_dataset):
+    """channels_last: the same run up to float32 rounding (other convolution algorithms); bf16
+    autocast: a bounded difference, with K-FAC's factors still float32; both in the record and
+    its run id (only where they are not at their defaults, so earlier ids stay valid)."""
+    plain = train(_conv_cfg(), dataset=tiny_dataset, progress=False)
+    cl = train(_conv_cfg(channels_last=True), dataset=tiny_dataset, progress=False)
+    bf = train(_conv_cfg(precision="bf16"), dataset=tiny_dataset, progress=False)
+    assert validate_record(cl) == [] and validate_record(bf) == []
+    assert cl["config"]["channels_last"] is True and bf["config"]["precision"] == "bf16"
+    assert len({plain["run_id"], cl["run_id"], bf["run_id"]}) == 3
+    assert _conv_cfg().run_id() == RunConfig(**{k: v for k, v in _conv_cfg().to_dict().items()
+                                                if k not in ("precision", "channels_last")}).run_id()
+    losses = {name: [h["train_loss"] for h in r["history"][1:]] for name, r in
+              (("plain", plain), ("cl", cl), ("bf", bf))}
+    assert losses["cl"] == pytest.approx(losses["plain"], rel=1e-3)
+    assert losses["bf"] == pytest.approx(losses["plain"], rel=5e-2) and losses["bf"] != losses["plain"]
+
+
+def test_bf16_autocast_keeps_kfac_factors_and_updates_in_float32(tiny_dataset):
+    import torch
+    import torch.nn.functional as F
+
+    from kfaclab.models import build_model
+    from kfaclab.optim import build_optimizer
+
+    torch.manual_seed(0)
+    model = build_model("resnet20", (3, 8, 8), 10)
+    opt = build_optimizer("kfac", model, F.cross_entropy, {"cov_update_freq": 1, "inv_update_freq": 1})
+    opt.set_precision("bf16")
+    seen = []
+    model.fc.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    x = torch.randn(16, 3, 8, 8)
+    y = torch.randint(0, 10, (16,))
+    loss = opt.step(x, y)
+    # One forward (the MC Fisher's backward reuses it), in bf16; the loss in float32.
+    assert seen == [torch.bfloat16] and loss.dtype == torch.float32
+    for layer in opt.layers.values():
+        assert layer.A.dtype == layer.G.dtype == torch.float32
+        assert all(v.dtype == torch.float32 for v in layer.decomposition.values())
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in model.parameters())
+
+
+@pytest.mark.parametrize("change,says", [({"precision": "fp16"}, "precision must be one of fp32, bf16"),
+                                         ({"precision": "bf16", "optimizer": "trcg", "hparams": {}},
+                                          "must be fp32 for trcg")])
+def test_bad_precision_is_a_usage_error(change, says):
+    from kfaclab.errors import UsageError
+
+    with pytest.raises(UsageError, match=says):
+        RunConfig.from_dict({**cfg().to_dict(), **change})

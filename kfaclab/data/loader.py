@@ -16,7 +16,14 @@ import torch.nn.functional as F
 from kfaclab.data.split import Split
 
 
-def crop_and_flip(padded: torch.Tensor, idx: torch.Tensor, padding: int, generator: torch.Generator,
+def augmentation_draws(generator: torch.Generator, n: int, padding: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The random crop offsets (2, n) in [0, 2p] and flip draws (n,) of n examples, in that order."""
+    offsets = torch.randint(0, 2 * padding + 1, (2, n), device=generator.device, generator=generator)
+    flip = torch.rand(n, device=generator.device, generator=generator) < 0.5
+    return offsets, flip
+
+
+def crop_and_flip(padded: torch.Tensor, idx: torch.Tensor, padding: int, draws,
                   keep: slice | None = None) -> torch.Tensor:
     """Gather examples `idx` of a zero-padded uint8 split (N, C, H + 2p, W + 2p), each cropped at a
     random offset in [0, 2p] x [0, 2p] back to (H, W) and mirrored left-right with probability 1/2.
@@ -24,16 +31,18 @@ def crop_and_flip(padded: torch.Tensor, idx: torch.Tensor, padding: int, generat
     Equivalent to torchvision's RandomCrop(size, padding) + RandomHorizontalFlip image by image,
     done as two row selections (whole rows are contiguous memory, so `index_select` copies them
     fast): rows of the crop window first, then, after one transpose, its columns, in mirrored
-    order for flipped images. Randomness: offsets (2, n), then flip draws (n,), from `generator`.
-    `keep` returns only those examples of the batch, with the draws the whole batch would get
-    (a data-parallel rank's part of a global batch, augmented as in a single process).
+    order for flipped images. `draws` is a generator (offsets, then flips, drawn here by
+    `augmentation_draws`) or such draws made beforehand. `keep` returns only those examples of
+    the batch, with the draws the whole batch would get (a data-parallel rank's part of a global
+    batch, augmented as in a single process).
     """
     n = len(idx)
     hp, wp = padded.shape[2:]
     h, w = hp - 2 * padding, wp - 2 * padding
     dev = padded.device
-    offsets = torch.randint(0, 2 * padding + 1, (2, n), device=dev, generator=generator)
-    flip = torch.rand(n, device=dev, generator=generator) < 0.5
+    if isinstance(draws, torch.Generator):
+        draws = augmentation_draws(draws, n, padding)
+    offsets, flip = (t.to(dev) for t in draws)
     if keep is not None:
         idx, offsets, flip = idx[keep], offsets[:, keep], flip[keep]
     n, c = len(idx), padded.shape[1]
@@ -70,7 +79,11 @@ class DeviceLoader:
         batch_size: examples per batch.
         mean, std: per-channel statistics on the [0, 1] scale.
         shuffle: a fresh permutation each epoch, from `seed` and the epoch number, so an
-            epoch's batches are the same whether or not the run was resumed.
+            epoch's batches are the same whether or not the run was resumed. Permutations and
+            augmentation draws come from a CPU generator (then copied to `device`), so the same
+            seed gives the same batches on every device.
+        channels_last: batches in channels-last memory order (NHWC strides; same values), the
+            layout convolutions on tensor cores prefer.
         augment: random crop (zero padding `crop_padding`) and horizontal flip.
         drop_last: drop the final partial batch. Then an epoch has exactly N // batch_size
             batches and every batch has batch_size examples; otherwise ceil(N / batch_size).
@@ -83,13 +96,14 @@ class DeviceLoader:
 
     def __init__(self, split: Split, batch_size: int, *, mean, std, device="cpu", shuffle: bool = False,
                  augment: bool = False, drop_last: bool = False, seed: int = 0, crop_padding: int = 4,
-                 resolution: int | None = None, part: tuple[int, int] = (0, 1)):
+                 resolution: int | None = None, part: tuple[int, int] = (0, 1), channels_last: bool = False):
         if batch_size <= 0:
             raise ValueError("batch_size must be positive")
         rank, world = part
         if batch_size % world or not 0 <= rank < world:
             raise ValueError(f"a global batch of {batch_size} does not split evenly over {world} ranks")
         self.part = part
+        self.channels_last = channels_last
         self.device = torch.device(device)
         if resolution is not None:
             split = downsample(split, resolution)
@@ -126,10 +140,11 @@ class DeviceLoader:
 
     def normalize(self, x_uint8: torch.Tensor) -> torch.Tensor:
         # In place on the fresh float copy: one allocation per batch, not two.
-        return x_uint8.float().mul_(self._scale).add_(self._shift)
+        x = x_uint8.float().mul_(self._scale).add_(self._shift)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
 
     def _generator(self, epoch: int) -> torch.Generator:
-        g = torch.Generator(device=self.device)
+        g = torch.Generator(device="cpu")  # device-independent streams (see `shuffle`)
         g.manual_seed(self.seed * 1_000_003 + epoch)
         return g
 
@@ -137,13 +152,20 @@ class DeviceLoader:
         """Yield (inputs, labels) for one epoch."""
         g = self._generator(epoch)
         n = self.num_examples
-        order = torch.randperm(n, device=self.device, generator=g) if self.shuffle else None
-        for i in range(len(self)):
-            sl = slice(i * self.batch_size, min((i + 1) * self.batch_size, n))
-            idx = order[sl] if order is not None else torch.arange(sl.start, sl.stop, device=self.device)
+        order = torch.randperm(n, generator=g).to(self.device) if self.shuffle else None
+        bounds = [(i * self.batch_size, min((i + 1) * self.batch_size, n)) for i in range(len(self))]
+        if self.augment:
+            # The whole epoch's draws at once, batch after batch as a per-batch draw would make
+            # them, then one copy to the device: a copy per batch would stall a GPU's queue.
+            draws = [augmentation_draws(g, stop - start, self.crop_padding) for start, stop in bounds]
+            offsets = torch.cat([o for o, _ in draws], 1).to(self.device) if draws else None
+            flips = torch.cat([f for _, f in draws]).to(self.device) if draws else None
+        for start, stop in bounds:
+            sl = slice(start, stop)
+            idx = order[sl] if order is not None else torch.arange(start, stop, device=self.device)
             keep = self._my_part(len(idx))
             if self.augment:
-                x = crop_and_flip(self._padded, idx, self.crop_padding, g, keep)
+                x = crop_and_flip(self._padded, idx, self.crop_padding, (offsets[:, sl], flips[sl]), keep)
                 idx = idx[keep]
             else:
                 idx = idx[keep]

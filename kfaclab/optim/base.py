@@ -8,6 +8,7 @@ Hessian-vector products for TRCG). It reports work done as counters, among them
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
@@ -45,6 +46,20 @@ class TrainingOptimizer:
 
     # Gradient accumulation: at most this many examples per forward/backward (None: the batch).
     micro_batch: int | None = None
+    # bf16 autocast of forward passes (None: the model's own dtype); see set_precision.
+    autocast_dtype: torch.dtype | None = None
+
+    def set_precision(self, precision: str) -> None:
+        """'fp32', or 'bf16': forward passes and losses under torch.autocast in bfloat16.
+        Only forwards are autocast (torch's recommendation: backward passes follow the forward's
+        dtypes); parameters, gradients and the optimizer's own arithmetic stay float32."""
+        self.autocast_dtype = {"fp32": None, "bf16": torch.bfloat16}[precision]
+
+    def forward_context(self):
+        """The context of a training forward pass: autocast under bf16, else nothing."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(next(self.model.parameters()).device.type, dtype=self.autocast_dtype)
 
     def set_micro_batch(self, size: int | None) -> None:
         """Split each batch into chunks of at most `size` examples whose gradients accumulate into
@@ -61,14 +76,13 @@ class TrainingOptimizer:
         """Forward and backward of the batch-mean loss over `chunks` (n examples in all), each
         chunk's mean loss weighted by its share of the batch, so the gradients that accumulate are
         the batch's. Under DDP only the last chunk's backward all-reduces. Returns the batch loss."""
-        import contextlib
-
         total = None
         for i, (x, y) in enumerate(chunks):
             last = i == len(chunks) - 1
             sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
             with sync:
-                loss = self.loss_fn(self.model(x), y)
+                with self.forward_context():
+                    loss = self.loss_fn(self.model(x), y)
                 if len(chunks) > 1:
                     loss = loss * (len(x) / n)
                 if before_backward is not None:

@@ -102,10 +102,12 @@ class KFAC(TrainingOptimizer):
         self.counters.update({"factor_updates": 0, "inverse_updates": 0, "decomposition_failures": 0,
                               "fallback_layer_steps": 0, "skipped_factor_updates": 0})
         self._capture_inputs = self._capture_grads = False
+        self._kl_scale = 1.0
         self._batch_size = 0
         self._decay_power = 1.0  # adaptive batch sizes: see on_batch_size_change
-        device = next(model.parameters()).device
-        self.generator = torch.Generator(device=device)
+        # Labels of the MC Fisher come from a CPU generator: the same seed samples the same labels
+        # on every device (one small copy per factor update).
+        self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(h["seed"])
         for name, layer in self.layers.items():
             layer.module.register_forward_hook(self._forward_hook(layer))
@@ -124,7 +126,9 @@ class KFAC(TrainingOptimizer):
         def hook(module, inputs, output):
             if not self._capture_inputs:
                 return
-            A = kl.layer_factor_A(module, inputs[0].detach(), self.dtype)
+            x = inputs[0].detach()
+            with torch.autocast(x.device.type, enabled=False):  # factors in their own dtype, never bf16
+                A = kl.layer_factor_A(module, x, self.dtype)
             m = inputs[0].shape[0]
             if m != self._batch_size:  # a chunk of an accumulated batch: its share of the mean
                 A = A * (m / self._batch_size)
@@ -134,7 +138,8 @@ class KFAC(TrainingOptimizer):
 
     def _on_output_grad(self, layer: _Layer, g: torch.Tensor):
         if self._capture_grads:
-            G = kl.factor_G(kl.output_rows(layer.module, g.detach()).to(self.dtype), self._batch_size)
+            with torch.autocast(g.device.type, enabled=False):
+                G = kl.factor_G(kl.output_rows(layer.module, g.detach()).to(self.dtype), self._batch_size)
             layer.batch_G = G if layer.batch_G is None else layer.batch_G + G
 
     # ------------------------------------------------------------------ the step
@@ -170,9 +175,10 @@ class KFAC(TrainingOptimizer):
                 loss = self.accumulate_loss_backward(chunks, n)
             else:
                 self._capture_inputs = update_factors
-                out = self.model(inputs)
-                self._capture_inputs = False
-                loss = self.loss_fn(out, targets)
+                with self.forward_context():
+                    out = self.model(inputs)
+                    self._capture_inputs = False
+                    loss = self.loss_fn(out, targets)
                 if curvature_pass:
                     self._curvature_backward(out)
                     self.torch_optimizer.zero_grad(set_to_none=False)
@@ -204,7 +210,8 @@ class KFAC(TrainingOptimizer):
         with sync:
             for x, _ in chunks:
                 self._capture_inputs = True
-                out = self.model(x)
+                with self.forward_context():
+                    out = self.model(x)
                 self._capture_inputs = False
                 self._curvature_backward(out)
         for b, saved in zip(inner.buffers(), buffers):
@@ -234,7 +241,7 @@ class KFAC(TrainingOptimizer):
             # S = sqrt(2 / C) / B times a standard normal sample (mc) or a unit vector (exact).
             scale = math.sqrt(2.0 / out[0].numel()) / n
             if mc:
-                z = torch.randn(out.shape, generator=self.generator, device=out.device, dtype=out.dtype)
+                z = torch.randn(out.shape, generator=self.generator, dtype=out.dtype).to(out.device)
                 out.backward(z * scale, retain_graph=True)
                 self.counters["propagations"] += b
                 return
@@ -248,8 +255,9 @@ class KFAC(TrainingOptimizer):
         # Softmax in at least float32 (bf16/fp16 logits), in float64 when the model is.
         probs = F.softmax(out.detach().to(torch.promote_types(out.dtype, torch.float32)), dim=1).to(out.dtype)
         if mc:
-            sampled = torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
-            sampled_loss = F.cross_entropy(out, sampled)
+            sampled = torch.multinomial(probs.cpu(), 1, generator=self.generator).squeeze(1).to(out.device)
+            # The sampled loss in at least float32, like the training loss under autocast.
+            sampled_loss = F.cross_entropy(out.to(torch.promote_types(out.dtype, torch.float32)), sampled)
             (sampled_loss if b == n else sampled_loss * (b / n)).backward(retain_graph=True)
             self.counters["propagations"] += b
             return
@@ -412,7 +420,9 @@ class KFAC(TrainingOptimizer):
     # ------------------------------------------------------------------ preconditioning
 
     def _precondition(self, damping: float):
-        updates, vg = {}, 0.0
+        # <P, V> summed as a tensor and the clipping scale computed on the device: no transfer to
+        # the host per layer (each would stall a GPU's queue).
+        updates, vg = {}, None
         for name, layer in self.layers.items():
             d = layer.decomposition
             if d is None or layer.module.weight.grad is None:
@@ -425,11 +435,18 @@ class KFAC(TrainingOptimizer):
             else:
                 p = kl.inverse_precondition(v_f, d["A_inv"], d["G_inv"])
             updates[name] = p
-            vg += float((p * v_f).sum())
+            vg = (p * v_f).sum() if vg is None else vg + (p * v_f).sum()
+        if vg is None:
+            return
         nu = kl_clip_scale(vg, self.lr, self.hyperparameters["kl_clip"])
         for name, p in updates.items():
             kl.set_gradient_matrix(self.layers[name].module, (p * nu).to(self.layers[name].module.weight.dtype))
-        self.last_kl_scale = nu
+        self._kl_scale = nu
+
+    @property
+    def last_kl_scale(self) -> float:
+        """The KL clipping factor nu of the last step (1.0: not clipped)."""
+        return float(self._kl_scale)
 
     # ------------------------------------------------------------------ state
 
@@ -450,12 +467,17 @@ class KFAC(TrainingOptimizer):
         self.generator.set_state(state["generator"])
 
 
-def kl_clip_scale(vg: float, lr: float, kl_clip: float) -> float:
+def kl_clip_scale(vg, lr: float, kl_clip: float):
     """Ba et al.'s KL clipping: scale the preconditioned update by
-    nu = min(1, sqrt(kl_clip / (lr^2 sum_layers <P, V>))), bounding the update's KL change."""
-    if kl_clip <= 0 or not vg > 0:
-        return 1.0
-    return min(1.0, math.sqrt(kl_clip / (lr**2 * vg)))
+    nu = min(1, sqrt(kl_clip / (lr^2 sum_layers <P, V>))), bounding the update's KL change
+    (1 where <P, V> is not positive). A float for a float, a 0-d tensor on vg's device for a tensor."""
+    if not isinstance(vg, torch.Tensor):
+        return float(kl_clip_scale(torch.tensor(float(vg), dtype=torch.float64), lr, kl_clip))
+    one = torch.ones_like(vg)
+    if kl_clip <= 0:
+        return one
+    nu = (kl_clip / (lr**2 * vg.clamp(min=torch.finfo(vg.dtype).tiny))).sqrt().clamp(max=1.0)
+    return torch.where(vg > 0, nu, one)
 
 
 def _jittered(M):

@@ -112,7 +112,7 @@ class TRCG(TrainingOptimizer):
         self.radius = float(self.hyperparameters["radius"])
         self.counters.update({"accepted_steps": 0, "rejected_steps": 0, "cg_iterations": 0, "hessian_products": 0,
                               "boundary_steps": 0, "negative_curvature_steps": 0, "radius": self.radius})
-        self.generator = torch.Generator(device=self.params[0].device)
+        self.generator = torch.Generator(device="cpu")  # the same samples on every device
         self.generator.manual_seed(self.hyperparameters["seed"])
         self.data = None
         self.last = {}  # the last step's diagnostics: rho, step norm, predicted decrease, ...
@@ -137,7 +137,7 @@ class TRCG(TrainingOptimizer):
         size = max(1, round(fraction * n))
         if size >= n:
             return torch.arange(n, device=self.data.device)
-        return torch.randperm(n, generator=self.generator, device=self.data.device)[:size]
+        return torch.randperm(n, generator=self.generator)[:size].to(self.data.device)
 
     def _chunks(self, sample):
         """(inputs, targets, weight) chunks of a sample, which is indices into the training split

@@ -67,14 +67,18 @@ class Kernel:
         self.run_sync = run_sync
         self.kernel_name = kernel_name
         self.km = None
+        self.cwd = None
 
     def ensure(self, cwd: str):
+        """A live kernel whose working directory is `cwd` (where a run writes its record): a
+        kernel keeps the directory it started in, so a job elsewhere gets a fresh one."""
         from jupyter_client.manager import AsyncKernelManager
 
-        if self.km is None or not self.run_sync(self.km.is_alive)():
+        if self.km is None or self.cwd != cwd or not self.run_sync(self.km.is_alive)():
             self.stop()
             self.km = AsyncKernelManager(kernel_name=self.kernel_name)
             self.run_sync(self.km.start_kernel)(cwd=cwd)
+            self.cwd = cwd
 
     def stop(self):
         if self.km is not None:

@@ -217,6 +217,8 @@ def read_outcome(run: Run, directory: Path, code: int, error: str | None, wall: 
         failed_marker.unlink(missing_ok=True)
         inside = record["final"]["seconds"] + record["final"]["eval_seconds"]
         return Outcome(run, record["status"], wall, inside)
+    if error is None and record is None and code == 0:
+        error = f"the run ended without error but left no record {run.name}.json (with id {run.run_id}) in {directory}"
     error = error or (record or {}).get("error") or f"exit code {code}"
     error = "\n".join(error.strip().splitlines()[-12:])
     if record is None or record.get("status") != "failed":
@@ -374,6 +376,23 @@ def dry_run(study: Study, retry_failed: bool = False, only: str | None = None, l
         lines.append(f"estimated time: {seconds / 60:.1f} min of training in one worker, from a cost model (seconds per "
                      f"iteration and per example) fitted to this study's finished runs, plus runner overhead per run"
                      + (f"; no estimate yet for {', '.join(missing)}" if missing else ""))
+    elif study.throughput:
+        tp = study.throughput
+        epochs: dict = {}
+        for r in pending:
+            n_train = r.config.train_subset or TRAIN_SIZES.get(r.config.dataset)
+            if n_train:
+                c = r.config
+                iters = total_iterations(c.budget, c.budget_value, c.batch_size, n_train // c.batch_size, c.rule_b0,
+                                         c.rule_e0)
+                epochs[c.optimizer] = epochs.get(c.optimizer, 0.0) + iters * c.batch_size / n_train
+        known = {o: e for o, e in epochs.items() if o in tp["epochs_per_second"]}
+        seconds = sum(e / tp["epochs_per_second"][o] for o, e in known.items())
+        parts = ", ".join(f"{o} {e:,.0f} epochs at {tp['epochs_per_second'][o]:g}/s" for o, e in known.items())
+        lines.append(f"estimated time: {seconds / 60:.1f} min on one device with {tp['runs_sharing']} runs sharing it "
+                     f"({parts}), from the spec's throughput model ({tp['source'].split(':')[0]}), plus runner overhead"
+                     + (f"; no figure for {', '.join(sorted(set(epochs) - set(known)))}" if set(epochs) - set(known)
+                        else ""))
     else:
         lines.append("estimated time: unknown until some runs of this study have finished "
                      "(run a few with --limit N, then --dry-run again)")

@@ -13,6 +13,10 @@ A spec names everything a study varies and fixes:
     optimizers:
       sgd:  {fixed: {weight_decay: 0.0005}, grid: {lr: [...], momentum: [...]}}
       kfac: {fixed: {...}, grid: {lr: [...], damping: [...]}}
+    throughput:                    # optional: the model of what the study costs before it has runs
+      source: ...                  # where the figures come from (assumed, or measured when/where)
+      runs_sharing: 8              # runs in flight on one device
+      epochs_per_second: {sgd: 2.0, kfac: 1.2}   # aggregate over those runs, per optimizer
 
 Grid and fixed keys of an optimizer are its hyperparameters, or RunConfig fields (model,
 train_subset, ...) where a study varies those. Every key is checked: unknown keys, wrong types
@@ -32,7 +36,7 @@ from kfaclab.errors import UsageError
 from kfaclab.train.config import RunConfig
 
 TOP_KEYS = {"name", "description", "fixed", "batch_sizes", "budget", "lr_scaling", "targets", "seeds",
-            "optimizers"}
+            "optimizers", "throughput"}
 REQUIRED = ("batch_sizes", "budget", "optimizers")
 OPTIMIZER_KEYS = {"fixed", "grid"}
 BUDGETS = ("rule", "epochs", "iterations", "examples")
@@ -55,6 +59,7 @@ class Study:
     path: Path  # the spec file
     description: str
     runs: list[Run]
+    throughput: dict | None = None  # the spec's throughput model (see the module's text)
 
     @property
     def directory(self) -> Path:
@@ -150,7 +155,31 @@ def parse_study(spec, path: Path) -> Study:
     ids = [r.run_id for r in runs]
     if len(set(ids)) != len(ids):
         bad("optimizers", "two runs resolve to the same config (a grid repeats a value?)")
-    return Study(name, path, description, runs)
+    throughput = _throughput(spec["throughput"], optimizers, bad) if "throughput" in spec else None
+    return Study(name, path, description, runs, throughput)
+
+
+def _throughput(value, optimizers, bad) -> dict:
+    value = _mapping(value, "throughput", bad)
+    for k in value:
+        if k not in ("source", "runs_sharing", "epochs_per_second"):
+            bad(f"throughput.{k}", "unknown key; throughput has source, runs_sharing and epochs_per_second")
+    for k in ("source", "runs_sharing", "epochs_per_second"):
+        if k not in value:
+            bad(f"throughput.{k}", "missing (required)")
+    if not isinstance(value["source"], str) or not value["source"].strip():
+        bad("throughput.source", "must say where the figures come from")
+    n = value["runs_sharing"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        bad("throughput.runs_sharing", f"must be a whole number >= 1, got {n!r}")
+    eps = _mapping(value["epochs_per_second"], "throughput.epochs_per_second", bad)
+    for opt, v in eps.items():
+        if opt not in optimizers:
+            bad(f"throughput.epochs_per_second.{opt}", f"not an optimizer of this study ({', '.join(optimizers)})")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            bad(f"throughput.epochs_per_second.{opt}", f"must be a positive number, got {v!r}")
+    return {"source": value["source"].strip(), "runs_sharing": n,
+            "epochs_per_second": {k: float(v) for k, v in eps.items()}}
 
 
 def _owner(k):

@@ -20,7 +20,11 @@ LOCATION_FIELDS = ("output", "cache_dir", "data_root", "data_archive", "download
 # Fields added after the first runs were recorded, whose default changes nothing: left out of
 # the run id at their default, so that the ids of earlier runs stay valid.
 LATER_FIELDS = {"noise_scale_batches": 0, "nproc": 1, "batch_schedule": "fixed", "schedule_options": {},
-                "micro_batch": None, "measure_top_eigenvalue": False}
+                "micro_batch": None, "measure_top_eigenvalue": False, "precision": "fp32", "channels_last": False}
+# Arithmetic of the forward passes: fp32, or bf16 autocast (forward and loss in bfloat16 where
+# torch's autocast lists allow it; parameters, gradients, optimizer state and K-FAC's factors
+# and decompositions stay float32).
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -66,6 +70,8 @@ class RunConfig:
     noise_scale_batches: int = 0  # >= 2: measure the gradient noise scale at each evaluation (0: off)
     measure_top_eigenvalue: bool = False  # the Hessian's top eigenvalue at each evaluation (fixed batch of 128)
     # execution
+    precision: str = "fp32"  # fp32 | bf16 (autocast of forward passes; see PRECISIONS)
+    channels_last: bool = False  # model and batches in channels-last memory order (same values)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     nproc: int = 1  # data-parallel processes (torchrun); the global batch is split among them
@@ -135,6 +141,11 @@ class RunConfig:
             bad("micro_batch", f"must be positive (or null for no accumulation), got {self.micro_batch}")
         if not self.divergence_factor > 1:
             bad("divergence_factor", "must be > 1")
+        if self.precision not in PRECISIONS:
+            bad("precision", f"must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
+        if self.precision != "fp32" and self.optimizer in ("trcg", "strcg"):
+            bad("precision", f"must be fp32 for {self.optimizer}: its trust-region ratio and curvature products "
+                "need full precision")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             bad("device", f"must be auto, cpu, cuda or cuda:N, got '{self.device}'")
 

@@ -93,23 +93,26 @@ def make_loaders(cfg: RunConfig, ds: Dataset, device, ctx: Context = SINGLE) -> 
     if ctx.active:
         start, stop = shard_bounds(len(test), ctx)
         test = Split(test.images[start:stop], test.labels[start:stop])
-    common = dict(mean=mean, std=std, device=device)
+    common = dict(mean=mean, std=std, device=device, channels_last=cfg.channels_last)
     return (DeviceLoader(train, cfg.batch_size, shuffle=True, augment=cfg.augment, drop_last=True,
                          seed=cfg.seed, crop_padding=cfg.crop_padding, part=(ctx.rank, ctx.world_size), **common),
             DeviceLoader(test, cfg.eval_batch_size, **common))
 
 
 @torch.no_grad()
-def evaluate(model, loader: DeviceLoader, ctx: Context = SINGLE) -> tuple[float, float]:
-    """(mean loss, accuracy) over the whole split, in eval mode; under data parallelism each
-    rank evaluates its part of the split and the sums are reduced."""
+def evaluate(model, loader: DeviceLoader, ctx: Context = SINGLE, autocast_dtype=None) -> tuple[float, float]:
+    """(mean loss, accuracy) over the whole split, in eval mode (under bf16 autocast when the run
+    trains so); under data parallelism each rank evaluates its part of the split and the sums
+    are reduced."""
     was_training = model.training
     model.eval()
     loss_sum = torch.zeros((), device=loader.device, dtype=torch.float64)
     correct = torch.zeros((), device=loader.device, dtype=torch.int64)
     for x, y in loader:
-        out = model(x)
-        loss_sum += F.cross_entropy(out, y, reduction="sum").double()
+        with torch.autocast(loader.device.type, dtype=autocast_dtype or torch.bfloat16,
+                            enabled=autocast_dtype is not None):
+            out = model(x)
+        loss_sum += F.cross_entropy(out.to(torch.promote_types(out.dtype, torch.float32)), y, reduction="sum").double()
         correct += (out.argmax(1) == y).sum()
     model.train(was_training)
     loss, right, n = all_reduce_sum([loss_sum.item(), float(correct.item()), float(loader.num_examples)], ctx,
@@ -172,6 +175,8 @@ def train(cfg: RunConfig, *, dataset: Dataset | None = None, progress: bool = Tr
                          f"{cfg.optimizer} has no learning rate; use sgd or kfac")
     torch.manual_seed(cfg.seed)  # model initialisation: the same on every rank
     model = build_model(cfg.model, train_loader.input_shape, ds.num_classes).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     if ctx.active:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -182,6 +187,7 @@ def train(cfg: RunConfig, *, dataset: Dataset | None = None, progress: bool = Tr
     opt.attach_distributed(ctx)
     opt.attach_training_data(train_loader)
     opt.set_micro_batch(cfg.micro_batch)
+    opt.set_precision(cfg.precision)
     if p["peak_lr"] is None:
         schedule = lambda t: None  # noqa: E731
     else:
@@ -242,7 +248,7 @@ def _evaluator(cfg, model, opt, schedule, train_loader, test_loader, st: _LoopSt
         extra = extra or {}
         _sync(device)
         t0 = time.perf_counter()
-        test_loss, test_acc = evaluate(model, test_loader, ctx)
+        test_loss, test_acc = evaluate(model, test_loader, ctx, opt.autocast_dtype)
         entry = {
             "iteration": st.iteration, "epoch": st.iteration / spe, "examples": st.examples,
             "seconds": st.train_seconds, "propagations": opt.counters["propagations"],

@@ -131,6 +131,10 @@ def environment(device) -> dict:
     if str(device).startswith("cuda"):
         env["gpu"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda
+        # fp32 convolutions on Ampere and later GPUs run in TF32 unless switched off (torch's
+        # default for cuDNN); matrix products (K-FAC's factors) do not by default.
+        env["tf32"] = {"cudnn": bool(torch.backends.cudnn.allow_tf32),
+                       "matmul": bool(torch.backends.cuda.matmul.allow_tf32)}
     return env
 
 

@@ -1,0 +1,379 @@
+"""The harvest (a study in deadline-bounded windows, packed into one archive) and its merge.
+
+The rehearsal runs the GPU window's command on the CPU, end to end, on a tiny synthetic study:
+smoke check, bench, ordering, a deadline that cuts the study in two, the archive, the merge,
+and a second harvest that runs exactly the rest."""
+
+import hashlib
+import io
+import json
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kfaclab.errors import UsageError
+from kfaclab.sweep import load_study
+from kfaclab.sweep import harvest as hv
+from kfaclab.sweep.merge import merge
+from kfaclab.sweep.runner import run_state
+
+ROOT = Path(__file__).resolve().parents[1]
+
+REHEARSAL = {
+    "name": "rehearsal",
+    "description": "the harvest's rehearsal: synthetic data, CPU",
+    "fixed": {"dataset": "synthetic", "model": "mlp:16", "train_subset": 512, "test_subset": 200, "resolution": 8,
+              "augment": False, "min_evals": 3, "device": "cpu"},
+    "batch_sizes": [32, 64, 128],
+    "budget": {"rule": {"b0": 32, "e0": 2}},
+    "lr_scaling": {"rule": "linear", "base_batch_size": 32},
+    "targets": [0.3, 0.5],
+    "seeds": [0],
+    "optimizers": {
+        "sgd": {"fixed": {"weight_decay": 0.0}, "grid": {"lr": [0.01, 0.03, 0.1], "momentum": [0.5, 0.9]}},
+        "kfac": {"fixed": {"momentum": 0.9, "weight_decay": 0.0, "cov_update_freq": 2, "inv_update_freq": 4},
+                 "grid": {"lr": [0.01, 0.03, 0.1], "damping": [0.1, 0.3]}},
+    },
+}
+
+
+def write_spec(directory: Path, spec=None, **changes) -> Path:
+    spec = {**(spec or REHEARSAL), **changes}
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "study.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return directory / "study.yaml"
+
+
+def archive_members(path: Path) -> dict:
+    with tarfile.open(path) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar}
+
+
+# ------------------------------------------------------------------------------ ordering and prediction
+
+def test_teaching_order_runs_each_grid_centre_first_then_spreads_out(tmp_path):
+    spec = {**REHEARSAL, "optimizers": {
+        "sgd": {"grid": {"lr": [0.01, 0.03, 0.1], "momentum": [0.0, 0.5, 0.9]}},
+        "kfac": {"grid": {"lr": [0.01, 0.03, 0.1], "damping": [0.01, 0.1, 1.0]}}}}
+    study = load_study(write_spec(tmp_path / "s", spec))
+    predict = hv.Predictor(study, 1)
+    order = hv.teaching_order(study, study.runs, predict)
+    first_round = order[:6]  # 2 optimizers x 3 batch sizes
+    assert {(r.config.optimizer, r.config.batch_size) for r in first_round} == \
+        {(o, b) for o in ("sgd", "kfac") for b in (32, 64, 128)}
+    assert all(set(r.grid_point.values()) <= {0.03, 0.5, 0.1} for r in first_round)  # the centres
+    assert all(r.grid_point["lr"] == 0.03 for r in first_round)
+    # Then the four edge midpoints of each grid, corners last.
+    rank = hv.grid_rank(study)
+    assert [rank[r.name] for r in order] == sorted(rank[r.name] for r in order)
+    corners = [r for r in order if rank[r.name] == 1.0]
+    assert len(corners) == 2 * 3 * 4 and order[-len(corners):] == corners
+    # Within a round the cheapest (predicted) run goes first: the spec's model has no bench yet,
+    # so a throughput model decides.
+    study.throughput = {"source": "test", "runs_sharing": 1, "epochs_per_second": {"sgd": 1.0, "kfac": 0.5}}
+    order = hv.teaching_order(study, study.runs, hv.Predictor(study, 1))
+    costs = [hv.Predictor(study, 1).base(r) for r in order[:6]]
+    assert costs == sorted(costs)
+
+
+def test_predictor_interpolates_the_bench_and_learns_from_finished_runs(tmp_path):
+    study = load_study(write_spec(tmp_path / "s"))
+    bench = {"step_times": [
+        {"batch_size": 32, "results": [{"optimizer": "sgd", "amortized_step_s": 0.01, "peak_memory_bytes": 1e8},
+                                       {"optimizer": "kfac", "amortized_step_s": 0.04, "peak_memory_bytes": 2e8}]},
+        {"batch_size": 128, "results": [{"optimizer": "sgd", "amortized_step_s": 0.04, "peak_memory_bytes": 4e8},
+                                        {"optimizer": "kfac", "amortized_step_s": 0.08, "peak_memory_bytes": 5e8}]}],
+        "throughput": None}
+    p = hv.Predictor(study, 1, bench)
+    assert hv._interp_loglog({32: 0.01, 128: 0.04}, 64) == pytest.approx(0.02)  # slope 1 in log-log
+    assert hv._interp_loglog({32: 0.01, 128: 0.04}, 256) == pytest.approx(0.08)  # continued beyond
+    run = next(r for r in study.runs if r.config.optimizer == "kfac" and r.config.batch_size == 64)
+    iters, evals = hv.run_iterations(run)
+    assert iters == 2 * (512 // 64) * 2  # rule: (log2(64/32) + 1) x 2 epochs
+    step = hv._interp_loglog({32: 0.04, 128: 0.08}, 64)
+    evaluation = 200 / 128 * 0.04 / 3
+    assert p.base(run) == pytest.approx(iters * step + evals * evaluation + hv.STEP_OVERHEAD_S)
+    assert p.memory(run) == pytest.approx(2e8 + (5e8 - 2e8) * (64 - 32) / 96 + hv.CONTEXT_BYTES)
+    # Two runs that took twice their prediction: later predictions double.
+    p.observe(run, 2 * p.base(run))
+    p.observe(run, 2 * p.base(run))
+    assert p(run) == pytest.approx(2 * p.base(run))
+    # Sharing the device: the measured slowdown of the optimizer scales the time.
+    shared = hv.Predictor(study, 4, {**bench, "throughput": {"alone": [], "rows": [
+        {"runs": 4, "per_run": [{"optimizer": "kfac", "slowdown": 3.0}, {"optimizer": "sgd", "slowdown": 2.0}]}]}})
+    assert shared.base(run) - hv.STEP_OVERHEAD_S == pytest.approx(3 * (p.base(run) - hv.STEP_OVERHEAD_S))
+
+
+# ------------------------------------------------------------------------------ the rehearsal
+
+class PausableClock:
+    """Real time, minus the time spent in phases the test pauses (data, smoke, bench), so that
+    the deadline falls inside the runs phase however long those took on this machine."""
+
+    def __init__(self):
+        self.paused = 0.0
+
+    def __call__(self):
+        return time.monotonic() - self.paused
+
+    def pausing(self, fn):
+        def wrapped(*a, **k):
+            t0 = time.monotonic()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.paused += time.monotonic() - t0
+        return wrapped
+
+
+def run_harvest_cli(spec, out, work, *extra, deadline=600):
+    cmd = [sys.executable, "-m", "kfaclab", "harvest", str(spec), "--out", str(out), "--work", str(work),
+           "--deadline-s", str(deadline), "--bench-batch-sizes", "32,128", "--bench-steps", "8", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=900)
+
+
+def test_rehearsal_deadline_cut_archive_merge_and_a_second_harvest_that_runs_exactly_the_rest(tmp_path, monkeypatch):
+    spec = write_spec(tmp_path / "rehearsal")
+    study = load_study(spec)
+    total = len(study.runs)
+
+    # First window: smoke, bench, then runs until a deadline that falls inside the runs phase.
+    clock = PausableClock()
+    for phase in ("_load_data", "smoke", "bench"):
+        monkeypatch.setattr(hv.Harvest, phase, clock.pausing(getattr(hv.Harvest, phase)))
+    out1 = tmp_path / "out1"
+    # 36 runs of about half a second each here; the runs phase gets about 7 s.
+    opts = hv.Options(out=out1, deadline_s=8.0, margin_s=1.0, bench_batch_sizes=(32, 128), bench_steps=8,
+                      work=tmp_path / "work1", progress=False, clock=clock)
+    harvest = hv.Harvest(study, opts)
+    assert harvest.run() == 0
+    assert clock() - harvest.started <= opts.deadline_s  # stopped by itself before the deadline
+    monkeypatch.undo()
+
+    report = json.loads((out1 / "harvest-rehearsal-report.json").read_text())
+    assert report["status"] == "finished" and report["smoke"]["ok"]
+    assert all(c["ok"] for c in report["smoke"]["checks"]) and len(report["smoke"]["runs"]) == 2
+    assert report["bench"]["ran"] and (out1 / "bench-rehearsal.json").exists()
+    finished = [e["name"] for e in report["runs"]["finished"]]
+    n1 = len(finished)
+    assert 0 < n1 < total, f"the deadline should cut the study in two, finished {n1} of {total}"
+    assert report["runs"]["left"] == total - n1 == len(report["runs"]["left_names"])
+    order = report["runs"]["order"]
+    assert finished[0] == order[0] and set(finished) <= set(order)
+    by_name = {r.name: r for r in study.runs}
+    first = [by_name[n] for n in order[:6]]  # one configuration per optimizer and batch size first
+    assert {(r.config.optimizer, r.config.batch_size) for r in first} == \
+        {(o, b) for o in ("sgd", "kfac") for b in (32, 64, 128)}
+    assert all(r.grid_point["lr"] == 0.03 for r in first)
+
+    # The archive holds exactly the finished runs, whole, and nothing else but the bench.
+    archive = out1 / "harvest-rehearsal.tar.gz"
+    members = archive_members(archive)
+    manifest = json.loads(members["manifest.json"])
+    assert sorted(r["name"] for r in manifest["runs"]) == sorted(finished)
+    for r in manifest["runs"]:
+        assert {f"{r['name']}.json", f"{r['name']}.ipynb"} <= set(r["files"])
+    assert sorted(set(members) - {"manifest.json"}) == sorted(
+        [f"rehearsal/{f}" for r in manifest["runs"] for f in r["files"]] + [manifest["bench"]["file"]])
+    assert len(list(out1.iterdir())) == 3  # archive, report, bench: well under the 8 files that come back
+
+    # Merge: the runs are done in the study, the bench is kept; merging again is refused.
+    summary = merge(archive, spec.parent)
+    assert sum(summary.merged.values()) == n1
+    assert sum(run_state(spec.parent, r) == "done" for r in study.runs) == n1
+    assert list((spec.parent / "bench").glob("*.json"))
+    with pytest.raises(UsageError, match="already done"):
+        merge(archive, spec.parent)
+
+    # Second window (the command line, as on the GPU machine): the bench is taken from the study,
+    # and exactly the runs left are run.
+    out2 = tmp_path / "out2"
+    p = run_harvest_cli(spec, out2, tmp_path / "work2")
+    assert p.returncode == 0, p.stderr + p.stdout
+    report2 = json.loads((out2 / "harvest-rehearsal-report.json").read_text())
+    assert report2["bench"]["ran"] is False
+    second = [e["name"] for e in report2["runs"]["finished"]]
+    assert sorted(second) == sorted(report["runs"]["left_names"]) and not set(second) & set(finished)
+    assert report2["runs"]["left"] == 0
+    merge(out2 / "harvest-rehearsal.tar.gz", spec)
+    assert all(run_state(spec.parent, r) == "done" for r in study.runs)
+
+    from kfaclab.results import load_results, status_counts
+
+    res = load_results(spec.parent)
+    assert int(status_counts(res).to_numpy().sum()) == total
+    assert set(res.runs["status"]) <= {"completed", "diverged"}
+
+    # A third harvest finds nothing to do.
+    p = run_harvest_cli(spec, tmp_path / "out3", tmp_path / "work3", "--no-smoke")
+    assert p.returncode == 0, p.stderr
+    assert json.loads((tmp_path / "out3" / "harvest-rehearsal-report.json").read_text())["runs"]["pending_at_start"] == 0
+
+
+def test_a_failing_smoke_check_stops_the_harvest_with_a_report(tmp_path):
+    # A valid spec whose runs fail when they start: more noise-scale batches than an epoch has.
+    spec = write_spec(tmp_path / "bad", name="bad", fixed={**REHEARSAL["fixed"], "noise_scale_batches": 64})
+    p = run_harvest_cli(spec, tmp_path / "out", tmp_path / "work", "--bench", "never", "--smoke-limit-s", "600")
+    assert p.returncode == 1
+    report = json.loads((tmp_path / "out" / "harvest-bad-report.json").read_text())
+    assert report["status"] == "smoke check failed" and not report["smoke"]["ok"]
+    assert [r["status"] for r in report["smoke"]["runs"]] == ["failed", "failed"]
+    assert all("noise_scale_batches" in r["error"] for r in report["smoke"]["runs"])
+    assert "runs" not in report and not (tmp_path / "out" / "harvest-bad.tar.gz").exists()
+
+
+# ------------------------------------------------------------------------------ merge validation
+
+@pytest.fixture(scope="module")
+def one_archive(tmp_path_factory):
+    """A real harvest of the rehearsal's twelve runs at batch 128 (no smoke, no bench)."""
+    d = tmp_path_factory.mktemp("merge")
+    spec = write_spec(d / "rehearsal", batch_sizes=[128])
+    p = run_harvest_cli(spec, d / "out", d / "work", "--no-smoke", "--bench", "never")
+    assert p.returncode == 0, p.stderr
+    return spec, (d / "out" / "harvest-rehearsal.tar.gz").read_bytes()
+
+
+def _rewrite(data: bytes, edit) -> bytes:
+    """The archive with its members passed through edit(dict) -> dict (manifest included)."""
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar}
+    members = edit(members)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, content in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
+    return buf.getvalue()
+
+
+def _restamp(members, name):
+    """Keep the manifest's sha256 of `name` in step with an edit (a careful forger)."""
+    m = json.loads(members["manifest.json"])
+    for r in m["runs"]:
+        for f in r["files"]:
+            if f"rehearsal/{f}" == name:
+                r["files"][f] = hashlib.sha256(members[name]).hexdigest()
+    members["manifest.json"] = json.dumps(m).encode()
+    return members
+
+
+def _first_record(members):
+    return next(n for n in members if n.endswith(".json") and n.startswith("rehearsal/")
+                and not n.endswith(".failed.json"))
+
+
+def _edit_record(fn, restamp=True):
+    def edit(members):
+        name = _first_record(members)
+        rec = json.loads(members[name])
+        fn(rec)
+        members[name] = json.dumps(rec).encode()
+        return _restamp(members, name) if restamp else members
+    return edit
+
+
+def _edit_manifest(fn):
+    def edit(members):
+        m = json.loads(members["manifest.json"])
+        fn(m)
+        members["manifest.json"] = json.dumps(m).encode()
+        return members
+    return edit
+
+
+def _drop_notebooks(members):
+    return {k: v for k, v in members.items() if not k.endswith(".ipynb")}
+
+
+def _add_member(name):
+    def edit(members):
+        members[name] = b"{}"
+        return members
+    return edit
+
+
+TAMPERED = [
+    ("record bytes altered", _edit_record(lambda r: r.update(status="diverged"), restamp=False), "sha256"),
+    ("config altered, sha kept in step", _edit_record(lambda r: r["config"]["hparams"].update(lr=9.0)),
+     "config does not give the run's id"),
+    ("record truncated to a malformed one", _edit_record(lambda r: r.pop("history")), "malformed"),
+    ("unknown status", _edit_manifest(lambda m: m["runs"][0].update(status="interrupted")), "not a finished"),
+    ("a run of another spec", _edit_manifest(lambda m: m["runs"][0].update(run_id="0123456789ab")),
+     "not a run of"),
+    ("another study", _edit_manifest(lambda m: m.update(study="cpu")), "a harvest of study 'cpu'"),
+    ("a run twice", _edit_manifest(lambda m: m["runs"].append(m["runs"][0])), "twice"),
+    ("notebook missing", _drop_notebooks, "missing"),
+    ("a member the manifest does not list", _add_member("rehearsal/extra.json"), "not listed"),
+    ("a path outside the study", _add_member("../escape.json"), "plain name"),
+    ("no manifest", lambda m: {k: v for k, v in m.items() if k != "manifest.json"}, "no manifest"),
+]
+
+
+@pytest.mark.parametrize("what,edit,says", TAMPERED, ids=[t[0] for t in TAMPERED])
+def test_merge_refuses_a_bad_archive_whole_and_writes_nothing(one_archive, tmp_path, what, edit, says):
+    spec, data = one_archive
+    target = write_spec(tmp_path / "rehearsal", yaml.safe_load(spec.read_text()))
+    bad = tmp_path / "bad.tar.gz"
+    bad.write_bytes(_rewrite(data, edit))
+    before = sorted(p.name for p in target.parent.iterdir())
+    with pytest.raises(UsageError, match=says):
+        merge(bad, target.parent)
+    assert sorted(p.name for p in target.parent.iterdir()) == before
+
+
+def test_merge_refuses_damaged_bytes_at_many_offsets(one_archive, tmp_path):
+    spec, data = one_archive
+    target = write_spec(tmp_path / "rehearsal", yaml.safe_load(spec.read_text()))
+    bad = tmp_path / "bad.tar.gz"
+    for offset in range(10, len(data) - 8, max(1, len(data) // 23)):
+        damaged = bytearray(data)
+        damaged[offset] ^= 0x5A
+        bad.write_bytes(bytes(damaged))
+        with pytest.raises(UsageError):
+            merge(bad, target.parent)
+    bad.write_bytes(data[: len(data) // 2])  # truncated
+    with pytest.raises(UsageError, match="damaged"):
+        merge(bad, target.parent)
+    assert not list(target.parent.glob("*.json"))
+    merge_ok = merge(_write(tmp_path / "good.tar.gz", data), target.parent)  # the intact archive merges
+    assert sum(merge_ok.merged.values()) == len(load_study(target).runs) == 12
+
+
+def _write(path, data):
+    path.write_bytes(data)
+    return path
+
+
+def test_merged_runs_are_not_run_again_by_a_sweep(one_archive, tmp_path):
+    from kfaclab.sweep.runner import plan_runs
+
+    spec, data = one_archive
+    target = write_spec(tmp_path / "rehearsal", yaml.safe_load(spec.read_text()))
+    merge(_write(tmp_path / "a.tar.gz", data), target)
+    study = load_study(target)
+    pending, done, _ = plan_runs(study, retry_failed=False)
+    assert done == len(study.runs) == 12 and not pending
+    assert all((target.parent / f"{r.name}.ipynb").exists() for r in study.runs)
+
+
+def test_harvest_command_line_errors_are_one_line(tmp_path):
+    spec = write_spec(tmp_path / "s")
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for args, says in [
+        (["harvest", str(spec), "--out", str(blocker / "x"), "--deadline-s", "10"], "cannot write to --out"),
+        (["harvest", str(spec), "--out", str(tmp_path), "--deadline-s", "0"], "must be positive"),
+        (["harvest", str(spec), "--out", str(tmp_path), "--deadline-s", "5", "--bench-batch-sizes", "a"],
+         "--bench-batch-sizes must be whole numbers"),
+        (["harvest-merge", str(blocker), str(spec.parent)], "not a readable harvest archive"),
+        (["harvest-merge", str(blocker), str(tmp_path / "nowhere")], "no study spec"),
+    ]:
+        p = subprocess.run([sys.executable, "-m", "kfaclab", *args], capture_output=True, text=True, cwd=ROOT)
+        assert p.returncode == 2 and says in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
