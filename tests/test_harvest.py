@@ -148,7 +148,7 @@ def test_rehearsal_deadline_cut_archive_merge_and_a_second_harvest_that_runs_exa
         monkeypatch.setattr(hv.Harvest, phase, clock.pausing(getattr(hv.Harvest, phase)))
     out1 = tmp_path / "out1"
     # 36 runs of about half a second each here; the runs phase gets about 7 s.
-    opts = hv.Options(out=out1, deadline_s=8.0, margin_s=1.0, bench_batch_sizes=(32, 128), bench_steps=8,
+    opts = hv.Options(out=out1, deadline_s=8.0, margin_s=1.0, smoke_limit_s=600, bench_batch_sizes=(32, 128), bench_steps=8,
                       work=tmp_path / "work1", progress=False, clock=clock)
     harvest = hv.Harvest(study, opts)
     assert harvest.run() == 0
@@ -225,6 +225,14 @@ def test_a_failing_smoke_check_stops_the_harvest_with_a_report(tmp_path):
     assert [r["status"] for r in report["smoke"]["runs"]] == ["failed", "failed"]
     assert all("noise_scale_batches" in r["error"] for r in report["smoke"]["runs"])
     assert "runs" not in report and not (tmp_path / "out" / "harvest-bad.tar.gz").exists()
+
+
+def test_a_smoke_check_over_its_time_limit_fails(tmp_path):
+    spec = write_spec(tmp_path / "slow", name="slow", batch_sizes=[128])
+    p = run_harvest_cli(spec, tmp_path / "out", tmp_path / "work", "--bench", "never", "--smoke-limit-s", "0.5")
+    assert p.returncode == 1
+    report = json.loads((tmp_path / "out" / "harvest-slow-report.json").read_text())
+    assert report["smoke"]["error"] == "the smoke check took longer than 0.5s" and not report["smoke"]["ok"]
 
 
 # ------------------------------------------------------------------------------ merge validation

@@ -53,6 +53,12 @@ BAD_SPECS = [
     ({"optimizers": {"sgd": {"grids": {"lr": [0.1]}}}}, "optimizers.sgd.grids: unknown key"),
     ({"optimizers": {"kfac": {"grid": {"damping": [-1.0]}}}}, "damping must be a non-negative number"),
     ({"optimizers": {}}, "optimizers: is empty"),
+    ({"loss_targets": [1.5, -1.0]}, "loss_targets: values must be positive"),
+    ({"loss_targets": "low"}, "loss_targets: must be a list"),
+    ({"throughput": {"source": "x", "runs_sharing": 2, "epochs_per_second": {"adam": 1.0}}},
+     "throughput.epochs_per_second.adam: not an optimizer of this study"),
+    ({"throughput": {"source": "x", "runs_sharing": 0, "epochs_per_second": {}}}, "throughput.runs_sharing"),
+    ({"throughput": {"runs_sharing": 2, "epochs_per_second": {}}}, "throughput.source: missing"),
 ]
 
 
@@ -204,3 +210,26 @@ def test_dry_run_cost_model_separates_per_step_and_per_example_time():
     # a fit that would need a negative coefficient keeps the better one alone
     a, b = _fit_cost([(100, 100 * 32, 1.0), (50, 50 * 64, 0.3)])
     assert min(a, b) == 0.0 and max(a, b) > 0
+
+
+def test_gpu_preset_dry_run_uses_its_stated_throughput_model():
+    study = load_study(ROOT / "runs" / "gpu" / "study.yaml")
+    text = dry_run(study)
+    tp = study.throughput
+    epochs = {}
+    for r in study.runs:
+        c = r.config
+        iters = (50000 // c.batch_size) * (int(round(__import__("math").log2(c.batch_size / 128))) + 1) * 3
+        epochs[c.optimizer] = epochs.get(c.optimizer, 0) + iters * c.batch_size / 50000
+    minutes = sum(e / tp["epochs_per_second"][o] for o, e in epochs.items()) / 60
+    assert f"estimated time: {minutes:.1f} min on one device with {tp['runs_sharing']} runs sharing it" in text
+    assert "from the spec's throughput model (assumed, not yet measured)" in text
+
+
+def test_loss_targets_leave_run_ids_as_they_were(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    plain = load_study(smoke_spec(tmp_path / "a"))
+    with_loss = load_study(smoke_spec(tmp_path / "b", loss_targets=[2.0, 1.5]))
+    assert [r.run_id for r in plain.runs] == [r.run_id for r in with_loss.runs]
+    assert with_loss.loss_targets == [2.0, 1.5] and plain.loss_targets == []

@@ -9,6 +9,7 @@ A spec names everything a study varies and fixes:
     budget: {rule: {b0: 32, e0: 4}} | {epochs: E} | {iterations: N} | {examples: N}
     lr_scaling: {rule: linear, base_batch_size: 128}   # optional, default none
     targets: [0.5, 0.6]
+    loss_targets: [1.4, 1.3]       # optional: training-loss targets, raced by kfaclab.results
     seeds: [0]
     optimizers:
       sgd:  {fixed: {weight_decay: 0.0005}, grid: {lr: [...], momentum: [...]}}
@@ -36,7 +37,7 @@ from kfaclab.errors import UsageError
 from kfaclab.train.config import RunConfig
 
 TOP_KEYS = {"name", "description", "fixed", "batch_sizes", "budget", "lr_scaling", "targets", "seeds",
-            "optimizers", "throughput"}
+            "optimizers", "throughput", "loss_targets"}
 REQUIRED = ("batch_sizes", "budget", "optimizers")
 OPTIMIZER_KEYS = {"fixed", "grid"}
 BUDGETS = ("rule", "epochs", "iterations", "examples")
@@ -60,6 +61,7 @@ class Study:
     description: str
     runs: list[Run]
     throughput: dict | None = None  # the spec's throughput model (see the module's text)
+    loss_targets: list = dataclasses.field(default_factory=list)  # training-loss targets (results only)
 
     @property
     def directory(self) -> Path:
@@ -156,7 +158,11 @@ def parse_study(spec, path: Path) -> Study:
     if len(set(ids)) != len(ids):
         bad("optimizers", "two runs resolve to the same config (a grid repeats a value?)")
     throughput = _throughput(spec["throughput"], optimizers, bad) if "throughput" in spec else None
-    return Study(name, path, description, runs, throughput)
+    # Raced from each run's history by kfaclab.results: not part of a run's config, so adding
+    # them leaves every run id as it was.
+    loss_targets = _list(spec.get("loss_targets", []), "loss_targets", bad, (int, float), positive=True,
+                         allow_empty=True)
+    return Study(name, path, description, runs, throughput, [float(t) for t in loss_targets])
 
 
 def _throughput(value, optimizers, bad) -> dict:
