@@ -210,6 +210,9 @@ def build_parser():
     r.add_argument("study", help="the study folder or its spec, e.g. runs/cpu")
     r.add_argument("--unit", choices=("iterations", "epochs", "examples", "seconds", "propagations"),
                    default="iterations", help="unit of steps to target")
+    r.add_argument("--csv", metavar="DIR", help="also write the study's tidy tables as CSV files into DIR (runs, "
+                                                "evaluations, steps to target, verdicts)")
+    r.add_argument("--verdicts", action="store_true", help="also judge the papers' claims (book/verdicts.md)")
     return parser
 
 
@@ -423,6 +426,21 @@ def cmd_results(args) -> int:
     from kfaclab.results import critical_batch_size, load_results, status_counts, steps_to_target, with_ideal_scaling
 
     res = load_results(args.study)
+    if args.csv:
+        from kfaclab.results.export import write_csv
+
+        for path in write_csv(res, args.csv):
+            print(f"wrote {path}")
+    if args.verdicts:
+        from kfaclab.results.verdicts import verdict_display, verdicts
+
+        left = int(res.runs["status"].isin(["pending", "interrupted"]).sum())
+        if left:
+            print(f"verdicts: {left} runs of {len(res.runs)} have not finished; a verdict is drawn only from a "
+                  "finished study (these are provisional)")
+        with pd.option_context("display.width", 200, "display.max_colwidth", 70):
+            print(verdict_display(verdicts(res)).to_string(index=False))
+        print()
     print(f"study {res.name} ({res.directory}): {len(res.runs)} runs")
     print(status_counts(res).to_string())
     table = with_ideal_scaling(steps_to_target(res), args.unit)

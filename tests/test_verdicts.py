@@ -1,7 +1,6 @@
 """The verdict rules of book/verdicts.md on constructed studies with known answers: every
 outcome is reached, seeds and ties included."""
 
-import itertools
 import math
 
 import numpy as np
@@ -295,3 +294,32 @@ def test_verdicts_of_a_study_are_those_it_can_carry():
     assert [v.claim for v in vd.verdicts(_adaptive(0.0), n=50)] == ["f"]
     table = vd.verdict_table(vd.verdicts(steps, n=50))
     assert set(table["verdict"]) <= set(vd.OUTCOMES) and len(table) == 7
+
+
+def test_claim_g_looks_at_the_smallest_batch_size_itself():
+    sgd = curve(1000, 256)
+    never = {("sgd", 32, lr, s) for lr in GRID for s in (0, 1, 2)}  # SGD misses the target at batch 32
+    v = vd.claim_g(study(both(sgd, {b: x * 0.9 for b, x in sgd.items()}), never=never), target=TARGET)
+    assert v.outcome == vd.NOT_RESOLVED and "not reached by both optimizers at batch 32" in v.detail
+
+
+def test_csv_export_writes_the_tables_and_verdicts_only_of_a_finished_study(tmp_path):
+    from kfaclab.results.export import write_csv
+
+    res = study(both(curve(1000, 100), curve(1000, 800)), noise=0.02)
+    paths = write_csv(res, tmp_path)
+    assert sorted(p.name for p in paths) == ["constructed-evaluations.csv", "constructed-runs.csv",
+                                             "constructed-steps-to-target.csv", "constructed-verdicts.csv"]
+    table = pd.read_csv(tmp_path / "constructed-verdicts.csv")
+    assert list(table["claim"]) == list("abcdegh") and set(table["verdict"]) <= set(vd.OUTCOMES)
+    runs = pd.read_csv(tmp_path / "constructed-runs.csv")
+    assert len(runs) == len(res.runs)
+    res.runs.loc[0, "status"] = "pending"
+    assert not any(p.name.endswith("verdicts.csv") for p in write_csv(res, tmp_path / "partial"))
+
+
+def test_verdict_display_shows_each_claim_with_its_interval():
+    vs = vd.verdicts(study(both(curve(1000, 100), curve(1000, 800)), noise=0.02), n=100)
+    shown = vd.verdict_display(vs, "ac")
+    assert list(shown["claim"].str[:3]) == ["(a)", "(c)"]
+    assert shown["estimate [90% interval]"].str.match(r"-?[\d.]+ \[-?[\d.e-]+, -?[\d.e-]+\]").all()

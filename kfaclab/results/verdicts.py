@@ -217,12 +217,12 @@ def _no_primary(key, results, statistic, rule) -> Verdict:
                     "no accuracy target is reached by both optimizers at three or more batch sizes")
 
 
-def _unresolved_if_missing(v: Verdict, samples: np.ndarray) -> Verdict:
+def _unresolved_if_missing(v: Verdict, samples: np.ndarray, why: str = "a target not reached") -> Verdict:
     miss = _missing(samples)
     if miss > MAX_MISSING and v.outcome != NOT_TESTABLE:
         v.outcome = NOT_RESOLVED
         v.detail = (v.detail + "; " if v.detail else "") + f"{100 * miss:.0f}% of bootstrap replicates lack the " \
-            "statistic (a target not reached)"
+            f"statistic ({why})"
     return v
 
 
@@ -281,6 +281,9 @@ def _ratio_at(results, key, st, target, smallest: bool) -> Verdict:
     if not both:
         return _verdict(key, results.name, NOT_RESOLVED, "log2 ratio of steps", None, (None, None), rule,
                         "no batch size where both reach the target")
+    if smallest and min(both) != 0:  # the rule looks at the smallest batch size itself
+        return _verdict(key, results.name, NOT_RESOLVED, f"log2(K-FAC/SGD steps) at batch {common[0]}", None,
+                        (None, None), rule, f"target {target:g}: not reached by both optimizers at batch {common[0]}")
     i = min(both) if smallest else max(both)
     iv = _interval(boot[:, i])
     outcome = _decide(iv, below=threshold, above=threshold)
@@ -359,7 +362,7 @@ def claim_c(results: StudyResults, st: _Steps | None = None, target=None) -> Ver
                         f"measured); {detail}")
     v = _verdict("c", results.name, _decide(iv, below=0.5, above=0.5), "log2(K-FAC B_crit / SGD B_crit)", est, iv,
                  rule, f"target {target:g}; {detail}")
-    return _unresolved_if_missing(v, samples)
+    return _unresolved_if_missing(v, samples, "a target not reached, or B_crit not identified")
 
 
 def fit_b_crit_rows(bs, steps: np.ndarray) -> np.ndarray:
@@ -578,3 +581,26 @@ def verdict_table(vs: list[Verdict]) -> pd.DataFrame:
     return pd.DataFrame([{"claim": v.claim, "statement": v.statement, "source": v.source, "study": v.study,
                           "verdict": v.outcome, "statistic": v.statistic, "estimate": v.estimate,
                           "low": v.interval[0], "high": v.interval[1], "detail": v.detail} for v in vs])
+
+
+def _number(v: Verdict) -> str:
+    if v.estimate is None:
+        return "–"
+    lo, hi = v.interval
+    interval = f" [{lo:.3g}, {hi:.3g}]" if lo is not None else ""
+    return f"{v.estimate:.3g}{interval}"
+
+
+def verdict_display(vs: list[Verdict], claims: str | None = None) -> pd.DataFrame:
+    """The verdicts (those of `claims`, e.g. "abgh") as a table to show: the claim, its source,
+    the verdict, the statistic with its estimate and 90% interval, and what it rests on."""
+    rows = []
+    for v in vs:
+        if claims and v.claim not in claims:
+            continue
+        notes = v.detail or "; ".join(
+            f"{p.get('optimizer') or p.get('method')}{' ' + p['budget'] if 'budget' in p else ''}: {p['outcome']}"
+            for p in v.parts if "outcome" in p)
+        rows.append({"claim": f"({v.claim}) {v.statement}", "source": v.source, "verdict": v.outcome,
+                     "statistic": v.statistic, "estimate [90% interval]": _number(v), "notes": notes})
+    return pd.DataFrame(rows)
