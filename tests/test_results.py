@@ -196,3 +196,41 @@ def test_a_folder_without_records_is_a_one_line_error(tmp_path):
         load_results(tmp_path / "empty")
     with pytest.raises(UsageError, match="no study folder"):
         load_results(tmp_path / "nope")
+
+
+def _seeded_runs(crossings):
+    """crossings: {(lr, momentum): [iteration per seed, None = never]} at batch 64, target 0.5."""
+    import pandas as pd
+
+    from kfaclab.results.study import STATUSES, StudyResults
+
+    rows = []
+    for (lr, mom), its in crossings.items():
+        for seed, it in enumerate(its):
+            row = {"name": f"sgd-lr{lr}-m{mom}-s{seed}", "status": "completed", "optimizer": "sgd", "batch_size": 64,
+                   "seed": seed, "hp_lr": lr, "hp_momentum": mom}
+            for unit, field in (("iterations", "iteration"), ("epochs", "epoch"), ("examples", "examples"),
+                                ("seconds", "seconds"), ("propagations", "propagations")):
+                scale = {"iteration": 1, "epoch": 0.01, "examples": 64, "seconds": 0.5, "propagations": 128}[field]
+                row[f"{field}_to_0.5"] = None if it is None else it * scale
+            rows.append(row)
+    runs = pd.DataFrame(rows)
+    runs["status"] = pd.Categorical(runs["status"], categories=STATUSES)
+    return StudyResults("seeded", None, "", runs, pd.DataFrame(), {"sgd": ["lr", "momentum"]}, [0.5], {})
+
+
+def test_steps_to_target_with_seeds_is_the_grid_minimum_of_seed_medians():
+    res = _seeded_runs({(0.1, 0.9): [100, 200, None],  # median 200
+                        (0.03, 0.9): [150, 160, 140],  # median 150: the best
+                        (0.01, 0.9): [90, None, None]})  # most seeds never cross: does not count
+    row = steps_to_target(res).iloc[0]
+    assert row["iterations"] == 150 and row["epochs"] == pytest.approx(1.5) and row["seconds"] == 75
+    assert row["hp_lr"] == 0.03 and (row["seed_low"], row["seed_high"]) == (140, 160)
+    assert row["best_run"] == "sgd-lr0.03-m0.9-s0"  # the seed at the median
+    assert row["reached"] == 6
+
+
+def test_steps_to_target_ties_go_to_the_smallest_learning_rate_then_momentum():
+    res = _seeded_runs({(0.1, 0.5): [100, 100, 100], (0.03, 0.9): [100, 100, 100], (0.03, 0.5): [100, 100, 100]})
+    row = steps_to_target(res).iloc[0]
+    assert row["iterations"] == 100 and (row["hp_lr"], row["hp_momentum"]) == (0.03, 0.5)

@@ -62,7 +62,7 @@ def _best_runs(results: StudyResults, best: pd.DataFrame) -> dict:
 
 
 def comparison(results: StudyResults, baseline_schedule: str = "fixed") -> pd.DataFrame:
-    """Per method and target: iterations to the target (minimum over the grid and seeds, and
+    """Per method and target: iterations to the target (the median over seeds, minimum over the grid, and
     the mean over the seeds of the best configuration, NaN unless every seed reached it) and the
     best configuration's final accuracy, each relative to the same optimizer's fixed-batch run:
     `fewer_iterations` = baseline iterations / method iterations (the paper's "up to 5x"; also

@@ -21,14 +21,21 @@ UNITS = {"iterations": "iteration", "epochs": "epoch", "examples": "examples", "
 
 
 def steps_to_target(results: StudyResults, targets=None) -> pd.DataFrame:
-    """One row per (optimizer, batch size, target): the minimum over the grid in each unit, the
-    best configuration (by iterations), and how many runs it rests on (finished, reached,
-    diverged, failed or pending). Rows whose target no run reached have NaN steps."""
+    """One row per (optimizer, batch size, target): the minimum over the grid, in each unit, of
+    each configuration's median over its seeds of the first crossing (a seed that never crossed
+    counts as never, so a configuration reaches a target when most of its seeds do:
+    book/verdicts.md); with one seed, the minimum over the grid of the first crossings. Also:
+    the best configuration (by iterations; ties go to the smallest learning rate, then the
+    smallest values of the other grid axes), the range of its seeds' crossings in iterations
+    (`seed_low`, `seed_high`), and how many runs the row rests on (finished, reached, diverged,
+    failed or pending). Rows whose target no configuration reached have NaN steps."""
     df = results.runs
     targets = results.targets if targets is None else targets
+    hp = [c for c in df.columns if c.startswith("hp_")]
     rows = []
     for (opt, b), group in df.groupby(["optimizer", "batch_size"], sort=True, observed=True):
         finished = group[group["status"].isin(FINISHED)]
+        keys = [c for c in hp if finished[c].notna().all()] if len(finished) else []
         for t in targets:
             key = f"{t:g}"
             row = {"optimizer": opt, "batch_size": int(b), "target": t, "runs": len(group),
@@ -36,19 +43,44 @@ def steps_to_target(results: StudyResults, targets=None) -> pd.DataFrame:
                    "failed": int((group["status"] == "failed").sum()),
                    "pending": int(group["status"].isin(["pending", "interrupted"]).sum())}
             col = f"iteration_to_{key}"
-            reached = finished[finished[col].notna()] if col in finished else finished.iloc[0:0]
-            row["reached"] = len(reached)
-            for unit, field in UNITS.items():
-                c = f"{field}_to_{key}"
-                row[unit] = float(reached[c].min()) if len(reached) and reached[c].notna().any() else np.nan
-            if len(reached):
-                best = reached.loc[reached[col].astype(float).idxmin()]
-                row["best_run"] = best["name"]
-                row.update({k: best[k] for k in group.columns if k.startswith("hp_")})
-            else:
-                row["best_run"] = None
+            row["reached"] = int(finished[col].notna().sum()) if col in finished else 0
+            medians = _config_medians(finished, keys, key) if col in finished else pd.DataFrame()
+            for unit in UNITS:
+                values = medians[unit] if unit in medians else pd.Series(dtype=float)
+                row[unit] = float(values.min()) if np.isfinite(values).any() else np.nan
+            row["best_run"], row["seed_low"], row["seed_high"] = None, np.nan, np.nan
+            if len(medians) and np.isfinite(medians["iterations"]).any():
+                best = medians[medians["iterations"] == medians["iterations"].min()].sort_values(keys).iloc[0]
+                row.update({k: best[k] for k in keys})
+                row["best_run"] = best["best_run"]
+                row["seed_low"], row["seed_high"] = best["seed_low"], best["seed_high"]
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _config_medians(finished: pd.DataFrame, keys: list, target_key: str) -> pd.DataFrame:
+    """Per configuration: the median over its seeds of the first crossing in each unit (inf for a
+    seed that never crossed), the range of the seeds' crossings in iterations, and the run of the
+    seed nearest the median."""
+    out = []
+    groups = finished.groupby(keys, dropna=False, sort=False) if keys else [((), finished)]
+    for point, g in groups:
+        point = point if isinstance(point, tuple) else (point,)
+        row = dict(zip(keys, point))
+        for unit, field in UNITS.items():
+            c = f"{field}_to_{target_key}"
+            v = g[c].astype(float).fillna(np.inf).to_numpy() if c in g else np.full(len(g), np.inf)
+            med = float(np.median(v))
+            row[unit] = med if np.isfinite(med) else np.nan
+        its = g[f"iteration_to_{target_key}"].astype(float)
+        row["seed_low"], row["seed_high"] = float(its.min()), float(its.max())
+        reached = its.dropna()
+        row["best_run"] = None
+        if len(reached):
+            centre = row["iterations"] if np.isfinite(row["iterations"]) else reached.median()
+            row["best_run"] = g.loc[(reached - centre).abs().idxmin(), "name"]
+        out.append(row)
+    return pd.DataFrame(out)
 
 
 # Units in which perfect scaling is flat: the work per example does not change with B.
