@@ -4,19 +4,21 @@ charts' own selectors instead, which need no kernel).
     from kfaclab.widgets import Explorer
     Explorer("runs").show()
 
-Pick a study, an optimizer, a target, a budget and a batch size: the scaling chart, the
-accuracy over the grid at that batch size and budget, and the steps-to-target table follow.
+Pick a study, an optimizer, a target, a budget and a batch size: the chart (steps to that
+target against batch size for that optimizer, with the ideal line and the chosen batch size
+marked, beside the accuracy over its grid at that batch size and budget) and the tables follow
+every control. It opens on the study the book's results chapters show.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import altair as alt
 import ipywidgets as W
 import pandas as pd
 from IPython.display import display
 
-from kfaclab import plots
 from kfaclab.errors import UsageError
 from kfaclab.plots import heatmap_axes
 from kfaclab.results import BUDGET_TYPES, accuracy_at_budget, load_results, steps_to_target, with_ideal_scaling
@@ -29,6 +31,9 @@ def studies(root: str | Path = "runs") -> list[str]:
                   if any(q.suffix == ".json" and not q.name.endswith(".failed.json") for q in p.parent.iterdir()))
 
 
+MAIN_STUDY = "cpu"  # the study the book's results chapters show
+
+
 class Explorer:
     def __init__(self, root: str | Path = "runs", study: str | None = None):
         self.root = Path(root)
@@ -36,7 +41,10 @@ class Explorer:
         if not names:
             raise UsageError(f"no study with results under {self.root}; run one first "
                              f"(python -m kfaclab sweep runs/smoke/study.yaml)")
-        self.study = W.Dropdown(options=names, value=study or names[0], description="study")
+        if study is not None and study not in names:
+            raise UsageError(f"no study '{study}' with results under {self.root}; choose from {', '.join(names)}")
+        default = study or (MAIN_STUDY if MAIN_STUDY in names else names[0])
+        self.study = W.Dropdown(options=names, value=default, description="study")
         self.optimizer = W.Dropdown(description="optimizer")
         self.target = W.Dropdown(description="target")
         self.budget = W.ToggleButtons(options=list(BUDGET_TYPES), description="budget")
@@ -74,13 +82,40 @@ class Explorer:
             return acc.set_index(axes[0] if axes else "name")[["accuracy"]]
         return acc.pivot_table(index=axes[1], columns=axes[0], values="accuracy", dropna=False)
 
+    def chart(self) -> alt.HConcatChart:
+        """Steps to the chosen target against batch size for the chosen optimizer (the ideal line
+        dashed, the chosen batch size marked), beside the accuracy over its grid at that batch
+        size and budget: every control changes it."""
+        opt, target, b, budget = self.optimizer.value, self.target.value, self.batch_size.value, self.budget.value
+        steps = self.steps_table()[["batch_size", "iterations", "ideal"]]
+        x = alt.X("batch_size:Q", scale=alt.Scale(type="log", base=2), title="batch size")
+        base = alt.Chart(steps).encode(x=x)
+        left = alt.layer(
+            base.mark_line(point=True).encode(y=alt.Y("iterations:Q", scale=alt.Scale(type="log"),
+                                                       title=f"iterations to {target:.0%}"),
+                                              tooltip=["batch_size", "iterations"]),
+            base.mark_line(strokeDash=[4, 4], color="gray").encode(y="ideal:Q"),
+            alt.Chart(pd.DataFrame({"batch_size": [b]})).mark_rule(color="firebrick").encode(x=x),
+        ).properties(width=300, height=220, title=f"{self.results.name}: {opt}, steps to {target:.0%}")
+        acc = accuracy_at_budget(self.results, budget)
+        acc = acc[(acc["optimizer"] == opt) & (acc["batch_size"] == b)]
+        axes = heatmap_axes(self.results, opt) or ("name", None)
+        enc = {"x": alt.X(f"{axes[0]}:O", title=axes[0].removeprefix("hp_")),
+               "color": alt.Color("accuracy:Q", scale=alt.Scale(scheme="viridis")),
+               "tooltip": ["name", "accuracy"]}
+        if axes[1] is not None:
+            enc["y"] = alt.Y(f"{axes[1]}:O", title=axes[1].removeprefix("hp_"))
+        right = alt.Chart(acc).mark_rect().encode(**enc).properties(
+            width=220, height=220, title=f"accuracy at the {budget} budget, batch {b}")
+        return alt.hconcat(left, right)
+
     # ------------------------------------------------------------------ view
     def refresh(self):
         if getattr(self, "_quiet", False) or self.optimizer.value is None:
             return
         self.chart_out.clear_output(wait=True)
         with self.chart_out:
-            display(plots.scaling_chart(self.results, width=380, height=260))
+            display(self.chart())
         self.table_out.clear_output(wait=True)
         with self.table_out:
             display(self.steps_table()[["batch_size", "reached", "iterations", "epochs", "seconds", "ideal",

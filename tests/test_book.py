@@ -118,6 +118,28 @@ def _controls(chart):
     return out
 
 
+ALL_PAGES = ["book/intro", "book/protocol", "book/verdicts", "book/kfac", "book/trcg", "book/distributed",
+             "book/scaling", "book/robustness", "book/critical-batch", "book/adaptive", "book/reproduce",
+             "book/run-record"]
+
+# Tables, figures and code outputs whose right edge passes the article column's: a reader at
+# 1366 px would have to scroll inside them to see their last columns, or never see them.
+OVERFLOW_JS = """() => {
+  const column = document.querySelector('article.bd-article') || document.querySelector('main');
+  const right = column.getBoundingClientRect().right + 2;
+  const out = [];
+  for (const el of column.querySelectorAll('table, .kfaclab-chart svg, img')) {
+    const r = el.getBoundingClientRect();
+    if (r.width > 0 && r.right > right) {
+      const where = el.closest('section');
+      out.push(`${el.tagName.toLowerCase()} in "${where ? where.querySelector('h1,h2,h3')?.textContent.trim() : '?'}" `
+               + `ends at ${Math.round(r.right)} px, the column at ${Math.round(right)} px`);
+    }
+  }
+  return out;
+}"""
+
+
 def _wait_rendered(page, n):
     page.wait_for_function(
         f"document.querySelectorAll('.kfaclab-chart svg.marks, .kfaclab-chart canvas').length >= {n}", timeout=30000)
@@ -152,8 +174,19 @@ def test_chapter_charts_render_and_respond_offline(site, browser, chapter):
     page.close()
 
 
+@pytest.mark.parametrize("chapter", ALL_PAGES)
+def test_no_table_or_figure_overflows_its_column(site, browser, chapter):
+    page, _, _ = _open(browser, f"{site}/{chapter}.html")
+    charts = page.locator(".kfaclab-chart").count()
+    if charts:
+        _wait_rendered(page, charts)
+    overflowing = page.evaluate(OVERFLOW_JS)
+    page.close()
+    assert not overflowing, f"{chapter}: " + "; ".join(overflowing[:6])
+
+
 def test_every_page_loads_without_errors_or_network(site, browser):
-    for chapter in ["book/intro", "book/protocol", "book/kfac", "book/reproduce", "book/run-record"]:
+    for chapter in ["book/intro", "book/protocol", "book/verdicts", "book/kfac", "book/reproduce", "book/run-record"]:
         page, errors, blocked = _open(browser, f"{site}/{chapter}.html")
         assert page.locator("h1").count() >= 1
         assert not errors, f"{chapter}: console errors: {errors[:5]}"

@@ -39,6 +39,34 @@ def test_controls_drive_the_tables(root):
     ex.widget()
 
 
+def test_every_control_changes_the_chart(root):
+    ex = Explorer(root)
+    seen = [ex.chart().to_json()]
+
+    def changed(widget, value):
+        widget.value = value
+        spec = ex.chart().to_json()
+        assert spec not in seen, f"the chart ignored {widget.description} = {value}"
+        seen.append(spec)
+
+    changed(ex.optimizer, "kfac")
+    changed(ex.target, ex.target.options[-1][1])
+    changed(ex.budget, "iterations")
+    changed(ex.batch_size, 64)
+    assert "firebrick" in seen[-1] and "batch 64" in seen[-1]
+
+
+def test_opens_on_the_books_study(root, tmp_path):
+    import kfaclab.widgets as w
+
+    assert Explorer(root).study.value == "smoke"  # no "cpu" here: the first study
+    shutil.copytree(root / "smoke", tmp_path / w.MAIN_STUDY)
+    shutil.copytree(root / "smoke", tmp_path / "aaa")
+    assert Explorer(tmp_path).study.value == w.MAIN_STUDY
+    with pytest.raises(UsageError, match="no study 'nope'"):
+        Explorer(tmp_path, study="nope")
+
+
 def test_no_studies_is_a_one_line_error(tmp_path):
     with pytest.raises(UsageError, match="no study with results"):
         Explorer(tmp_path)
