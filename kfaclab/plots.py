@@ -56,6 +56,29 @@ def _target_param(targets):
 
 # ---------------------------------------------------------------------- scaling
 
+DATA_NAMES = {"cifar10-jpeg": "CIFAR-10 (JPEG q75 copy)", "cifar10": "CIFAR-10", "svhn": "SVHN",
+              "synthetic": "synthetic images"}
+
+
+def study_label(results: StudyResults) -> str:
+    """Which study a chart shows, in one line: its name, model, data and resolution, and the
+    hardware that ran it, so that a figure lifted out of the book cannot pass for the paper's."""
+    runs = results.runs
+    models = ", ".join(sorted({str(m) for m in runs["model"].dropna()})) if "model" in runs else "?"
+    data = ", ".join(sorted({DATA_NAMES.get(str(d), str(d)) for d in runs["dataset"].dropna()})) \
+        if "dataset" in runs else "?"
+    r = (results.spec.get("fixed") or {}).get("resolution")
+    size = f" at {r}x{r}" if r else ""
+    gpus = sorted({str(g) for g in runs["gpu"].dropna()}) if "gpu" in runs else []
+    cpus = sorted({str(c) for c in runs["cpu"].dropna()}) if "cpu" in runs else []
+    hardware = f"GPU: {', '.join(gpus)}" if gpus else (f"CPU: {', '.join(cpus)}" if cpus else "not run yet")
+    return f"study '{results.name}': {models} on {data}{size}; {hardware}"
+
+
+def _title(text, results: StudyResults, subtitle: str | None = None) -> alt.Title:
+    return alt.Title(text, subtitle=([subtitle] if subtitle else []) + [study_label(results)])
+
+
 def scaling_data(results: StudyResults) -> pd.DataFrame:
     """Long format: one row per (optimizer, batch size, target, unit) with the measured steps,
     the ideal line and the best configuration."""
@@ -93,8 +116,8 @@ def scaling_chart(results: StudyResults, width: int = 460, height: int = 320) ->
     ideal = base.transform_filter(alt.datum.ideal > 0).mark_line(strokeDash=[4, 4], opacity=0.7).encode(
         x=x, y=alt.Y("ideal:Q", scale=alt.Scale(type="log")), color=color,
         detail="optimizer:N")
-    title = alt.Title(alt.ExprRef("'Steps to ' + format(target, '.0%') + ' test accuracy, in ' + unit"),
-                      subtitle="solid: measured (best of the grid); dotted: perfect scaling")
+    title = _title(alt.ExprRef("'Steps to ' + format(target, '.0%') + ' test accuracy, in ' + unit"), results,
+                   "solid: measured (best of the grid); dotted: perfect scaling")
     return alt.layer(measured, ideal).add_params(target, unit).properties(width=width, height=height, title=title)
 
 
@@ -177,8 +200,8 @@ def robustness_heatmaps(results: StudyResults, budgets: dict | None = None, cell
                                 alt.value("white"), alt.value("black")))
         charts.append(alt.layer(background, rect, text).properties(
             width=cell * len(xs), height=cell * len(ys), title=f"{opt}: test accuracy over its grid"))
-    title = alt.Title(alt.ExprRef("'Batch size ' + pow(2, log2_batch)"),
-                      subtitle="accuracy of each grid point at the chosen budget")
+    title = _title(alt.ExprRef("'Batch size ' + pow(2, log2_batch)"), results,
+                   "accuracy of each grid point at the chosen budget")
     return alt.hconcat(*charts).add_params(batch, budget).resolve_scale(color="shared").properties(title=title)
 
 
@@ -194,7 +217,7 @@ def robustness_boxplots(results: StudyResults, budgets: dict | None = None, widt
         y=alt.Y("accuracy:Q", title="test accuracy over the grid", scale=alt.Scale(zero=False)),
         color=_color(results.optimizers()),
     ).add_params(budget).properties(width=width, height=height,
-                                    title="Spread of accuracy across the tuned grid")
+                                    title=_title("Spread of accuracy across the tuned grid", results))
 
 
 def region_chart(results: StudyResults, tolerance: float = 0.01, budgets: dict | None = None,
@@ -211,7 +234,7 @@ def region_chart(results: StudyResults, tolerance: float = 0.01, budgets: dict |
         color=_color(results.optimizers()),
         tooltip=["optimizer:N", alt.Tooltip("batch_size:Q", title="batch size"), "in_region:Q", "grid_points:Q",
                  alt.Tooltip("best_accuracy:Q", format=".3f"), alt.Tooltip("reference:Q", format=".3f")],
-    ).add_params(budget).properties(width=width, height=height, title="The high-accuracy region")
+    ).add_params(budget).properties(width=width, height=height, title=_title("The high-accuracy region", results))
 
 
 # ---------------------------------------------------------------------- critical batch size
@@ -282,9 +305,9 @@ def critical_batch_chart(results: StudyResults, unit: str = "iterations", n_boot
             tooltip=["optimizer:N", alt.Tooltip("b_simple:Q", title="gradient noise scale B_simple", format=",.0f")]))
     return alt.layer(*layers).add_params(target).properties(
         width=width, height=height,
-        title=alt.Title("Critical batch size: S(B) = S_min (1 + B_crit / B)",
-                        subtitle="points: measured; lines: fit; rule and band: fitted B_crit and its 68% "
-                                 "bootstrap interval over grid points"))
+        title=_title("Critical batch size: S(B) = S_min (1 + B_crit / B)", results,
+                     "points: measured; lines: fit; rule and band: fitted B_crit and its 68% bootstrap interval "
+                     "over grid points"))
 
 
 def learning_curves(results: StudyResults, names: list[str], x: str = "epoch", width: int = 460,
@@ -294,7 +317,7 @@ def learning_curves(results: StudyResults, names: list[str], x: str = "epoch", w
     return alt.Chart(ev).mark_line(point=True).encode(
         x=alt.X(f"{x}:Q", title=x), y=alt.Y("test_accuracy:Q", title="test accuracy"),
         color=alt.Color("name:N", title="run"), tooltip=["name:N", f"{x}:Q", alt.Tooltip("test_accuracy:Q", format=".3f")],
-    ).properties(width=width, height=height)
+    ).properties(width=width, height=height, title=_title("Test accuracy along training", results))
 
 
 # ---------------------------------------------------------------------- adaptive batch sizes
@@ -333,7 +356,7 @@ def adaptive_curves_chart(results: StudyResults, width: int = 460, height: int =
     ).transform_filter(
         (alt.datum.base_optimizer == opt) & (alt.datum.axis == axis)
     ).add_params(opt, axis).properties(width=width, height=height,
-                                       title="Test accuracy at each method's best learning rate")
+                                       title=_title("Test accuracy at each method's best learning rate", results))
 
 
 def adaptive_trajectory_chart(results: StudyResults, width: int = 460, height: int = 170) -> alt.VConcatChart:
@@ -364,7 +387,7 @@ def adaptive_trajectory_chart(results: StudyResults, width: int = 460, height: i
                 axis=alt.Axis(values=sorted({int(b) for b in t["batch_size"].dropna()}), format="d"))
     ).properties(width=width, height=height)
     return alt.vconcat(eig, batch).add_params(method).properties(
-        title=alt.TitleParams("The ABS rule at work", subtitle="eigenvalue after each epoch; the batch size that follows"))
+        title=_title("The ABS rule at work", results, "eigenvalue after each epoch; the batch size that follows"))
 
 
 def sharpness_chart(results: StudyResults, width: int = 460, height: int = 300) -> alt.Chart:
@@ -385,9 +408,9 @@ def sharpness_chart(results: StudyResults, width: int = 460, height: int = 300) 
     line = alt.Chart(data).mark_line(opacity=0.5).encode(
         x=_batch_axis(sorted(set(data["batch_size"]))), y="median(top_eigenvalue):Q",
         color=_color(list(dict.fromkeys(data["optimizer"]))))
-    return alt.layer(line, points).properties(width=width, height=height, title=alt.TitleParams(
-        "Sharpness of the end point against the batch size",
-        subtitle="points: each learning rate (completed runs); lines: median over learning rates"))
+    return alt.layer(line, points).properties(width=width, height=height, title=_title(
+        "Sharpness of the end point against the batch size", results,
+        "points: each learning rate (completed runs); lines: median over learning rates"))
 
 
 # ---------------------------------------------------------------------- offline rendering

@@ -101,3 +101,13 @@ def test_offline_html_embeds_with_the_pages_own_bundle(results, tmp_path):
         assert "window.vegaEmbed" in out["text/html"]
     finally:
         alt.renderers.enable("default")
+
+
+def test_every_chart_names_its_study_model_data_and_hardware(results):
+    label = plots.study_label(results)
+    assert label.startswith("study 'smoke': mlp:16 on synthetic images at 8x8; CPU: ")
+    charts = [plots.scaling_chart(results), plots.robustness_heatmaps(results), plots.robustness_boxplots(results),
+              plots.region_chart(results), plots.critical_batch_chart(results, n_boot=20),
+              plots.learning_curves(results, list(results.runs["name"][:2]))]
+    for chart in charts:
+        assert json.dumps(chart.to_dict()).count(json.dumps(label)[1:-1]) >= 1, chart.to_dict().get("title")
