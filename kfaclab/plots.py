@@ -128,7 +128,6 @@ def robustness_data(results: StudyResults, budgets: dict | None = None) -> pd.Da
     budgets = budgets or {}
     parts = [accuracy_at_budget(results, b, budgets.get(b)) for b in BUDGET_TYPES]
     df = pd.concat(parts, ignore_index=True)
-    df["log2_batch"] = np.log2(df["batch_size"]).round().astype(int)
     return df
 
 
@@ -157,13 +156,13 @@ def heatmap_axes(results: StudyResults, opt: str):
 
 def robustness_heatmaps(results: StudyResults, budgets: dict | None = None, cell: int = 40) -> alt.HConcatChart:
     """Test accuracy over each optimizer's tuned grid (SGD: lr x momentum, K-FAC: lr x damping)
-    at one batch size (slider) under one budget (radio). Grey cells: no accuracy (failed,
+    at one batch size (select) under one budget (radio). Grey cells: no accuracy (failed,
     diverged before the budget, or not run)."""
     data = robustness_data(results, budgets)
     sizes = results.batch_sizes()
-    lo, hi = int(round(math.log2(min(sizes)))), int(round(math.log2(max(sizes))))
-    batch = alt.param(name="log2_batch", value=lo,
-                      bind=alt.binding_range(min=lo, max=hi, step=1, name="log2(batch size) "))
+    # A select of the batch sizes themselves (a slider over log2 would show exponents).
+    batch = alt.param(name="batch", value=sizes[0],
+                      bind=alt.binding_select(options=sizes, labels=[f"{b:,}" for b in sizes], name="batch size "))
     budget = _budget_param(results, data)
     domain = [float(np.nanmin(data["accuracy"])) if data["accuracy"].notna().any() else 0.0,
               float(np.nanmax(data["accuracy"])) if data["accuracy"].notna().any() else 1.0]
@@ -184,9 +183,9 @@ def robustness_heatmaps(results: StudyResults, budgets: dict | None = None, cell
         # the accuracy, or why there is none.
         d["label"] = [f"{a:.2f}" if np.isfinite(a) else MISSING_LABELS.get(st, "-")
                       for a, st in zip(d["accuracy"].astype(float), d["status"].astype(str))]
-        d = d[["name", "status", "x", "y", "label", "accuracy", "log2_batch", "budget_type"]]
+        d = d[["name", "status", "x", "y", "label", "accuracy", "batch_size", "budget_type"]]
         base = alt.Chart(d).transform_filter(
-            (alt.datum.log2_batch == batch) & (alt.datum.budget_type == budget))
+            (alt.datum.batch_size == batch) & (alt.datum.budget_type == budget))
         background = base.mark_rect(color="#dddddd").encode(
             **enc, tooltip=[alt.Tooltip("name:N", title="run"), alt.Tooltip("status:N")])
         rect = base.transform_filter("isValid(datum.accuracy)").mark_rect().encode(
@@ -200,7 +199,7 @@ def robustness_heatmaps(results: StudyResults, budgets: dict | None = None, cell
                                 alt.value("white"), alt.value("black")))
         charts.append(alt.layer(background, rect, text).properties(
             width=cell * len(xs), height=cell * len(ys), title=f"{opt}: test accuracy over its grid"))
-    title = _title(alt.ExprRef("'Batch size ' + pow(2, log2_batch)"), results,
+    title = _title(alt.ExprRef("'Batch size ' + batch"), results,
                    "accuracy of each grid point at the chosen budget")
     return alt.hconcat(*charts).add_params(batch, budget).resolve_scale(color="shared").properties(title=title)
 

@@ -51,16 +51,16 @@ def test_scaling_chart_binds_target_and_unit(results):
     assert set(data["optimizer"]) == {"sgd", "kfac"} and set(data["unit"]) == set(plots.UNITS)
 
 
-def test_heatmaps_bind_batch_size_slider_and_budget(results):
+def test_heatmaps_bind_batch_size_select_and_budget(results):
     spec = plots.robustness_heatmaps(results).to_dict()
     p = params(spec)
-    assert p["log2_batch"]["bind"]["input"] == "range"
-    assert (p["log2_batch"]["bind"]["min"], p["log2_batch"]["bind"]["max"]) == (5, 6)  # batch sizes 32 and 64
+    assert p["batch"]["bind"]["input"] == "select"
+    assert p["batch"]["bind"]["options"] == [32, 64] and p["batch"]["bind"]["labels"] == ["32", "64"]
     assert p["budget_type"]["bind"]["input"] == "radio"
     assert p["budget_type"]["bind"]["options"] == ["epochs", "iterations", "rule"]
     assert len(spec["hconcat"]) == 2  # one heatmap per optimizer
     text = json.dumps(spec)
-    assert "((datum.log2_batch === log2_batch) && (datum.budget_type === budget_type))" in text
+    assert "((datum.batch_size === batch) && (datum.budget_type === budget_type))" in text
 
 
 def test_boxplots_region_and_critical_batch_charts_build(results):
