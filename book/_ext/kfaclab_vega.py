@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 # Vega-embed's inputs, spaced and labelled so that they read as controls of the chart above;
-# table cells with room between their numbers.
+# table cells with room between their numbers, wrapping within the column.
 CSS = """
 .kfaclab-chart .vega-bindings { margin: 0.4em 0 1em; font-size: 0.9em; }
 .kfaclab-chart .vega-bind { margin: 0.25em 0; }
@@ -21,6 +21,11 @@ CSS = """
 .kfaclab-chart .vega-bind-radio label { margin: 0 1.2em 0 0.3em; }
 .kfaclab-chart .vega-bind-radio input { margin: 0; vertical-align: middle; }
 .cell_output table th, .cell_output table td { padding: 0.2em 0.7em; }
+/* Tables fit their column: cells wrap (a word longer than its cell breaks) rather than push the
+   last columns out of sight; the browser test checks this at 1366 px. */
+.cell_output table { max-width: 100%; table-layout: auto; font-size: 0.85em; }
+.cell_output table th, .cell_output table td { white-space: normal; min-width: 3.5em; }
+.cell_output table td { overflow-wrap: break-word; }
 """
 
 
