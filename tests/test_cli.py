@@ -104,7 +104,7 @@ def test_bench_prints_its_table(tmp_path):
 def test_bench_times_trcg_and_counts_its_propagations(tmp_path):
     js = tmp_path / "bench.json"
     r = run("bench", "--model", "mlp:16", "--batch-size", "32", "--steps", "2", "--rounds", "1", "--warmup", "1",
-            "--device", "cpu", "--json", str(js), "--amortize", "2", "--optimizers", "sgd,strcg",
+            "--device", "cpu", "--json", str(js), "--amortize", "10", "--optimizers", "sgd,strcg",
             "--hessian-fraction", "0.05", "--cg-max-iters", "3")
     assert r.returncode == 0, r.stderr
     sgd, strcg = json.loads(js.read_text())["results"]
