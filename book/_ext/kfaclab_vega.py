@@ -21,11 +21,12 @@ CSS = """
 .kfaclab-chart .vega-bind-radio label { margin: 0 1.2em 0 0.3em; }
 .kfaclab-chart .vega-bind-radio input { margin: 0; vertical-align: middle; }
 .cell_output table th, .cell_output table td { padding: 0.2em 0.7em; }
-/* Tables fit their column: cells wrap (a word longer than its cell breaks) rather than push the
+/* Tables fit their column: cells wrap (long run names break anywhere) rather than push the
    last columns out of sight; the browser test checks this at 1366 px. */
 .cell_output table { max-width: 100%; table-layout: auto; font-size: 0.85em; }
-.cell_output table th, .cell_output table td { white-space: normal; min-width: 3.5em; }
-.cell_output table td { overflow-wrap: break-word; }
+.cell_output table th, .cell_output table td { white-space: normal; min-width: 3.5em; overflow-wrap: anywhere; }
+/* prose cells (the verdict tables): whole words */
+.cell_output table.kfaclab-verdicts th, .cell_output table.kfaclab-verdicts td { overflow-wrap: break-word; }
 """
 
 
