@@ -497,20 +497,21 @@ class Harvest:
         o = self.opts
         predict = Predictor(self.study, self._sharing(), bench)
         skip = ("done",) if o.retry_failed else ("done", "failed")
-        done_here = {r.name for r in self.study.runs if run_state(self.study.directory, r) in skip}
-        staged_done = [r for r in self.study.runs if r.name not in done_here and run_state(self.stage, r) != "pending"]
+        # Settled in the study already: done (merged), or failed unless retried.
+        settled = {r.name for r in self.study.runs if run_state(self.study.directory, r) in skip}
+        staged_done = [r for r in self.study.runs if r.name not in settled and run_state(self.stage, r) != "pending"]
         staged = {r.name for r in staged_done}
-        pending = [r for r in self.study.runs if r.name not in done_here and r.name not in staged]
+        pending = [r for r in self.study.runs if r.name not in settled and r.name not in staged]
         for r in staged_done:  # finished in this work folder by an earlier harvest, not merged yet
             self.finished.append((r, _status(self.stage, r)))
         order = teaching_order(self.study, pending, predict)
         budget = self._memory_budget()
         in_flight: dict[str, float] = {}
-        runs_report = {"done_before": len(done_here), "pending_at_start": len(pending), "order": [r.name for r in order],
+        runs_report = {"settled_before": len(settled), "pending_at_start": len(pending), "order": [r.name for r in order],
                        "finished": [], "interrupted": [], "predicted_total_s": round(sum(predict(r) for r in order), 1),
                        "memory_budget_bytes": budget}
         self.report["runs"] = runs_report
-        self.say(f"runs: {len(done_here)} done before, {len(pending)} pending; predicted {runs_report['predicted_total_s']:.0f}s "
+        self.say(f"runs: {len(settled)} done (or failed) before, {len(pending)} pending; predicted {runs_report['predicted_total_s']:.0f}s "
                  f"of work on {len(self.slots)} slot(s); {self.deadline_at - o.clock():.0f}s left")
         if self.finished:
             self._pack()
