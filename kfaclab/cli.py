@@ -448,6 +448,12 @@ def cmd_results(args) -> int:
     print(f"\n{args.unit} to each target (minimum over the grid; NaN: no run reached it)")
     with pd.option_context("display.float_format", "{:,.4g}".format, "display.width", 160):
         print(wide.to_string())
+    if res.loss_targets:
+        loss = with_ideal_scaling(steps_to_target(res, kind="loss"), args.unit)
+        wide = loss.pivot_table(index="batch_size", columns=["target", "optimizer"], values=args.unit, dropna=False)
+        print(f"\n{args.unit} to each training-loss target (running training loss at or below it)")
+        with pd.option_context("display.float_format", "{:,.4g}".format, "display.width", 160):
+            print(wide.to_string())
     if (res.runs["batch_schedule"] != "fixed").any():
         from kfaclab.results.adaptive import comparison
 

@@ -23,6 +23,7 @@ import pandas as pd
 
 from kfaclab.results import (BUDGET_TYPES, UNITS, StudyResults, accuracy_at_budget, critical_batch_size,
                              high_accuracy_region, steps_curve, steps_to_target, with_ideal_scaling)
+from kfaclab.results.robustness import seed_medians
 
 OPTIMIZER_COLORS = {"sgd": "#1f77b4", "kfac": "#d62728", "trcg": "#2ca02c", "strcg": "#9467bd"}
 UNIT_TITLES = {"iterations": "iterations", "epochs": "epochs", "examples": "examples",
@@ -79,18 +80,39 @@ def _title(text, results: StudyResults, subtitle: str | None = None) -> alt.Titl
     return alt.Title(text, subtitle=([subtitle] if subtitle else []) + [study_label(results)])
 
 
+def goal_label(kind: str, target: float) -> str:
+    """A target as the charts name it: "test accuracy >= 50%" or "training loss <= 1.4"."""
+    return f"test accuracy ≥ {target:.0%}" if kind == "accuracy" else f"training loss ≤ {target:g}"
+
+
 def scaling_data(results: StudyResults) -> pd.DataFrame:
     """Long format: one row per (optimizer, batch size, target, unit) with the measured steps,
-    the ideal line and the best configuration."""
-    table = steps_to_target(results)
-    hp = [c for c in table.columns if c.startswith("hp_")]
+    the ideal line and the best configuration; the accuracy targets, then the training-loss
+    targets, each named by `goal` (goal_label)."""
+    tables = [steps_to_target(results)]
+    if results.loss_targets:
+        tables.append(steps_to_target(results, kind="loss"))
     rows = []
-    for unit in UNITS:
-        t = with_ideal_scaling(table, unit)
-        part = t[["optimizer", "batch_size", "target", "reached", "runs", "diverged", "failed", "best_run", *hp]].copy()
-        part["unit"], part["steps"], part["ideal"], part["efficiency"] = unit, t[unit], t["ideal"], t["efficiency"]
-        rows.append(part)
-    return pd.concat(rows, ignore_index=True)
+    for table in tables:
+        hp = [c for c in table.columns if c.startswith("hp_")]
+        for unit in UNITS:
+            t = with_ideal_scaling(table, unit)
+            part = t[["optimizer", "batch_size", "kind", "target", "reached", "runs", "diverged", "failed",
+                      "best_run", *hp]].copy()
+            part["unit"], part["steps"], part["ideal"], part["efficiency"] = unit, t[unit], t["ideal"], t["efficiency"]
+            rows.append(part)
+    data = pd.concat(rows, ignore_index=True)
+    data["goal"] = [goal_label(k, t) for k, t in zip(data["kind"], data["target"])]
+    return data
+
+
+# Line styles that tell a chart's series apart in its legend (the colour is the optimizer).
+SOLID, DASHED, DOTTED = [1, 0], [6, 3], [2, 2]
+
+
+def _series(domain: list[str], dashes: list[list[int]]) -> alt.StrokeDash:
+    return alt.StrokeDash("series:N", title="line", scale=alt.Scale(domain=domain, range=dashes),
+                          legend=alt.Legend(symbolType="stroke", symbolStrokeColor="#555"))
 
 
 def scaling_chart(results: StudyResults, width: int = 460, height: int = 320) -> alt.LayerChart:
@@ -98,11 +120,14 @@ def scaling_chart(results: StudyResults, width: int = 460, height: int = 320) ->
     is perfect scaling from each optimizer's smallest batch size (steps halve per doubling)."""
     data = scaling_data(results)
     data = data[data["steps"].notna() | data["ideal"].notna()]
-    target = _target_param(results.targets)
+    goals = list(dict.fromkeys(data["goal"])) or [goal_label("accuracy", t) for t in results.targets]
+    target = alt.param(name="goal", value=goals[0], bind=alt.binding_select(options=goals, name="target "))
     unit = alt.param(name="unit", value="iterations",
                      bind=alt.binding_radio(options=list(UNITS), name="measured in "))
+    series = ["measured (best of the grid)", "perfect scaling"]
+    dash = _series(series, [SOLID, DASHED])
     base = alt.Chart(data).transform_filter(
-        (alt.datum.target == target) & (alt.datum.unit == unit))
+        (alt.datum.goal == target) & (alt.datum.unit == unit))
     x = _batch_axis(results.batch_sizes())
     y = alt.Y("steps:Q", scale=alt.Scale(type="log"), title="to the target (unit chosen below)")
     color = _color(results.optimizers())
@@ -111,22 +136,23 @@ def scaling_chart(results: StudyResults, width: int = 460, height: int = 320) ->
                alt.Tooltip("efficiency:Q", title="scaling efficiency", format=".2f"),
                alt.Tooltip("reached:Q", title="grid points that reached it"),
                alt.Tooltip("best_run:N", title="best run")]
-    measured = base.transform_filter(alt.datum.steps > 0).mark_line(point=True).encode(
-        x=x, y=y, color=color, tooltip=tooltip)
-    ideal = base.transform_filter(alt.datum.ideal > 0).mark_line(strokeDash=[4, 4], opacity=0.7).encode(
-        x=x, y=alt.Y("ideal:Q", scale=alt.Scale(type="log")), color=color,
-        detail="optimizer:N")
-    title = _title(alt.ExprRef("'Steps to ' + format(target, '.0%') + ' test accuracy, in ' + unit"), results,
-                   "solid: measured (best of the grid); dotted: perfect scaling")
+    measured = base.transform_filter(alt.datum.steps > 0).transform_calculate(series=f"'{series[0]}'").mark_line(
+        point=True).encode(x=x, y=y, color=color, strokeDash=dash, tooltip=tooltip)
+    ideal = base.transform_filter(alt.datum.ideal > 0).transform_calculate(series=f"'{series[1]}'").mark_line(
+        opacity=0.7).encode(x=x, y=alt.Y("ideal:Q", scale=alt.Scale(type="log")), color=color, strokeDash=dash,
+                            detail="optimizer:N")
+    title = _title(alt.ExprRef("'Steps to ' + goal + ', in ' + unit"), results,
+                   "solid: measured (best of the grid); dashed: perfect scaling")
     return alt.layer(measured, ideal).add_params(target, unit).properties(width=width, height=height, title=title)
 
 
 # ---------------------------------------------------------------------- robustness
 
 def robustness_data(results: StudyResults, budgets: dict | None = None) -> pd.DataFrame:
-    """accuracy_at_budget for each budget type (default budgets unless given), stacked."""
+    """accuracy_at_budget for each budget type (default budgets unless given), one row per
+    configuration (the median over its seeds: seed_medians), stacked."""
     budgets = budgets or {}
-    parts = [accuracy_at_budget(results, b, budgets.get(b)) for b in BUDGET_TYPES]
+    parts = [seed_medians(accuracy_at_budget(results, b, budgets.get(b))) for b in BUDGET_TYPES]
     df = pd.concat(parts, ignore_index=True)
     return df
 
@@ -183,7 +209,7 @@ def robustness_heatmaps(results: StudyResults, budgets: dict | None = None, cell
         # the accuracy, or why there is none.
         d["label"] = [f"{a:.2f}" if np.isfinite(a) else MISSING_LABELS.get(st, "-")
                       for a, st in zip(d["accuracy"].astype(float), d["status"].astype(str))]
-        d = d[["name", "status", "x", "y", "label", "accuracy", "batch_size", "budget_type"]]
+        d = d[["name", "status", "seeds", "x", "y", "label", "accuracy", "batch_size", "budget_type"]]
         base = alt.Chart(d).transform_filter(
             (alt.datum.batch_size == batch) & (alt.datum.budget_type == budget))
         background = base.mark_rect(color="#dddddd").encode(
@@ -191,8 +217,8 @@ def robustness_heatmaps(results: StudyResults, budgets: dict | None = None, cell
         rect = base.transform_filter("isValid(datum.accuracy)").mark_rect().encode(
             **enc,
             color=alt.Color("accuracy:Q", title="test accuracy", scale=alt.Scale(scheme="viridis", domain=domain)),
-            tooltip=[alt.Tooltip("name:N", title="run"), alt.Tooltip("status:N"),
-                     alt.Tooltip("accuracy:Q", title="test accuracy", format=".3f")])
+            tooltip=[alt.Tooltip("name:N", title="run"), alt.Tooltip("status:N"), alt.Tooltip("seeds:Q"),
+                     alt.Tooltip("accuracy:Q", title="test accuracy (median over seeds)", format=".3f")])
         text = base.mark_text(fontSize=10).encode(
             **enc, text="label:N",
             color=alt.condition(f"isValid(datum.accuracy) && datum.accuracy < {(domain[0] + domain[1]) / 2}",
@@ -277,9 +303,13 @@ def critical_batch_chart(results: StudyResults, unit: str = "iterations", n_boot
               axis=alt.Axis(values=[2 ** k for k in range(int(math.log2(min(span))), int(math.log2(max(span))) + 2)],
                             format="d"))
     color = _color(results.optimizers())
+    series = ["fit S(B)", "fitted B_crit"] + (["noise scale B_simple"] if noise_scale is not None and len(noise_scale)
+                                              else [])
+    dash = _series(series, [SOLID, DASHED, DOTTED][:len(series)])
     y = alt.Y("steps:Q", scale=alt.Scale(type="log"), title=f"{UNIT_TITLES[unit]} to the target")
     layers = [
-        alt.Chart(curves).transform_filter(alt.datum.target == target).mark_line().encode(x=x, y=y, color=color),
+        alt.Chart(curves).transform_filter(alt.datum.target == target).transform_calculate(
+            series=f"'{series[0]}'").mark_line().encode(x=x, y=y, color=color, strokeDash=dash),
         alt.Chart(points).transform_filter(alt.datum.target == target).mark_point(filled=True, size=50).encode(
             x=x, y=y, color=color, tooltip=["optimizer:N", alt.Tooltip("batch_size:Q", title="batch size"),
                                             alt.Tooltip("steps:Q", format=",.4~g")]),
@@ -291,22 +321,24 @@ def critical_batch_chart(results: StudyResults, unit: str = "iterations", n_boot
         layers += [
             alt.Chart(in_view).transform_filter(alt.datum.target == target).mark_rect(opacity=0.12).encode(
                 x=alt.X("b_crit_lo:Q", scale=xscale), x2="b_crit_hi:Q", color=color),
-            alt.Chart(in_view).transform_filter(alt.datum.target == target).mark_rule(strokeWidth=2).encode(
-                x=alt.X("b_crit:Q", scale=xscale), color=color,
+            alt.Chart(in_view).transform_filter(alt.datum.target == target).transform_calculate(
+                series=f"'{series[1]}'").mark_rule(strokeWidth=2).encode(
+                x=alt.X("b_crit:Q", scale=xscale), color=color, strokeDash=dash,
                 tooltip=["optimizer:N", alt.Tooltip("b_crit:Q", title="fitted B_crit", format=",.0f"),
                          alt.Tooltip("b_crit_lo:Q", title="68% interval from", format=",.0f"),
                          alt.Tooltip("b_crit_hi:Q", title="to", format=",.0f"),
                          alt.Tooltip("s_min:Q", title="S_min", format=",.3~g")]),
         ]
     if noise_scale is not None and len(noise_scale):
-        layers.append(alt.Chart(noise_scale).mark_rule(strokeDash=[6, 3], strokeWidth=2).encode(
-            x=alt.X("b_simple:Q", scale=xscale), color=color,
+        layers.append(alt.Chart(noise_scale).transform_calculate(series=f"'{series[2]}'").mark_rule(
+            strokeWidth=2).encode(x=alt.X("b_simple:Q", scale=xscale), color=color, strokeDash=dash,
             tooltip=["optimizer:N", alt.Tooltip("b_simple:Q", title="gradient noise scale B_simple", format=",.0f")]))
     return alt.layer(*layers).add_params(target).properties(
         width=width, height=height,
         title=_title("Critical batch size: S(B) = S_min (1 + B_crit / B)", results,
-                     "points: measured; lines: fit; rule and band: fitted B_crit and its 68% bootstrap interval "
-                     "over grid points"))
+                     "points: measured; solid: fit; dashed rule and band: fitted B_crit and its 68% bootstrap "
+                     "interval over grid points" + ("; dotted rule: the measured noise scale" if len(series) > 2
+                                                    else "")))
 
 
 def learning_curves(results: StudyResults, names: list[str], x: str = "epoch", width: int = 460,
@@ -333,6 +365,17 @@ def adaptive_curves_data(results: StudyResults) -> pd.DataFrame:
     return ev
 
 
+def _seed_dash(seeds) -> alt.StrokeDash:
+    """One line style per seed, so runs of one colour (a schedule, a learning rate) that differ
+    only in their seed stay apart, and the legend says which is which."""
+    values = sorted({int(v) for v in pd.Series(seeds).dropna()})
+    styles = [SOLID, DASHED, DOTTED, [8, 2, 2, 2], [1, 3]]
+    return alt.StrokeDash("seed:O", title="seed", scale=alt.Scale(domain=values,
+                                                                  range=[styles[k % len(styles)] for k in
+                                                                         range(len(values))]),
+                          legend=alt.Legend(symbolType="stroke", symbolStrokeColor="#555"))
+
+
 def adaptive_curves_chart(results: StudyResults, width: int = 460, height: int = 280) -> alt.Chart:
     """Test accuracy against iterations (or epochs) for fixed batch, ABS and ABSA at their best
     learning rates; a select picks the optimizer, a radio the x axis."""
@@ -348,7 +391,7 @@ def adaptive_curves_chart(results: StudyResults, width: int = 460, height: int =
         x=alt.X("x:Q", title="iterations or epochs (see the radio)"),
         y=alt.Y("test_accuracy:Q", title="test accuracy", scale=alt.Scale(zero=False)),
         color=alt.Color("schedule:N", title="batch schedule", sort=["fixed", "abs", "absa"]),
-        detail="run:N",
+        strokeDash=_seed_dash(data["seed"]), detail="run:N",
         tooltip=["run:N", "schedule:N", alt.Tooltip("iteration:Q"), alt.Tooltip("epoch:Q", format=".2f"),
                  alt.Tooltip("current_batch_size:Q", title="batch size"),
                  alt.Tooltip("test_accuracy:Q", format=".3f")],
@@ -375,7 +418,8 @@ def adaptive_trajectory_chart(results: StudyResults, width: int = 460, height: i
     method = alt.param(name="adaptive_method", value=methods[0],
                        bind=alt.binding_select(options=methods, name="method "))
     base = alt.Chart(t).transform_filter(alt.datum.method == method).encode(
-        x=alt.X("epoch:Q", title="epoch"), color=alt.Color("lr:O", title="learning rate"), detail="run:N",
+        x=alt.X("epoch:Q", title="epoch"), color=alt.Color("lr:O", title="learning rate"),
+        strokeDash=_seed_dash(t["seed"]), detail="run:N",
         tooltip=["run:N", "epoch:Q", alt.Tooltip("eigenvalue:Q", format=".3g"), "action:N", "batch_size:Q",
                  "lr_multiplier:Q", alt.Tooltip("adv_ratio:Q", format=".3f")])
     eig = base.transform_filter("isValid(datum.eigenvalue)").mark_line(point=True).encode(

@@ -486,8 +486,11 @@ def test_adaptive_charts_bind_their_controls(adaptive_study):
     assert p["base_optimizer"]["bind"]["options"] == ["sgd"]
     assert p["x_axis"]["bind"]["options"] == ["iteration", "epoch"]
     assert "(datum.axis === x_axis)" in json.dumps(curves)
+    # Runs of one schedule differ only in their seed: each seed has its own line style.
+    assert curves["encoding"]["strokeDash"]["field"] == "seed"
     traj = plots.adaptive_trajectory_chart(res).to_dict()
     assert bound(traj)["adaptive_method"]["bind"]["options"] == ["sgd+abs", "sgd+absa"]
     assert '"base": 2' in json.dumps(traj)  # batch sizes on a log2 axis
+    assert '"strokeDash": {"field": "seed"' in json.dumps(traj)
     sharp = plots.sharpness_chart(res).to_dict()
     assert '"type": "log"' in json.dumps(sharp)

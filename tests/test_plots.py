@@ -1,6 +1,7 @@
 """Each chart builds from the smoke study, with its interactivity as bound Vega-Lite parameters."""
 
 import json
+import math
 
 import altair as alt
 import pandas as pd
@@ -41,10 +42,14 @@ def data_rows(spec: dict) -> int:
 def test_scaling_chart_binds_target_and_unit(results):
     spec = plots.scaling_chart(results).to_dict()
     p = params(spec)
-    assert p["target"]["bind"]["input"] == "select" and p["target"]["bind"]["options"] == results.targets
+    goals = p["goal"]["bind"]["options"]
+    assert p["goal"]["bind"]["input"] == "select"
+    # The accuracy targets, then the training-loss targets the smoke spec adds (where reached).
+    assert goals[:2] == ["test accuracy ≥ 30%", "test accuracy ≥ 50%"]
+    assert set(goals[2:]) <= {"training loss ≤ 2.2", "training loss ≤ 1.5"} and goals[2:]
     assert p["unit"]["bind"]["input"] == "radio" and "epochs" in p["unit"]["bind"]["options"]
     text = json.dumps(spec)
-    assert "((datum.target === target) && (datum.unit === unit))" in text  # both inputs filter the data
+    assert "((datum.goal === goal) && (datum.unit === unit))" in text  # both inputs filter the data
     assert '"type": "log"' in text and "strokeDash" in text  # log-log, with the ideal line dotted
     assert data_rows(spec) > 0
     data = plots.scaling_data(results)
@@ -111,3 +116,63 @@ def test_every_chart_names_its_study_model_data_and_hardware(results):
               plots.learning_curves(results, list(results.runs["name"][:2]))]
     for chart in charts:
         assert json.dumps(chart.to_dict()).count(json.dumps(label)[1:-1]) >= 1, chart.to_dict().get("title")
+
+
+def series_layers(spec: dict) -> list[tuple[str, dict]]:
+    """(series name, strokeDash encoding) of every layer that names its series for the legend."""
+    out = []
+    for layer in spec.get("layer", []):
+        dash = layer.get("encoding", {}).get("strokeDash")
+        names = [t["calculate"].strip("'") for t in layer.get("transform", []) if t.get("as") == "series"]
+        if dash is not None:
+            out.append((names[0] if names else None, dash))
+    return out
+
+
+def assert_legend_tells_series_apart(spec: dict, expected: list[str]):
+    layers = series_layers(spec)
+    names = [n for n, _ in layers]
+    assert sorted(names) == sorted(expected), names  # every line layer names its series, none twice
+    for _, dash in layers:
+        assert dash["field"] == "series" and dash["scale"]["domain"] == expected and "legend" in dash
+        styles = [tuple(r) for r in dash["scale"]["range"]]
+        assert len(set(styles)) == len(expected)  # one line style per series: no shared legend symbol
+
+
+def test_series_that_share_a_colour_differ_in_line_style_in_the_legend(results):
+    assert_legend_tells_series_apart(plots.scaling_chart(results).to_dict(),
+                                     ["measured (best of the grid)", "perfect scaling"])
+    noise = pd.DataFrame({"optimizer": ["sgd"], "b_simple": [48.0]})
+    crit = plots.critical_batch_chart(results, noise_scale=noise, n_boot=10).to_dict()
+    expected = ["fit S(B)", "fitted B_crit", "noise scale B_simple"]
+    names = [n for n, _ in series_layers(crit)]
+    assert "fit S(B)" in names and "noise scale B_simple" in names  # B_crit only where it lies in view
+    for _, dash in series_layers(crit):
+        assert dash["scale"]["domain"] == expected and len({tuple(r) for r in dash["scale"]["range"]}) == 3
+
+
+def test_runs_differing_only_in_seed_get_their_own_line_style():
+    dash = plots._seed_dash([2, 0, 1, 0]).to_dict()
+    assert dash["field"] == "seed" and dash["scale"]["domain"] == [0, 1, 2] and "legend" in dash
+    assert len({tuple(r) for r in dash["scale"]["range"]}) == 3
+
+
+def test_loss_targets_race_the_running_training_loss(results):
+    """Steps to a training-loss target, recomputed from the evaluation history by hand: the
+    first evaluation whose running training loss is at or below the target, least over the grid."""
+    from kfaclab.results import steps_to_target
+
+    assert results.loss_targets == [2.2, 1.5]
+    table = steps_to_target(results, kind="loss")
+    assert set(table["kind"]) == {"loss"} and set(table["target"]) == {2.2, 1.5}
+    ev = results.evals
+    for _, row in table.iterrows():
+        g = ev[(ev["optimizer"] == row["optimizer"]) & (ev["batch_size"] == row["batch_size"])
+               & (ev["train_loss"] <= row["target"])]
+        first = g.groupby("name")["iteration"].min()
+        if len(first):
+            assert row["iterations"] == first.min() and row["reached"] == len(first)
+        else:
+            assert math.isnan(row["iterations"]) and row["reached"] == 0
+    with pytest.raises(ValueError, match="accuracy' or 'loss"):
+        steps_to_target(results, kind="losses")

@@ -234,3 +234,23 @@ def test_steps_to_target_ties_go_to_the_smallest_learning_rate_then_momentum():
     res = _seeded_runs({(0.1, 0.5): [100, 100, 100], (0.03, 0.9): [100, 100, 100], (0.03, 0.5): [100, 100, 100]})
     row = steps_to_target(res).iloc[0]
     assert row["iterations"] == 100 and (row["hp_lr"], row["hp_momentum"]) == (0.03, 0.5)
+
+
+def test_seed_medians_give_one_accuracy_per_configuration_and_count_a_missing_seed_as_the_worst():
+    import pandas as pd
+
+    from kfaclab.results.robustness import high_accuracy_region, seed_medians
+
+    rows = []
+    for (lr, accs) in {0.1: [0.50, 0.60, None], 0.03: [0.55, None, None], 0.01: [0.40, 0.42, 0.41]}.items():
+        for seed, a in enumerate(accs):
+            rows.append({"name": f"r{lr}-s{seed}", "optimizer": "sgd", "batch_size": 64, "seed": seed,
+                         "status": "completed" if a is not None else "diverged", "hp_lr": lr,
+                         "budget_type": "epochs", "budget": 2.0, "accuracy": a})
+    table = seed_medians(pd.DataFrame(rows)).set_index("hp_lr")
+    assert len(table) == 3 and (table["seeds"] == 3).all()  # one row per configuration
+    assert table.loc[0.1, "accuracy"] == 0.50  # median of 0.5, 0.6 and a diverged seed (the worst)
+    assert pd.isna(table.loc[0.03, "accuracy"]) and table.loc[0.03, "status"] == "diverged"  # most seeds failed
+    assert table.loc[0.01, "accuracy"] == pytest.approx(0.41)
+    region = high_accuracy_region(table.reset_index(), tolerance=0.05).iloc[0]
+    assert region["grid_points"] == 3 and region["in_region"] == 1  # shares count configurations, not runs

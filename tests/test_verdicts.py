@@ -323,3 +323,18 @@ def test_verdict_display_shows_each_claim_with_its_interval():
     shown = vd.verdict_display(vs, "ac")
     assert list(shown["claim"].str[:3]) == ["(a)", "(c)"]
     assert shown["estimate [90% interval]"].str.match(r"-?[\d.]+ \[-?[\d.e-]+, -?[\d.e-]+\]").all()
+
+
+def test_every_claim_has_the_papers_own_statement_beside_it():
+    from kfaclab.results.published import PUBLISHED, published
+
+    assert set(PUBLISHED) == set(vd.CLAIMS)  # no claim without its published statement, none extra
+    for key, p in PUBLISHED.items():
+        assert p.claim == key and p.says and p.source
+        shown = p.display()
+        # Where the text gives no number, the book says so instead of inventing one.
+        assert (p.number in shown) if p.number else ("no number" in shown)
+        assert (f"“{p.says}”" in shown) if p.quoted else ("paraphrase" in shown and "“" not in shown)
+    assert "1%" in published("f").number and "3x" in published("f").number and "5x" in published("f").number
+    with pytest.raises(KeyError, match="claims: a, b"):
+        published("z")

@@ -2,13 +2,16 @@
 
 `write_csv(results, directory)` writes `<study>-runs.csv` (one row per run, with its status and
 grid point), `<study>-evaluations.csv` (one row per evaluation of a finished run),
-`<study>-steps-to-target.csv` (Shallue's rule per optimizer, batch size and target) and, where the
+`<study>-steps-to-target.csv` (Shallue's rule per optimizer, batch size and target, accuracy
+and training-loss targets) and, where the
 study has finished and can carry them, `<study>-verdicts.csv` (book/verdicts.md). Every file is written atomically.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+
+import pandas as pd
 
 from kfaclab.results.scaling import steps_to_target
 from kfaclab.results.study import StudyResults
@@ -18,7 +21,10 @@ from kfaclab.train.record import write_bytes_atomic
 def tables(results: StudyResults) -> dict:
     from kfaclab.results.verdicts import verdict_table, verdicts
 
-    out = {"runs": results.runs, "evaluations": results.evals, "steps-to-target": steps_to_target(results)}
+    steps = steps_to_target(results)
+    if results.loss_targets:  # the training-loss targets, in the same table (its `kind` column)
+        steps = pd.concat([steps, steps_to_target(results, kind="loss")], ignore_index=True)
+    out = {"runs": results.runs, "evaluations": results.evals, "steps-to-target": steps}
     # A verdict is drawn only from a study whose runs have all finished (book/verdicts.md).
     unfinished = results.runs["status"].isin(["pending", "interrupted"]).any()
     vs = [] if unfinished else verdicts(results)
@@ -36,3 +42,13 @@ def write_csv(results: StudyResults, directory) -> list[Path]:
         write_bytes_atomic(path, frame.to_csv(index=False).encode())
         written.append(path)
     return written
+
+
+def csv_links(results: StudyResults, base: str = "../_static/data/") -> str:
+    """HTML links to the study's CSV files as the book writes them (book/_ext/kfaclab_data.py):
+    the verdicts file only where the study has finished, as `tables` writes it."""
+    from kfaclab.results.study import finished
+
+    names = ["runs", "evaluations", "steps-to-target"] + (["verdicts"] if finished(results) else [])
+    return "The data behind this chapter, as CSV: " + ", ".join(
+        f'<a href="{base}{results.name}-{t}.csv">{results.name} {t.replace("-", " ")}</a>' for t in names) + "."

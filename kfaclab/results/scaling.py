@@ -14,13 +14,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from kfaclab.results.study import FINISHED, StudyResults
+from kfaclab.results.study import FINISHED, StudyResults, loss_key
 
 UNITS = {"iterations": "iteration", "epochs": "epoch", "examples": "examples", "seconds": "seconds",
          "propagations": "propagations"}
 
 
-def steps_to_target(results: StudyResults, targets=None) -> pd.DataFrame:
+def steps_to_target(results: StudyResults, targets=None, kind: str = "accuracy") -> pd.DataFrame:
     """One row per (optimizer, batch size, target): the minimum over the grid, in each unit, of
     each configuration's median over its seeds of the first crossing (a seed that never crossed
     counts as never, so a configuration reaches a target when most of its seeds do:
@@ -28,17 +28,23 @@ def steps_to_target(results: StudyResults, targets=None) -> pd.DataFrame:
     the best configuration (by iterations; ties go to the smallest learning rate, then the
     smallest values of the other grid axes), the range of its seeds' crossings in iterations
     (`seed_low`, `seed_high`), and how many runs the row rests on (finished, reached, diverged,
-    failed or pending). Rows whose target no configuration reached have NaN steps."""
+    failed or pending). Rows whose target no configuration reached have NaN steps.
+
+    `kind` "accuracy" races the test-accuracy targets (default: the study's), "loss" the
+    training-loss targets (default: the study's `loss_targets`); the `kind` column says which."""
     df = results.runs
-    targets = results.targets if targets is None else targets
+    if kind not in ("accuracy", "loss"):
+        raise ValueError(f"kind must be 'accuracy' or 'loss', got {kind!r}")
+    if targets is None:
+        targets = results.targets if kind == "accuracy" else results.loss_targets
     hp = [c for c in df.columns if c.startswith("hp_")]
     rows = []
     for (opt, b), group in df.groupby(["optimizer", "batch_size"], sort=True, observed=True):
         finished = group[group["status"].isin(FINISHED)]
         keys = [c for c in hp if finished[c].notna().all()] if len(finished) else []
         for t in targets:
-            key = f"{t:g}"
-            row = {"optimizer": opt, "batch_size": int(b), "target": t, "runs": len(group),
+            key = f"{t:g}" if kind == "accuracy" else loss_key(t)
+            row = {"optimizer": opt, "batch_size": int(b), "kind": kind, "target": t, "runs": len(group),
                    "finished": len(finished), "diverged": int((group["status"] == "diverged").sum()),
                    "failed": int((group["status"] == "failed").sum()),
                    "pending": int(group["status"].isin(["pending", "interrupted"]).sum())}

@@ -11,7 +11,7 @@ they rest on.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -41,6 +41,7 @@ class StudyResults:
     grid_keys: dict  # optimizer -> the hyperparameters its grid varies
     targets: list  # the study's target accuracies
     spec: dict  # fixed settings, batch sizes, budget, as the spec gives them (empty without one)
+    loss_targets: list = field(default_factory=list)  # the study's training-loss targets
 
     def optimizers(self) -> list[str]:
         return list(dict.fromkeys(self.runs["optimizer"]))
@@ -89,8 +90,39 @@ def _with_spec(spec_file: Path) -> StudyResults:
         if rec is not None and rec.get("status") in FINISHED:
             evals += _eval_rows(row, rec)
     spec = {k: raw.get(k) for k in ("fixed", "batch_sizes", "budget", "lr_scaling", "seeds")}
-    return StudyResults(study.name, study.directory, study.description, _frame(rows),
-                        _evals_frame(evals), grid_keys, list(study.runs[0].config.targets), spec)
+    evals = _evals_frame(evals)
+    loss_targets = [float(t) for t in study.loss_targets]
+    return StudyResults(study.name, study.directory, study.description, _with_loss_crossings(_frame(rows), evals,
+                                                                                           loss_targets),
+                        evals, grid_keys, list(study.runs[0].config.targets), spec, loss_targets)
+
+
+def loss_key(target: float) -> str:
+    """The column suffix of a training-loss target: `iteration_to_loss1.5` beside the accuracy
+    target's `iteration_to_0.5`."""
+    return f"loss{target:g}"
+
+
+def _with_loss_crossings(runs: pd.DataFrame, evals: pd.DataFrame, loss_targets: list) -> pd.DataFrame:
+    """Adds, per training-loss target, the columns an accuracy target has (`reached_<key>`,
+    `iteration_to_<key>`, ...): the first evaluation whose training loss (the running mean since
+    the previous evaluation) is at or below the target. Records store only accuracy crossings,
+    so these come from the evaluation history; an unfinished run has NaN, as for accuracy."""
+    if not loss_targets:
+        return runs
+    runs = runs.copy()
+    ev = evals[evals["train_loss"].notna()] if len(evals) else evals
+    for t in loss_targets:
+        key = loss_key(t)
+        hit = ev[ev["train_loss"] <= t].sort_values("iteration").groupby("name").first() if len(ev) else None
+        finished = runs["status"].isin(FINISHED)
+        reached = runs["name"].isin(hit.index if hit is not None else [])
+        runs[f"reached_{key}"] = reached.astype(object).where(finished, None)
+        for unit, col in (("iteration", "iteration"), ("epoch", "epoch"), ("examples", "examples"),
+                          ("seconds", "seconds"), ("propagations", "propagations")):
+            values = runs["name"].map(hit[col]) if hit is not None else pd.Series(float("nan"), index=runs.index)
+            runs[f"{unit}_to_{key}"] = values.where(finished)
+    return runs
 
 
 def _without_spec(directory: Path) -> StudyResults:
@@ -134,6 +166,7 @@ def _row(name, run_id, cfg: dict, point: dict, rec: dict | None, marker: dict | 
                    propagations=rec["optimizer"].get("propagations"), final_accuracy=f["test_accuracy"],
                    final_test_loss=f["test_loss"], best_accuracy=max(accs) if accs else None,
                    steps_per_epoch=res["steps_per_epoch"], train_examples=res["train_examples"],
+                   test_examples=res.get("test_examples"),
                    device=rec["environment"].get("device"),
                    cpu=rec["environment"].get("cpu"), gpu=rec["environment"].get("gpu"))
         row["final_batch_size"] = rec["history"][-1].get("batch_size", cfg["batch_size"]) if rec["history"] \
@@ -183,6 +216,28 @@ def _evals_frame(rows: list[dict]) -> pd.DataFrame:
     cols = ["name", "status", "optimizer", "batch_size", "seed", "iteration", "epoch", "examples", "seconds",
             "propagations", "lr", "train_loss", "test_loss", "test_accuracy"]
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=cols)
+
+
+def finished(results: StudyResults) -> bool:
+    """Whether every run of the study has a result (completed, diverged or failed): verdicts are
+    drawn only from finished studies (book/verdicts.md)."""
+    return not results.runs["status"].isin(["pending", "interrupted"]).any()
+
+
+def evidence(results: StudyResults) -> str:
+    """What a study's intervals rest on, in words computed from its runs: seeds per
+    configuration and test images per evaluation (with the binomial sampling error of one
+    accuracy near 50%), so prose never states them by hand."""
+    runs = results.runs
+    seeds = sorted({int(s) for s in runs["seed"].dropna()})
+    tests = sorted({int(n) for n in runs["test_examples"].dropna()}) if "test_examples" in runs else []
+    n_seeds = f"{len(seeds)} seed{'s' if len(seeds) != 1 else ''} per configuration"
+    if not tests:
+        return f"{n_seeds}; no run has finished"
+    se = 100 * (0.25 / tests[0]) ** 0.5
+    over = "grid points and seeds" if len(seeds) > 1 else "grid points only"
+    return (f"{n_seeds}, {' or '.join(f'{n:,}' for n in tests)} test images (sampling error of one accuracy near "
+            f"50%: ±{se:.1f} points); the intervals resample {over}")
 
 
 def status_counts(results: StudyResults) -> pd.DataFrame:

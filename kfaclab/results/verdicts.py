@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pandas as pd
 
+from kfaclab.results.published import published
 from kfaclab.results.scaling import fit_steps_curve
 from kfaclab.results.study import FINISHED, StudyResults
 
@@ -593,7 +594,8 @@ def _number(v: Verdict) -> str:
 
 def verdict_display(vs: list[Verdict], claims: str | None = None) -> pd.DataFrame:
     """The verdicts (those of `claims`, e.g. "abgh") as a table to show: the claim, its source,
-    the verdict, the statistic with its estimate and 90% interval, and what it rests on."""
+    the verdict, the statistic with its estimate and 90% interval, what it rests on, and what the
+    paper itself reports (kfaclab.results.published)."""
     rows = []
     for v in vs:
         if claims and v.claim not in claims:
@@ -602,5 +604,24 @@ def verdict_display(vs: list[Verdict], claims: str | None = None) -> pd.DataFram
             f"{p.get('optimizer') or p.get('method')}{' ' + p['budget'] if 'budget' in p else ''}: {p['outcome']}"
             for p in v.parts if "outcome" in p)
         rows.append({"claim": f"({v.claim}) {v.statement}", "source": v.source, "verdict": v.outcome,
-                     "statistic": v.statistic, "estimate [90% interval]": _number(v), "notes": notes})
+                     "statistic": v.statistic, "estimate [90% interval]": _number(v), "notes": notes,
+                     "the paper reports": published(v.claim).display()})
     return pd.DataFrame(rows)
+
+
+def chapter_verdicts(results: StudyResults, claims: str):
+    """What a results chapter shows under "Verdicts": for a finished study, the table of the
+    given claims (verdict_display) with a sentence naming the study and what its intervals rest
+    on; for a study still running, that sentence and no verdict (book/verdicts.md)."""
+    from IPython.display import HTML
+
+    from kfaclab.results.study import evidence, finished
+
+    left = int(results.runs["status"].isin(["pending", "interrupted"]).sum())
+    head = f"<p>On the <code>{results.name}</code> study: {evidence(results)}.</p>"
+    if not finished(results):
+        return HTML(head + f"<p><b>No verdict yet</b>: {left} of the study's {len(results.runs)} runs have not "
+                           "finished, and a verdict is drawn only from a finished study.</p>")
+    table = verdict_display(verdicts(results), claims).style.hide(axis="index").set_table_attributes(
+        'class="kfaclab-verdicts"')
+    return HTML(head + table.to_html())

@@ -23,6 +23,14 @@ def stopping_rule_epochs(batch_size: int, b0: int = 128, e0: float = 100.0) -> f
     return (math.log2(batch_size / b0) + 1.0) * e0
 
 
+def rule_ratios(batch_sizes, rule: dict, reference: dict) -> dict[int, float]:
+    """How many times more epochs the `reference` stopping rule (e.g. the paper's B0 = 128,
+    E0 = 100) gives than `rule` (dicts with b0 and e0), at each batch size both rules define.
+    With different B0 the ratio changes with the batch size, so prose quotes its range."""
+    return {int(b): stopping_rule_epochs(b, reference["b0"], reference["e0"]) / stopping_rule_epochs(b, rule["b0"], rule["e0"])
+            for b in batch_sizes if b >= rule["b0"] and b >= reference["b0"]}
+
+
 def total_iterations(kind: str, value: float | None, batch_size: int, steps_per_epoch: int,
                      b0: int = 128, e0: float = 100.0) -> int:
     """Iterations a budget allows. Epochs count whole batches (the loader drops the last
