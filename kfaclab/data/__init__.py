@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from kfaclab.data import cache, sources
+from kfaclab.data import cache, integrity, sources
 from kfaclab.data.loader import DeviceLoader
 from kfaclab.data.split import Dataset, Split
 from kfaclab.errors import DataUnavailable, UsageError
@@ -37,17 +37,32 @@ def load_dataset(name: str, *, data_root=None, archive=None, cache_dir=None, dow
     if name in ("cifar10", "svhn"):
         root = Path(data_root).expanduser() if data_root else cache.cache_root(cache_dir) / "torchvision"
         path = cache.cache_file(cache.cache_root(cache_dir), f"{name}-{cache.fingerprint_text(str(root.resolve()))}")
-        return _cached(name, path, str(root), lambda: sources.load_torchvision(name, root, download))
+
+        def decode():
+            train, test, classes = sources.load_torchvision(name, root, download)
+            integrity.check_counts(name, root, train, test, classes)  # before it is cached
+            return train, test, classes
+
+        return _cached(name, path, str(root), decode, fingerprint=cache.fingerprint(root) if root.exists() else "")
     if name == "cifar10-jpeg":
         path = Path(archive).expanduser() if archive else default_cifar10_archive()
         if not path.exists():
             raise DataUnavailable(f"CIFAR-10 JPEG archive not found at {path}; pass --data-archive "
                                   "PATH/cifar10-jpeg.tar.gz (or --dataset cifar10 --data-root DIR when online)")
-        ds = _imagefolder(name, path, cache_dir)
-        if ds.classes != CIFAR10_CLASSES:
-            raise UsageError(f"{path} does not hold CIFAR-10's classes (found {list(ds.classes)}); "
-                             "use --dataset imagefolder:PATH for other data")
-        return ds
+        digest = integrity.sha256(path)
+        integrity.check_cifar10_jpeg(path, digest)  # the shipped file, byte for byte
+
+        def decode():
+            train, test, classes = sources.read_imagefolder(path)
+            if classes != CIFAR10_CLASSES:
+                raise UsageError(f"{path} does not hold CIFAR-10's classes (found {list(classes)}); "
+                                 "use --dataset imagefolder:PATH for other data")
+            integrity.check_counts("cifar10", path, train, test, classes)
+            return train, test, classes
+
+        key = f"{name}-{digest[:16]}"
+        return _cached(name, cache.cache_file(cache.cache_root(cache_dir), key), str(path), decode,
+                       fingerprint=digest[:16])
     if name.startswith("imagefolder:") and len(name) > len("imagefolder:"):
         return _imagefolder(name, Path(name.split(":", 1)[1]).expanduser(), cache_dir)
     raise UsageError(f"unknown dataset '{name}'; choose from {', '.join(DATASETS)}")
@@ -56,15 +71,18 @@ def load_dataset(name: str, *, data_root=None, archive=None, cache_dir=None, dow
 def _imagefolder(name: str, path: Path, cache_dir) -> Dataset:
     if not path.exists():
         raise DataUnavailable(f"image folder or archive '{path}' does not exist; give an existing path")
-    key = f"{name.split(':')[0]}-{cache.fingerprint(path)}"
+    fingerprint = cache.fingerprint(path)
+    key = f"{name.split(':')[0]}-{fingerprint}"
     return _cached(name, cache.cache_file(cache.cache_root(cache_dir), key), str(path),
-                   lambda: sources.read_imagefolder(path))
+                   lambda: sources.read_imagefolder(path), fingerprint=fingerprint)
 
 
-def _cached(name: str, path: Path, source: str, decode) -> Dataset:
-    hit = cache.load(path)
+def _cached(name: str, path: Path, source: str, decode, fingerprint: str) -> Dataset:
+    """The cache file if it holds this source (same fingerprint) and reads whole; else decode,
+    check and store. A corrupt or stale cache is reported in one line and rebuilt."""
+    hit = cache.load(path, fingerprint)
     if hit is not None:
         return Dataset(name, *hit, source=source, from_cache=True)
     train, test, classes = decode()
-    cache.store(path, train, test, classes)
+    cache.store(path, train, test, classes, fingerprint)
     return Dataset(name, train, test, classes, source=source, from_cache=False)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
 from kfaclab.data.split import Split
 
-CACHE_FORMAT = 1  # bump when the cached layout changes
+CACHE_FORMAT = 2  # bump when the cached layout changes (2: records its source's fingerprint)
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -38,23 +39,41 @@ def cache_file(root: Path, key: str) -> Path:
     return root / f"{key}-v{CACHE_FORMAT}.npz"
 
 
-def load(path: Path):
-    """(train, test, classes) from a cache file, or None if there is none."""
+def load(path: Path, fingerprint: str | None = None):
+    """(train, test, classes) from a cache file, or None if there is none, or if it is corrupt or
+    was made from another source (its recorded fingerprint differs): then a one-line warning
+    goes to stderr, the file is moved aside (never trusted, never silently deleted) and the
+    caller rebuilds it."""
     if not path.exists():
         return None
-    with np.load(path, allow_pickle=False) as z:
-        return (Split(z["train_x"], z["train_y"]), Split(z["test_x"], z["test_y"]),
-                tuple(str(c) for c in z["classes"]))
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            recorded = str(z["source_fingerprint"]) if "source_fingerprint" in z.files else None
+            if fingerprint is not None and recorded != fingerprint:
+                problem = f"was made from another source ({recorded or 'unrecorded'}, now {fingerprint})"
+            else:
+                out = (Split(z["train_x"], z["train_y"]), Split(z["test_x"], z["test_y"]),
+                       tuple(str(c) for c in z["classes"]))
+                if len(out[0].images) != len(out[0].labels) or len(out[1].images) != len(out[1].labels):
+                    raise ValueError("images and labels differ in number")
+                return out
+    except Exception as e:  # noqa: BLE001 - a cache that cannot be read whole is rebuilt, whatever broke it
+        problem = f"is corrupt ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'})"
+    aside = path.with_name(f"{path.name}.bad-{os.getpid()}")
+    os.replace(path, aside)
+    print(f"kfaclab: cache file {path} {problem}; moved it to {aside.name} and rebuilding", file=sys.stderr)
+    return None
 
 
-def store(path: Path, train: Split, test: Split, classes) -> None:
-    """Write atomically: a crash never leaves a truncated cache that a later load would trust."""
+def store(path: Path, train: Split, test: Split, classes, fingerprint: str = "") -> None:
+    """Write atomically: a crash never leaves a truncated cache that a later load would trust.
+    The source's fingerprint is recorded, so a cache is used only for the source it was made of."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
             np.savez(f, train_x=train.images, train_y=train.labels, test_x=test.images,
-                     test_y=test.labels, classes=np.array(classes))
+                     test_y=test.labels, classes=np.array(classes), source_fingerprint=np.array(fingerprint))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -7,14 +7,17 @@ Decoding happens here and only here; `kfaclab.data.cache` makes sure it happens 
 from __future__ import annotations
 
 import io
+import lzma
 import os
 import tarfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from kfaclab.errors import DataUnavailable, UsageError
+from kfaclab.data.integrity import DataIntegrityError, check_tar_end
 from kfaclab.data.split import Split
+from kfaclab.errors import DataUnavailable, UsageError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm"}
 SPLITS = ("train", "test")
@@ -76,26 +79,46 @@ def _place(parts: tuple[str, ...]):
     return parts[:-3], parts[-3], parts[-2], parts[-1]
 
 
+def _class_dir(parts: tuple[str, ...]):
+    """(prefix, split, class) for a folder .../{train,test}/<class>, or None."""
+    if len(parts) < 2 or parts[-2] not in SPLITS or parts[-1].startswith("."):
+        return None
+    return parts[:-2], parts[-2], parts[-1]
+
+
 def _iter_tar(path: Path):
+    """Yields ("dir", (prefix, split, class), name) for class folders and ("image", place, name,
+    bytes) for images; then reads the archive to its end (integrity.check_tar_end)."""
     with tarfile.open(path, mode="r:*") as tf:
         for m in tf:
             parts = _safe_parts(m.name)
             if m.issym() or m.islnk() or m.isdev():
                 raise UsageError(f"archive member '{m.name}' is a link or device; refusing to read {path}")
+            if m.isdir():
+                folder = _class_dir(parts)
+                if folder is not None:
+                    yield "dir", folder, m.name
+                continue
             if not m.isfile():
                 continue
             place = _place(parts)
             if place is not None:
-                yield place, tf.extractfile(m).read()
+                yield "dir", place[:3], m.name
+                yield "image", place, m.name, tf.extractfile(m).read()
+        check_tar_end(path, tf)
 
 
 def _iter_dir(path: Path):
-    for dirpath, _, files in os.walk(path):
+    for dirpath, dirs, files in os.walk(path):
+        for d in dirs:
+            folder = _class_dir((Path(dirpath) / d).relative_to(path).parts)
+            if folder is not None:
+                yield "dir", folder, str(Path(dirpath) / d)
         for f in files:
             full = Path(dirpath) / f
             place = _place(full.relative_to(path).parts)
             if place is not None:
-                yield place, full.read_bytes()
+                yield "image", place, str(full), full.read_bytes()
 
 
 def read_imagefolder(path: Path):
@@ -103,21 +126,41 @@ def read_imagefolder(path: Path):
 
     Classes are sorted by name (torchvision's rule), images by file name within a class.
     Images of another size than the first are resized to it (bilinear).
-    The archive is read in memory, never extracted, so no member can write outside a folder.
+    The archive is read in memory, never extracted, so no member can write outside a folder;
+    it is read to its end, so a damaged archive is an error, never a smaller dataset. An image
+    that does not decode is an error naming it; so is a class folder without images.
     """
     if not path.exists():
         raise DataUnavailable(f"image folder or archive '{path}' does not exist; give an existing path")
     entries = _iter_dir(path) if path.is_dir() else _iter_tar(path)
     found: dict[tuple, np.ndarray] = {}
+    folders: dict[tuple, str] = {}
     prefixes = set()
     try:
-        for (prefix, split, cls, fname), data in entries:
+        for entry in entries:
+            if entry[0] == "dir":
+                folders.setdefault(entry[1], entry[2])
+                continue
+            _, (prefix, split, cls, fname), name, data = entry
             prefixes.add(prefix)
-            found[(split, cls, fname)] = decode_image(data)
-    except (tarfile.TarError, EOFError, OSError) as e:
-        raise UsageError(f"cannot read '{path}' as an image folder or tar archive ({e}); check the file") from None
+            try:
+                found[(split, cls, fname)] = decode_image(data)
+            except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for undecodable bytes
+                raise DataIntegrityError(f"{path}: image '{name}' cannot be decoded ({type(e).__name__}: "
+                                         f"{' '.join(str(e).split()) or 'no detail'}); replace or remove it") from None
+    except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as e:
+        detail = " ".join(str(e).split())  # tarfile's message spans lines; the error is one
+        raise DataIntegrityError(f"cannot read '{path}' as an image folder or tar archive ({type(e).__name__}: "
+                                 f"{detail}); the file is damaged or not an archive: check it or copy it again") from None
     if len(prefixes) > 1:
         raise UsageError(f"'{path}' holds several train/test roots {sorted('/'.join(p) for p in prefixes)}; keep one")
+    with_images = {(split, cls) for (split, cls, _) in found}
+    empty = sorted(name for (prefix, split, cls), name in folders.items()
+                   if (split, cls) not in with_images and (not prefixes or prefix in prefixes))
+    if empty:
+        raise DataIntegrityError(f"{path}: class folder '{empty[0]}' has no images"
+                                 f"{f' (and {len(empty) - 1} more)' if len(empty) > 1 else ''}; a class without "
+                                 "images would be dropped silently: add its images or remove the folder")
     classes = tuple(sorted({cls for (split, cls, _) in found if split == "train"}))
     missing = [s for s in SPLITS if not any(k[0] == s for k in found)]
     if missing:
