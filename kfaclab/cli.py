@@ -264,8 +264,10 @@ def _train_config(args):
 
 
 def cmd_train(args) -> int:
+    from kfaclab.interrupts import catch_interrupts, restore_signals
     from kfaclab.train import train
     from kfaclab.train.loop import classifier_hyperparameters
+    from kfaclab.train.record import check_writable
 
     cfg = _train_config(args)
     cfg.validate("arguments")
@@ -279,14 +281,17 @@ def cmd_train(args) -> int:
         cfg.nproc = ctx.world_size  # the record says how many processes trained it
     if cfg.output is None:
         cfg.output = f"kfaclab-run-{cfg.run_id()}.json"
+    check_writable(cfg.output)  # before any training: not an error after an hour of it
     if not ctx.active and cfg.nproc > 1:
         return launch(cfg, quiet=args.quiet)  # this config again under torchrun, nproc processes
+    previous = catch_interrupts()  # SIGTERM (timeout, schedulers) saves the record as Ctrl-C does
     try:
         record = train(cfg, progress=not args.quiet, ctx=ctx)
     except KeyboardInterrupt:
         print(f"interrupted; the partial record (status 'interrupted') is in {cfg.output}", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
+        restore_signals(previous)
         if ctx.active:
             import torch.distributed as dist
 
@@ -442,6 +447,8 @@ def cmd_results(args) -> int:
             print(verdict_display(verdicts(res)).to_string(index=False))
         print()
     print(f"study {res.name} ({res.directory}): {len(res.runs)} runs")
+    for name, problem in res.malformed:
+        print(f"  malformed: {name} {problem} (counted as not run; a sweep moves it aside and runs it again)")
     print(status_counts(res).to_string())
     table = with_ideal_scaling(steps_to_target(res), args.unit)
     wide = table.pivot_table(index="batch_size", columns=["target", "optimizer"], values=args.unit, dropna=False)

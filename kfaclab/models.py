@@ -113,19 +113,29 @@ def _mlp_widths(spec: str):
     return widths
 
 
+def check_model_name(name: str) -> None:
+    """A one-line UsageError unless `name` names a model (see MODELS); builds nothing, so specs
+    and dry runs check their models before any run starts."""
+    if name in ("resnet20", "resnet32", "resnet56", "c1", "mlp"):
+        return
+    if name.startswith("mlp:"):
+        _mlp_widths(name[4:])
+        return
+    raise UsageError(f"unknown model '{name}'; choose from {', '.join(MODELS)}")
+
+
 def build_model(name: str, input_shape, num_classes: int) -> nn.Module:
     """A model by name (see MODELS) for inputs of `input_shape` (C, H, W) and `num_classes`."""
     if num_classes <= 0:
         raise UsageError("num_classes must be positive")
-    if name.startswith("resnet") and name[6:].isdigit() and name[6:] in ("20", "32", "56"):
+    check_model_name(name)
+    if name.startswith("resnet"):
         return CifarResNet(int(name[6:]), input_shape[0], num_classes)
     if name == "c1":
         return c1_net(input_shape, num_classes)
     if name == "mlp":
         return mlp(input_shape, num_classes)
-    if name.startswith("mlp:"):
-        return mlp(input_shape, num_classes, _mlp_widths(name[4:]))
-    raise UsageError(f"unknown model '{name}'; choose from {', '.join(MODELS)}")
+    return mlp(input_shape, num_classes, _mlp_widths(name[4:]))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -53,6 +53,17 @@ BAD_SPECS = [
     ({"optimizers": {"sgd": {"grids": {"lr": [0.1]}}}}, "optimizers.sgd.grids: unknown key"),
     ({"optimizers": {"kfac": {"grid": {"damping": [-1.0]}}}}, "damping must be a non-negative number"),
     ({"optimizers": {}}, "optimizers: is empty"),
+    ({"optimizers": {"sgd": None}}, "optimizers.sgd: is empty: give its grid"),
+    ({"optimizers": {"sgd": {}}}, "optimizers.sgd: is empty: give its grid"),
+    ({"fixed": {"dataset": "synthetic", "model": "resnet99", "device": "cpu"}}, "model is not valid: unknown model"),
+    ({"fixed": {"dataset": "synthetic", "model": "mlp:0", "device": "cpu"}}, "model is not valid: bad MLP widths"),
+    ({"fixed": {"dataset": "mnist", "model": "mlp:16", "device": "cpu"}}, "dataset 'mnist' is unknown"),
+    ({"fixed": {"dataset": "synthetic", "model": "mlp:16", "train_subset": 9000, "device": "cpu"}},
+     "train_subset 9,000 is more than the 5,000 training images of synthetic"),
+    ({"fixed": {"dataset": "cifar10-jpeg", "model": "mlp:16", "test_subset": 10001, "device": "cpu"}},
+     "test_subset 10,001 is more than the 10,000 test images"),
+    ({"fixed": {"dataset": "synthetic", "model": "mlp:16", "train_subset": 40, "device": "cpu"}},
+     "batch_size 64 is more than the 40 training examples"),
     ({"loss_targets": [1.5, -1.0]}, "loss_targets: values must be positive"),
     ({"loss_targets": "low"}, "loss_targets: must be a list"),
     ({"throughput": {"source": "x", "runs_sharing": 2, "epochs_per_second": {"adam": 1.0}}},
@@ -229,7 +240,30 @@ def test_gpu_preset_dry_run_uses_its_stated_throughput_model():
 def test_loss_targets_leave_run_ids_as_they_were(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    plain = load_study(smoke_spec(tmp_path / "a"))
+    spec = yaml.safe_load(SMOKE.read_text())
+    spec.pop("loss_targets", None)
+    (tmp_path / "a" / "smoke").mkdir()
+    (tmp_path / "a" / "smoke" / "study.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    plain = load_study(tmp_path / "a" / "smoke" / "study.yaml")
     with_loss = load_study(smoke_spec(tmp_path / "b", loss_targets=[2.0, 1.5]))
     assert [r.run_id for r in plain.runs] == [r.run_id for r in with_loss.runs]
     assert with_loss.loss_targets == [2.0, 1.5] and plain.loss_targets == []
+
+
+def test_dry_run_refuses_a_bad_model_in_one_line_before_anything_runs(tmp_path):
+    path = smoke_spec(tmp_path, fixed={"dataset": "synthetic", "model": "resnet99", "device": "cpu"})
+    r = subprocess.run([sys.executable, "-m", "kfaclab", "sweep", str(path), "--dry-run"], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "unknown model 'resnet99'" in r.stderr and not list(path.parent.glob("*.json"))
+
+
+def test_the_dataset_sizes_the_specs_are_checked_against_are_the_integrity_counts():
+    from kfaclab.data.integrity import EXPECTED_COUNTS
+    from kfaclab.train.config import DATASET_SIZES
+
+    for name, counts in EXPECTED_COUNTS.items():
+        for split, k in (("train", 0), ("test", 1)):
+            c = counts[split]
+            assert DATASET_SIZES[name][k] == c.get("total", c.get("per_class", 0) * c["classes"])
+    assert DATASET_SIZES["cifar10-jpeg"] == DATASET_SIZES["cifar10"]

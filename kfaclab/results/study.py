@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from kfaclab.errors import UsageError
+from kfaclab.train.record import read_record
 
 def method(cfg: dict) -> str:
     """The label a run is compared under: its optimizer, with its batch-size schedule when that
@@ -42,6 +43,9 @@ class StudyResults:
     targets: list  # the study's target accuracies
     spec: dict  # fixed settings, batch sizes, budget, as the spec gives them (empty without one)
     loss_targets: list = field(default_factory=list)  # the study's training-loss targets
+    # (file name, problem) of records that are there but not valid run records: counted as not
+    # run (`pending`, with the problem in `error`), never dropped silently.
+    malformed: list = field(default_factory=list)
 
     def optimizers(self) -> list[str]:
         return list(dict.fromkeys(self.runs["optimizer"]))
@@ -62,6 +66,11 @@ def load_results(path: str | Path) -> StudyResults:
     return _without_spec(directory)
 
 
+def _other_kind(path: Path) -> bool:
+    data = _read(path)
+    return isinstance(data, dict) and "kind" in data and data["kind"] != "kfaclab.run"
+
+
 def _read(path: Path):
     try:
         return json.loads(path.read_text())
@@ -78,14 +87,19 @@ def _with_spec(spec_file: Path) -> StudyResults:
     raw = yaml.safe_load(spec_file.read_text())
     rows, evals = [], []
     grid_keys: dict = {}
+    malformed = []
     for run in study.runs:
         grid_keys.setdefault(method(run.config.to_dict()), [k for k in run.grid_point if k != "batch_schedule"])
-        rec = _read(study.directory / f"{run.name}.json")
+        rec, problem = read_record(study.directory / f"{run.name}.json")
+        if problem is not None:
+            malformed.append((f"{run.name}.json", problem))
         if rec is not None and rec.get("run_id") != run.run_id:
             rec = None  # stale: another config under this name
         marker = _read(study.directory / f"{run.name}.failed.json")
         row = _row(run.name, run.run_id, run.config.to_dict(), run.grid_point, rec,
                    marker if marker and marker.get("run_id") == run.run_id else None)
+        if problem is not None:
+            row["error"] = f"malformed record: {problem}"
         rows.append(row)
         if rec is not None and rec.get("status") in FINISHED:
             evals += _eval_rows(row, rec)
@@ -94,7 +108,7 @@ def _with_spec(spec_file: Path) -> StudyResults:
     loss_targets = [float(t) for t in study.loss_targets]
     return StudyResults(study.name, study.directory, study.description, _with_loss_crossings(_frame(rows), evals,
                                                                                            loss_targets),
-                        evals, grid_keys, list(study.runs[0].config.targets), spec, loss_targets)
+                        evals, grid_keys, list(study.runs[0].config.targets), spec, loss_targets, malformed)
 
 
 def loss_key(target: float) -> str:
@@ -126,11 +140,20 @@ def _with_loss_crossings(runs: pd.DataFrame, evals: pd.DataFrame, loss_targets: 
 
 
 def _without_spec(directory: Path) -> StudyResults:
-    records = []
+    records, malformed = [], []
     for p in sorted(directory.glob("*.json")):
-        rec = _read(p)
-        if isinstance(rec, dict) and rec.get("kind") == "kfaclab.run":
+        if p.name.endswith(".failed.json"):
+            continue
+        if _other_kind(p):
+            continue  # another tool's JSON (a bench, a report): not a run record
+        rec, problem = read_record(p)
+        if problem is not None:
+            malformed.append((p.name, problem))
+        elif rec is not None:
             records.append((p.stem, rec))
+    if not records and malformed:
+        raise UsageError(f"{directory}: no valid run record; {malformed[0][0]} {malformed[0][1]}"
+                         f"{f' (and {len(malformed) - 1} more)' if len(malformed) > 1 else ''}")
     if not records:
         raise UsageError(f"{directory}: no study.yaml and no run records (*.json); nothing to load")
     # The grid of an optimizer: the hyperparameters that vary between its runs.
@@ -149,7 +172,7 @@ def _without_spec(directory: Path) -> StudyResults:
             evals += _eval_rows(row, rec)
     targets = sorted({t for _, rec in records for t in rec["config"]["targets"]})
     return StudyResults(directory.name, directory, "", _frame(rows), _evals_frame(evals),
-                        grid_keys, targets, {})
+                        grid_keys, targets, {}, [], malformed)
 
 
 def _row(name, run_id, cfg: dict, point: dict, rec: dict | None, marker: dict | None) -> dict:

@@ -47,7 +47,7 @@ from kfaclab.errors import UsageError
 from kfaclab.sweep.runner import (TRAIN_SIZES, Worker, _clean_partials, catch_interrupts, default_threads,
                                   execute_run, restore_signals, run_state, worker_slots)
 from kfaclab.sweep.spec import Run, Study, load_study
-from kfaclab.train.record import write_atomic, write_bytes_atomic
+from kfaclab.train.record import check_writable_folder, write_atomic, write_bytes_atomic
 
 ARCHIVE_KIND = "kfaclab.harvest"
 ARCHIVE_VERSION = 1
@@ -329,7 +329,7 @@ class Harvest:
 
     def run(self) -> int:
         o = self.opts
-        o.out.mkdir(parents=True, exist_ok=True)
+        check_writable_folder(o.out, "the harvest", "give --out a writable folder")
         self.stage.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(self.study.path, self.stage / "study.yaml")
         _clean_partials(self.stage)

@@ -27,6 +27,7 @@ from pathlib import Path
 from kfaclab.errors import UsageError
 from kfaclab.sweep.harvest import ARCHIVE_KIND, ARCHIVE_VERSION
 from kfaclab.sweep.runner import run_state
+from kfaclab.sweep.lock import study_lock
 from kfaclab.sweep.spec import load_study
 from kfaclab.train.config import RunConfig
 from kfaclab.train.record import validate_record, write_bytes_atomic
@@ -188,6 +189,12 @@ def _check_run(run, status, files: dict, where: str) -> dict:
 
 def merge(archive: str | Path, target: str | Path) -> MergeSummary:
     study, writes, bench = check_archive(archive, target)
+    d = study.directory
+    with study_lock(d, "merge"):  # never while a sweep of the study makes runs
+        return _write(study, writes, bench)
+
+
+def _write(study, writes, bench) -> MergeSummary:
     d = study.directory
     summary = MergeSummary(study.name, {"completed": 0, "diverged": 0, "failed": 0})
     for run, status, files in writes:

@@ -35,8 +35,9 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from kfaclab.errors import UsageError
-from kfaclab.sweep.runner import (Summary, _clean_partials, catch_interrupts, notebook_parameters, plan_runs,
+from kfaclab.sweep.runner import (Summary, _clean_partials, catch_interrupts, check_study_writable, notebook_parameters, plan_runs,
                                   read_outcome, restore_signals, template_path)
+from kfaclab.sweep.lock import study_lock
 from kfaclab.sweep.spec import Run, Study
 from kfaclab.train.record import write_bytes_atomic
 
@@ -113,6 +114,14 @@ def sweep_ray(study: Study, address: str | None = None, cpus_per_run: float = 1.
               only: str | None = None, limit: int | None = None, progress: bool = True,
               num_cpus: int | None = None) -> Summary:
     ray = import_ray()
+    check_study_writable(study)
+    with study_lock(study.directory):  # one sweep per study, whichever backend runs it
+        return _sweep_ray(ray, study, address, cpus_per_run, gpus_per_run, runs_per_gpu, threads, retry_failed,
+                          only, limit, progress, num_cpus)
+
+
+def _sweep_ray(ray, study, address, cpus_per_run, gpus_per_run, runs_per_gpu, threads, retry_failed, only, limit,
+               progress, num_cpus) -> Summary:
     _clean_partials(study.directory)
     pending, done, failed = plan_runs(study, retry_failed, only, limit)
     summary = Summary(skipped_done=done, skipped_failed=failed)

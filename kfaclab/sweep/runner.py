@@ -34,9 +34,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from kfaclab.interrupts import catch_interrupts, restore_signals  # noqa: F401 (harvest imports them here)
 from kfaclab.errors import UsageError
+from kfaclab.sweep.lock import study_lock
 from kfaclab.sweep.spec import Run, Study
-from kfaclab.train.record import write_atomic
+from kfaclab.train.record import check_writable_folder, read_record, write_atomic
 
 TRAIN_SIZES = {"cifar10": 50000, "cifar10-jpeg": 50000, "svhn": 73257, "synthetic": 5000}
 NAMED_PARAMETERS = ("dataset", "model", "optimizer", "hparams", "batch_size", "budget", "budget_value", "targets",
@@ -57,13 +59,23 @@ def notebook_parameters(run: Run, threads: int | None) -> dict:
 
 # ---------------------------------------------------------------------- state of a run
 
-def run_state(directory: Path, run: Run) -> str:
-    """done | failed | pending (never run, or interrupted)."""
-    record = _read_json(directory / f"{run.name}.json")
+def run_state(directory: Path, run: Run, repair: bool = False) -> str:
+    """done | failed | pending (never run, interrupted, or a malformed record). With `repair`,
+    a malformed record (truncated, not a run record, wrong types or values: read_record) is
+    moved aside, never deleted, with one line on stderr, so that the run is made again."""
+    path = directory / f"{run.name}.json"
+    record, problem = read_record(path)
+    if problem is not None:
+        if repair:
+            set_aside(path, problem)
+        return "pending"
     if record is not None and record.get("run_id") == run.run_id:
         status = record.get("status")
         if status in ("completed", "diverged"):
-            return "done"
+            # A run is done when its record and its notebook have both landed: a kill between
+            # the two leaves only a partial notebook, which the next sweep removes, so the run
+            # is made again rather than left without its notebook for good.
+            return "done" if (directory / f"{run.name}.ipynb").exists() else "pending"
         if status == "failed":
             return "failed"
         return "pending"  # interrupted: re-run
@@ -72,11 +84,23 @@ def run_state(directory: Path, run: Run) -> str:
     return "pending"
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+def set_aside(path: Path, problem: str) -> Path:
+    """Move a malformed record out of the way (kept for inspection) and say so in one line."""
+    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+    aside = path.with_name(f"{path.name}.malformed-{stamp}")
+    os.replace(path, aside)
+    print(f"kfaclab: {path} {problem}; moved it to {aside.name} and will run it again", file=sys.stderr)
+    return aside
+
+
+def malformed_records(study: Study) -> list[tuple[str, str]]:
+    """(file name, problem) of each record of the study that is there but not a valid record."""
+    out = []
+    for run in study.runs:
+        _, problem = read_record(study.directory / f"{run.name}.json")
+        if problem is not None:
+            out.append((f"{run.name}.json", problem))
+    return out
 
 
 # ---------------------------------------------------------------------- outcomes
@@ -208,7 +232,9 @@ def read_outcome(run: Run, directory: Path, code: int, error: str | None, wall: 
     (with the error's last lines) where it failed without a failed record of its own.
     Shared by every backend, so that they agree on what counts as done."""
     failed_marker = directory / f"{run.name}.failed.json"
-    record = _read_json(directory / f"{run.name}.json")
+    record, problem = read_record(directory / f"{run.name}.json")
+    if problem is not None:
+        error = error or f"the run left a record that {problem}"
     if record is not None and record.get("run_id") != run.run_id:
         record = None  # a stale file of another config under the same name
     if (stopping is not None and stopping.is_set()) or (record is not None and record.get("status") == "interrupted"):
@@ -229,14 +255,17 @@ def read_outcome(run: Run, directory: Path, code: int, error: str | None, wall: 
 
 # ---------------------------------------------------------------------- the sweep
 
-def plan_runs(study: Study, retry_failed: bool, only: str | None = None, limit: int | None = None):
+def plan_runs(study: Study, retry_failed: bool, only: str | None = None, limit: int | None = None,
+              repair: bool = True):
+    """(runs to make, how many are done, how many failed). `repair`: malformed records are moved
+    aside (run_state); a dry run passes False and changes nothing."""
     import fnmatch
 
     pending, done, failed = [], 0, 0
     for run in study.runs:
         if only and not fnmatch.fnmatchcase(run.name, only):
             continue
-        state = run_state(study.directory, run)
+        state = run_state(study.directory, run, repair=repair)
         if state == "done":
             done += 1
         elif state == "failed" and not retry_failed:
@@ -261,6 +290,14 @@ def default_threads(n_workers: int) -> int:
 def sweep(study: Study, workers: int = 1, gpus: list[str] | None = None, runs_per_gpu: int = 1,
           threads: int | None = None, retry_failed: bool = False, only: str | None = None, limit: int | None = None,
           progress: bool = True, kernel_per_run: bool = False) -> Summary:
+    check_study_writable(study)
+    with study_lock(study.directory):  # a second sweep of this study fails at once
+        return _sweep(study, workers, gpus, runs_per_gpu, threads, retry_failed, only, limit, progress,
+                      kernel_per_run)
+
+
+def _sweep(study: Study, workers, gpus, runs_per_gpu, threads, retry_failed, only, limit, progress,
+           kernel_per_run) -> Summary:
     _clean_partials(study.directory)
     pending, done, failed = plan_runs(study, retry_failed, only, limit)
     slots = worker_slots(workers, gpus, runs_per_gpu)
@@ -317,22 +354,10 @@ def sweep(study: Study, workers: int = 1, gpus: list[str] | None = None, runs_pe
     return summary
 
 
-def catch_interrupts() -> dict:
-    """SIGTERM and SIGINT both raise KeyboardInterrupt in the sweep (main thread only), even
-    where a shell started it with SIGINT ignored (a background job of a script). Returns the
-    previous handlers for `restore_signals`."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    return {s: signal.signal(s, _raise_interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
-
-
-def restore_signals(previous: dict) -> None:
-    for s, handler in previous.items():
-        signal.signal(s, handler)
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
+def check_study_writable(study: Study) -> None:
+    """Before any run: the study folder takes new files (records, notebooks), else one line."""
+    check_writable_folder(study.directory, "run records",
+                          "make the study folder writable, or copy its study.yaml to a writable folder")
 
 
 def _clean_partials(directory: Path) -> None:
@@ -348,10 +373,12 @@ def dry_run(study: Study, retry_failed: bool = False, only: str | None = None, l
     finished runs, time at their measured seconds per example."""
     from kfaclab.train.budget import total_iterations
 
-    pending, done, failed = plan_runs(study, retry_failed, only, limit)
+    pending, done, failed = plan_runs(study, retry_failed, only, limit, repair=False)
     rates = _measured_rates(study)
     lines = [f"study {study.name}: {len(study.runs)} runs; {len(pending)} to run, {done} done, "
              f"{failed} failed (skipped{'' if retry_failed else '; --retry-failed re-runs them'})"]
+    for name, problem in malformed_records(study):
+        lines.append(f"  {name} {problem}: counted as to run (a sweep moves it aside first)")
     totals = {"iterations": 0, "examples": 0}
     seconds, unknown = 0.0, 0
     for r in pending:
@@ -411,7 +438,7 @@ def _measured_rates(study: Study) -> dict:
     the two cannot be told apart, seconds per example."""
     points: dict = {}
     for run in study.runs:
-        rec = _read_json(study.directory / f"{run.name}.json")
+        rec, _ = read_record(study.directory / f"{run.name}.json")  # a malformed record gives no rate
         if not rec or rec.get("run_id") != run.run_id or rec.get("status") not in ("completed", "diverged"):
             continue
         f = rec["final"]

@@ -123,7 +123,9 @@ def parse_study(spec, path: Path) -> Study:
         key = f"optimizers.{opt_name}"
         if opt_name not in OPTIMIZERS:
             bad(key, f"unknown optimizer; choose from {', '.join(OPTIMIZERS)}")
-        opt_spec = _mapping(opt_spec if opt_spec is not None else {}, key, bad)
+        if opt_spec is None or opt_spec == {}:
+            bad(key, "is empty: give its grid (e.g. grid: {lr: [0.1]}) or its fixed hyperparameters")
+        opt_spec = _mapping(opt_spec, key, bad)
         for k in opt_spec:
             if k not in OPTIMIZER_KEYS:
                 bad(f"{key}.{k}", "unknown key; an optimizer has fixed and grid")

@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 from kfaclab.errors import UsageError
 from kfaclab.train.adaptive import resolve_options
 from kfaclab.train.budget import BUDGET_KINDS
+# (training, test) images of the datasets known by name, to check subsets and batch sizes before
+# any run (kfaclab.data.integrity checks the decoded data against the same counts).
+DATASET_SIZES = {"cifar10": (50000, 10000), "cifar10-jpeg": (50000, 10000), "svhn": (73257, 26032),
+                 "synthetic": (5000, 1000)}
 from kfaclab.train.schedule import LR_DECAYS, LR_SCALINGS
 
 # Fields that say where things are, not what is computed: left out of the run id.
@@ -94,6 +98,27 @@ class RunConfig:
     def validate(self, where: str = "config") -> None:
         def bad(key, msg):
             raise UsageError(f"{where}: {key} {msg}")
+
+        from kfaclab.models import check_model_name
+
+        try:
+            check_model_name(self.model)
+        except UsageError as e:
+            bad("model", f"is not valid: {e}")
+        if self.dataset not in DATASET_SIZES and not (self.dataset.startswith("imagefolder:")
+                                                      and len(self.dataset) > len("imagefolder:")):
+            bad("dataset", f"'{self.dataset}' is unknown; choose from {', '.join(DATASET_SIZES)} or imagefolder:PATH")
+        sizes = DATASET_SIZES.get(self.dataset)
+        if sizes is not None:
+            for key, n, split in (("train_subset", sizes[0], "training"), ("test_subset", sizes[1], "test")):
+                v = getattr(self, key)
+                if v is not None and v > n:
+                    bad(key, f"{v:,} is more than the {n:,} {split} images of {self.dataset}; use at most {n:,} "
+                        "(or leave it out for all)")
+            n_train = self.train_subset or sizes[0]
+            if self.batch_size > n_train:
+                bad("batch_size", f"{self.batch_size:,} is more than the {n_train:,} training examples: an epoch "
+                    "would have no full batch; lower the batch size or raise train_subset")
 
         for key in ("batch_size", "min_evals", "eval_batch_size", "rule_b0", "lr_base_batch_size", "nproc"):
             if getattr(self, key) <= 0:

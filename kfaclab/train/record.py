@@ -17,7 +17,10 @@ import json
 import os
 import platform
 import subprocess
+import tempfile
 from pathlib import Path
+
+from kfaclab.errors import UsageError
 
 SCHEMA_VERSION = 1
 STATUSES = ("completed", "diverged", "failed", "interrupted")
@@ -52,8 +55,19 @@ RESOLVED = {
 }
 
 
-def validate_record(rec: dict) -> list[str]:
-    """Problems with a record against schema version 1; an empty list means valid."""
+FINAL = {"iteration": int, "epoch": NUM, "examples": int, "seconds": NUM, "eval_seconds": NUM,
+         "test_loss": OPT_NUM, "test_accuracy": OPT_NUM}  # None: a run that failed before evaluating
+# Ranges a value of a record can take (where a field is present and of its type).
+AT_LEAST_ZERO = ("iteration", "epoch", "examples", "seconds", "eval_seconds", "propagations", "test_loss",
+                 "train_loss")
+
+
+def validate_record(rec) -> list[str]:
+    """Problems with a record against schema version 1, types and ranges; an empty list means
+    valid. Whatever is read back (a truncated file, another JSON document) gets problems, never
+    an exception."""
+    if not isinstance(rec, dict):
+        return [f"not a JSON object but a {type(rec).__name__}"]
     problems = _check(rec, SCHEMA, "record")
     if problems:
         return problems
@@ -74,10 +88,55 @@ def validate_record(rec: dict) -> list[str]:
             problems += _check(e, ADAPTIVE_EPOCH, f"adaptive.epochs[{i}]")
     for i, t in enumerate(rec["targets"]):
         problems += _check(t, TARGET_ENTRY, f"targets[{i}]")
+        if isinstance(t, dict) and t.get("reached") is True and t.get("iteration") is None:
+            problems.append(f"targets[{i}]: reached without an iteration")
+    problems += _check(rec["final"], FINAL, "final")
+    if problems:
+        return problems
+    if rec["status"] in ("completed", "diverged") and (not rec["history"] or rec["final"]["test_accuracy"] is None):
+        problems.append(f"a {rec['status']} run without evaluations")
+    for where, entry in [("final", rec["final"])] + [(f"history[{i}]", h) for i, h in enumerate(rec["history"])]:
+        problems += _ranges(entry, where)
     iters = [h.get("iteration") for h in rec["history"]]
     if iters != sorted(iters):
         problems.append("history is not in iteration order")
+    if rec["history"] and rec["final"]["iteration"] < rec["history"][-1]["iteration"]:
+        problems.append("final.iteration is before the last evaluation")
     return problems
+
+
+def _ranges(entry: dict, where: str) -> list[str]:
+    out = []
+    acc = entry.get("test_accuracy")
+    if isinstance(acc, NUM) and not 0.0 <= acc <= 1.0:
+        out.append(f"{where}.test_accuracy: {acc} is outside [0, 1]")
+    for k in AT_LEAST_ZERO:
+        v = entry.get(k)
+        if isinstance(v, NUM) and not isinstance(v, bool) and not v >= 0:
+            out.append(f"{where}.{k}: {v} is negative")
+    return out
+
+
+def read_record(path: str | os.PathLike):
+    """(record, None) for a valid run record; (None, problem) for one that cannot be read,
+    is not JSON, or fails `validate_record` (the problem in one line); (None, None) when there
+    is no file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None, None
+    except (OSError, UnicodeDecodeError) as e:
+        return None, f"cannot be read ({type(e).__name__}: {e})"
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        return None, f"is not valid JSON ({e}; truncated?)"
+    problems = validate_record(data)
+    if problems:
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        return None, f"is not a valid run record: {problems[0]}{more}"
+    return data, None
 
 
 def _check(d: dict, spec: dict, where: str) -> list[str]:
@@ -99,7 +158,9 @@ def write_atomic(path: str | os.PathLike, record: dict) -> Path:
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write to a temp file in the same folder, fsync, then rename over `path`."""
+    """Write to a temp file in the same folder, fsync, then rename over `path`. If the write
+    fails, the temp file is removed and the write's own error is raised (a failure while
+    cleaning up never replaces it)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -109,9 +170,39 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    except BaseException:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # the error to report is the write's, raised below
+        raise
     return path
+
+
+def check_writable(path: str | os.PathLike, what: str = "the record", fix: str = "choose another --out") -> Path:
+    """Fail in one line before any work if `path` (a file to be written) cannot be: its folder
+    cannot be made, is not a folder, or refuses a file. Probes with a temp file it removes."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{what} would be written to {path}, which is a folder; give a file name, e.g. "
+                         f"{path / 'run.json'}")
+    check_writable_folder(path.parent, what, fix)
+    return path
+
+
+def check_writable_folder(folder: str | os.PathLike, what: str, fix: str) -> Path:
+    """The folder exists (or can be made) and accepts a new file."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"cannot write {what} in {folder}: it is a file, not a folder; {fix}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".kfaclab-write-probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"cannot write {what} in {folder} ({e.strerror or type(e).__name__}); {fix}") from None
+    return folder
 
 
 def environment(device) -> dict:
