@@ -373,3 +373,72 @@ def test_batchnorm_and_other_parameters_keep_the_plain_gradient():
     bn, bn_ref = model[1], ref[1]
     torch.testing.assert_close(bn.weight, bn_ref.weight - 0.1 * bn_ref.weight.grad)
     assert not torch.allclose(model[0].weight, ref[0].weight - 0.1 * ref[0].weight.grad)
+
+
+PADDINGS = [(mode, padding) for mode in ("zeros", "reflect", "replicate", "circular")
+            for padding in (1, (1, 2), "same", "valid")]
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("mode,padding", PADDINGS)
+@pytest.mark.parametrize("kernel,dilation", [(3, 1), ((2, 3), 1), (3, 2), (2, 2)])
+def test_conv_factor_A_follows_every_padding_the_layer_applies(mode, padding, kernel, dilation):
+    """A of a Conv2d against patches from torch itself: the Jacobian of the layer's own forward
+    with respect to its weight (whatever padding it applies) holds, at each output position,
+    the patch the weight multiplies. Covers string padding and every padding_mode."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 3, kernel, padding=padding, dilation=dilation, padding_mode=mode).double()
+    x = torch.randn(4, 2, 7, 6, dtype=torch.float64)
+    J = jacrev(lambda w: functional_call(conv, {"weight": w, "bias": conv.bias}, (x,)))(conv.weight)
+    B, _, H, W = J.shape[:4]
+    patches = J[:, 0, :, :, 0].reshape(B * H * W, -1)  # (positions, C_in kh kw) in the weight's order
+    patches = torch.cat([patches, torch.ones(len(patches), 1, dtype=patches.dtype)], 1)  # the bias column
+    torch.testing.assert_close(kl.layer_factor_A(conv, x), patches.T @ patches / len(patches), rtol=0, atol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+def test_kfac_trains_a_net_with_reflect_and_same_padding_with_exact_factors():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding="same", padding_mode="reflect"), nn.ReLU(),
+                          nn.Conv2d(4, 2, 2, padding="valid", padding_mode="circular"), nn.Flatten(),
+                          nn.LazyLinear(4)).double()
+    x, y = data((3, 6, 6))
+    inputs = {}
+    hooks = [m.register_forward_hook(lambda m, i, o, n=n: inputs.__setitem__(n, i[0].detach()))
+             for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    model(x)  # each conv's input before the step moves the parameters
+    for h in hooks:
+        h.remove()
+    factors = our_factors(model, x, y)
+    for name, xi in inputs.items():  # the running A after one step with stat_decay 0: that batch's A
+        torch.testing.assert_close(factors[name][0], kl.layer_factor_A(dict(model.named_modules())[name], xi))
+    opt = kfac_for(model, lr=0.05)
+    losses = [float(opt.step(x, y)) for _ in range(5)]
+    assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("method", ["inverse", "eigen"])
+def test_both_inverse_methods_follow_the_damping_schedule(method):
+    """The damping halves every 3 steps while factors and inverses would otherwise stay from
+    step 0 (cov and inv updates every 100 steps): `inverse` recomputes its damped inverses when
+    the damping changes, `eigen` applies the current damping at every step."""
+    model = mlp().double()
+    x, y = data((3, 2, 2))
+    opt = kfac_for(model, inverse_method=method, cov_update_freq=100, inv_update_freq=100, damping=0.1,
+                   damping_decay=0.5, damping_decay_steps=3, lr=1e-3)
+    for t in range(8):
+        opt.step(x, y)
+        damping = opt.damping_at(t)
+        for name, layer in opt.layers.items():
+            v = kl.gradient_matrix(layer.module)  # the step-t gradient, preconditioned
+            A, G = layer.A, layer.G
+            if method == "inverse":
+                A_inv, G_inv = kl.damped_inverses(A, G, damping)
+                expected_inverse = layer.decomposition["A_inv"]
+                torch.testing.assert_close(expected_inverse, A_inv)  # the inverses of this step's damping
+                torch.testing.assert_close(layer.decomposition["G_inv"], G_inv)
+            else:
+                assert "QA" in layer.decomposition  # the eigenbasis; damping enters at each step
+            assert v.shape == (G.shape[0], A.shape[0])
+    expected_updates = 1 + (2 if method == "inverse" else 0)  # step 0, and steps 3 and 6 for `inverse`
+    assert opt.counters["inverse_updates"] == expected_updates

@@ -155,7 +155,11 @@ class KFAC(TrainingOptimizer):
     def step(self, inputs, targets):
         h, t = self.hyperparameters, self.counters["steps"]
         update_factors = t % h["cov_update_freq"] == 0
-        update_inverses = t % h["inv_update_freq"] == 0
+        # `eigen` applies the current damping at every step; `inverse` bakes it into its
+        # inverses. When the damping schedule changes the damping between two inverse updates,
+        # the inverses are recomputed at once, so that both methods follow the schedule.
+        follow_damping = h["inverse_method"] == "inverse" and t > 0 and self.damping_at(t) != self.damping_at(t - 1)
+        update_inverses = t % h["inv_update_freq"] == 0 or follow_damping
         self.torch_optimizer.zero_grad(set_to_none=False)
         self._batch_size = len(inputs)
         n = len(inputs)

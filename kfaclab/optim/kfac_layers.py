@@ -30,11 +30,30 @@ def input_rows(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     innermost runs are only kw long. `factor_A` puts A back into the weight's (C, kh, kw) order.
     """
     if isinstance(module, nn.Conv2d):
-        (ph, pw), (dh, dw), (kh, kw), (sh, sw) = module.padding, module.dilation, module.kernel_size, module.stride
-        xc = F.pad(x, (pw, pw, ph, ph)).permute(0, 2, 3, 1).contiguous()  # (B, Hp, Wp, C)
+        (dh, dw), (kh, kw), (sh, sw) = module.dilation, module.kernel_size, module.stride
+        amounts, mode = conv_padding(module)
+        xc = F.pad(x, amounts, mode=mode).permute(0, 2, 3, 1).contiguous()  # (B, Hp, Wp, C)
         p = xc.unfold(1, (kh - 1) * dh + 1, sh).unfold(2, (kw - 1) * dw + 1, sw)[..., ::dh, ::dw]
         return p.permute(0, 1, 2, 4, 5, 3).reshape(-1, kh * kw * x.shape[1])  # (B H' W', kh kw C)
     return x.reshape(-1, x.shape[-1])
+
+
+def conv_padding(module: nn.Conv2d) -> tuple[list[int], str]:
+    """The padding a Conv2d applies, as F.pad takes it: amounts (left, right, top, bottom) and
+    mode. Covers numeric padding, 'valid', 'same' (whose odd total puts the extra on the right
+    and bottom, as torch does) and every padding_mode (zeros, reflect, replicate, circular), so
+    the patches K-FAC sees are the ones the layer multiplies."""
+    if isinstance(module.padding, str):
+        amounts = [0, 0, 0, 0]
+        if module.padding == "same":
+            amounts = []
+            for d, k in ((module.dilation[1], module.kernel_size[1]), (module.dilation[0], module.kernel_size[0])):
+                total = d * (k - 1)
+                amounts += [total // 2, total - total // 2]
+    else:
+        ph, pw = module.padding
+        amounts = [pw, pw, ph, ph]
+    return amounts, "constant" if module.padding_mode == "zeros" else module.padding_mode
 
 
 def _weight_order(module: nn.Module, d: int, device) -> torch.Tensor | None:
