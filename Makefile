@@ -7,12 +7,14 @@ BIN := $(VENV)/bin
 
 .PHONY: book test clean
 
-# The venv's site-packages gets a .pth naming this checkout, so `python -m kfaclab`, the
-# book's notebooks and papermill kernels import the library from anywhere.
-$(VENV)/.deps: requirements.txt
+# requirements.txt is the pinned environment; kfaclab itself is installed editable from
+# pyproject.toml (no dependencies of its own: the pins decide), so `kfaclab`, `python -m
+# kfaclab`, the book's notebooks, papermill kernels and Ray workers import this checkout.
+$(VENV)/.deps: requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --disable-pip-version-check -q -r requirements.txt
-	$(BIN)/python -c "import site, pathlib; pathlib.Path(site.getsitepackages()[0], 'kfaclab-checkout.pth').write_text('$(CURDIR)\n')"
+	$(BIN)/python -c "import site, pathlib; pathlib.Path(site.getsitepackages()[0], 'kfaclab-checkout.pth').unlink(missing_ok=True)"
+	$(BIN)/python -m pip install --disable-pip-version-check -q --no-deps -e .
 	touch $@
 
 $(VENV)/.dev-deps: requirements-dev.txt $(VENV)/.deps

@@ -103,7 +103,9 @@ def _add_data_model_args(p):
 def build_parser():
     from kfaclab.optim import OPTIMIZERS
 
-    parser = _Parser(prog="python -m kfaclab", description="kfaclab: large-batch second-order optimization")
+    # `kfaclab` (the console command of the installed package) and `python -m kfaclab` are one program.
+    prog = "kfaclab" if Path(sys.argv[0]).name == "kfaclab" else "python -m kfaclab"
+    parser = _Parser(prog=prog, description="kfaclab: large-batch second-order optimization")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser, required=True)
 
     t = sub.add_parser("train", help="train one model and write its run record (JSON)")

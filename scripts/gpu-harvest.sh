@@ -28,11 +28,14 @@ exec > >(tee "$OUT/harvest.log") 2>&1
 
 echo "gpu-harvest: $(date -u +%FT%TZ) in $PWD, study $STUDY, deadline ${DEADLINE_S}s, $RUNS_PER_GPU runs per GPU"
 if compgen -G ".whl/*.whl" >/dev/null; then
+    # The carried wheels, kfaclab's own included (scripts/gpu-wheels.sh): the package is
+    # installed, as `make` installs it here, not imported from the checkout by path.
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
         .whl/*.whl || { echo "gpu-harvest: installing the wheels failed"; exit 3; }
-    export PYTHONPATH=/tmp/site:$PWD
+    export PYTHONPATH=/tmp/site
+    compgen -G ".whl/kfaclab-*.whl" >/dev/null || export PYTHONPATH=/tmp/site:$PWD  # wheels from before kfaclab had one
 else
-    export PYTHONPATH=$PWD
+    python3 -m pip install -q --no-deps --no-build-isolation -e . 2>/dev/null || export PYTHONPATH=$PWD
 fi
 if [ -z "${KFACLAB_CIFAR10_JPEG:-}" ] && [ -f .data/cifar10-jpeg.tar.gz ]; then
     export KFACLAB_CIFAR10_JPEG=$PWD/.data/cifar10-jpeg.tar.gz

@@ -41,6 +41,8 @@ for w in .whl/*.whl; do
         if [ "$pkg" = "$(norm "$skip")" ]; then rm -f "$w"; fi
     done
 done
+# kfaclab itself, as the GPU machine installs it (pure Python: one wheel for 3.11 and 3.12).
+"$PY" -m pip wheel -q --no-deps --disable-pip-version-check -w .whl . >/dev/null
 echo "gpu-wheels: $(ls .whl | wc -l) wheels, $(du -sh .whl | cut -f1) in .whl/"
 # Every requirement of every wheel must be a wheel here or a package of the image.
 "$PY" - "$IMAGE $OPTIONAL" <<'PYEOF'
