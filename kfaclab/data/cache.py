@@ -77,8 +77,12 @@ def store(path: Path, train: Split, test: Split, classes, fingerprint: str = "")
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    except BaseException:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # the error to report is the write's, raised below
+        raise
 
 
 def fingerprint_text(text: str) -> str:
