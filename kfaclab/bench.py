@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from kfaclab.data import load_dataset
 from kfaclab.models import build_model
 from kfaclab.optim import OPTIMIZERS, build_optimizer
+from kfaclab.errors import UsageError
 from kfaclab.train.config import RunConfig
 from kfaclab.train.loop import make_loaders, resolve_device
 from kfaclab.train.record import environment
@@ -40,6 +41,27 @@ def _timed(fn, device) -> float:
     return time.perf_counter() - t0
 
 
+def parse_variant(entry: str) -> tuple[str, str, dict]:
+    """An --optimizers entry: a name ("kfac") or a name with hyperparameters of its own
+    ("kfac[low_rank=false;inverse_method=inverse]"), so that variants of one optimizer are timed
+    side by side in one process. Returns (label, name, overrides)."""
+    import yaml
+
+    entry = entry.strip()
+    if "[" not in entry:
+        return entry, entry, {}
+    name, _, rest = entry.partition("[")
+    if not rest.endswith("]"):
+        raise UsageError(f"optimizer variant '{entry}' must end with ']', e.g. kfac[low_rank=false]")
+    overrides = {}
+    for item in filter(None, (p.strip() for p in rest[:-1].split(";"))):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise UsageError(f"optimizer variant '{entry}': '{item}' is not KEY=VALUE")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return entry, name.strip(), overrides
+
+
 def run_bench(cfg: RunConfig, optimizers=("sgd",), steps: int = 20, warmup: int = 5, rounds: int = 3,
               amortize: int = 100, progress: bool = True) -> dict:
     device = resolve_device(cfg.device)
@@ -49,11 +71,13 @@ def run_bench(cfg: RunConfig, optimizers=("sgd",), steps: int = 20, warmup: int 
     premade = [b for b, _ in zip(loader.epoch(0), range(8))]
     stream = _forever(loader)
     results = []
-    for name in optimizers:
+    for entry in optimizers:
+        label, name, overrides = parse_variant(entry)
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model, loader.input_shape, ds.num_classes).to(device)
         known = OPTIMIZERS[name].defaults  # shared flags (lr, ...) go to every optimizer that has them
-        opt = build_optimizer(name, model, F.cross_entropy, {k: v for k, v in cfg.hparams.items() if k in known})
+        opt = build_optimizer(name, model, F.cross_entropy,
+                              {**{k: v for k, v in cfg.hparams.items() if k in known}, **overrides})
         opt.attach_training_data(loader)
         t_pre, t_load, t_data = [], [], []
         for i in range(warmup):
@@ -67,7 +91,7 @@ def run_bench(cfg: RunConfig, optimizers=("sgd",), steps: int = 20, warmup: int 
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
         props = (opt.counters["propagations"] - props0) / amortize
         if progress:
-            print(f"  {name}: {amortize} steps amortized: {1e3 * amortized:.1f} ms/step", flush=True)
+            print(f"  {label}: {amortize} steps amortized: {1e3 * amortized:.1f} ms/step", flush=True)
         # Interleaved step by step: drift of the machine hits the three timings alike.
         for r in range(rounds):
             for i in range(steps):
@@ -75,9 +99,9 @@ def run_bench(cfg: RunConfig, optimizers=("sgd",), steps: int = 20, warmup: int 
                 t_load.append(_timed(lambda: opt.step(*next(stream)), device))
                 t_data.append(_timed(lambda: next(stream), device))
             if progress:
-                print(f"  {name}: round {r + 1}/{rounds} done", flush=True)
+                print(f"  {label}: round {r + 1}/{rounds} done", flush=True)
         pre, load, data = (statistics.median(t) for t in (t_pre, t_load, t_data))
-        results.append({"optimizer": name, "amortized_step_s": amortized, "propagations_per_step": props,
+        results.append({"optimizer": label, "amortized_step_s": amortized, "propagations_per_step": props,
                         "peak_memory_bytes": peak, "step_premade_s": pre, "step_loader_s": load, "loader_only_s": data,
                         "overhead_step_diff": load / pre - 1.0, "overhead_loader_share": data / pre})
     base = results[0]["amortized_step_s"]
@@ -96,13 +120,14 @@ def _forever(loader):
 
 
 def format_table(b: dict) -> str:
+    w = max([10] + [len(r["optimizer"]) for r in b["results"]])  # variants have long labels
     lines = [f"kfaclab bench: model={b['model']} batch={b['batch_size']} input={'x'.join(map(str, b['resolution']))} "
              f"data={b['dataset']} device={b['device']} threads={b['threads']} "
              f"(amortized: mean of {b['amortize']} steps; others: medians of {b['steps']} steps)",
-             f"{'optimizer':<10} {'amortized ms':>13} {'vs first':>9} {'props/step':>11} {'median ms':>10} {'w/ loader ms':>13} "
+             f"{'optimizer':<{w}} {'amortized ms':>13} {'vs first':>9} {'props/step':>11} {'median ms':>10} {'w/ loader ms':>13} "
              f"{'loader ms':>10} {'data overhead':>14} {'loader/step':>12}"]
     for r in b["results"]:
-        lines.append(f"{r['optimizer']:<10} {1e3 * r['amortized_step_s']:>13.2f} {r['ratio_to_first']:>8.2f}x {r['propagations_per_step']:>11.0f} "
+        lines.append(f"{r['optimizer']:<{w}} {1e3 * r['amortized_step_s']:>13.2f} {r['ratio_to_first']:>8.2f}x {r['propagations_per_step']:>11.0f} "
                      f"{1e3 * r['step_premade_s']:>10.2f} {1e3 * r['step_loader_s']:>13.2f} "
                      f"{1e3 * r['loader_only_s']:>10.3f} {100 * r['overhead_step_diff']:>+13.1f}% "
                      f"{100 * r['overhead_loader_share']:>11.1f}%")

@@ -155,7 +155,8 @@ def build_parser():
 
     k = sub.add_parser("bench", help="time training steps and the data pipeline")
     _add_data_model_args(k)
-    k.add_argument("--optimizers", default="sgd", help="comma-separated, e.g. sgd,kfac (ratios to the first)")
+    k.add_argument("--optimizers", default="sgd", help="comma-separated, e.g. sgd,kfac (ratios to the first); a "
+                   "variant with its own hyperparameters: kfac[low_rank=false;inverse_method=inverse]")
     k.add_argument("--steps", type=_positive_int, default=20, help="timed steps per round")
     k.add_argument("--rounds", type=_positive_int, default=3)
     k.add_argument("--warmup", type=_positive_int, default=5)
@@ -318,13 +319,17 @@ def cmd_bench(args) -> int:
 
     cfg = RunConfig(**_data_fields(args))
     cfg.validate("arguments")
+    from kfaclab.bench import parse_variant
+
     optimizers = [o.strip() for o in args.optimizers.split(",") if o.strip()]
-    known = set().union(*(resolve_hyperparameters(o, {}) for o in optimizers))  # unknown optimizers fail here
+    variants = [parse_variant(o) for o in optimizers]
+    known = set().union(*(resolve_hyperparameters(n, extra) for _, n, extra in variants))  # bad names fail here
     if set(cfg.hparams) - known:
         raise UsageError(f"no optimizer of {', '.join(optimizers)} has hyperparameter "
                          f"{', '.join(sorted(set(cfg.hparams) - known))}")
-    for o in optimizers:
-        classifier_hyperparameters(o, {k: v for k, v in cfg.hparams.items() if k in OPTIMIZERS[o].defaults})
+    for _, n, extra in variants:
+        classifier_hyperparameters(n, {**{k: v for k, v in cfg.hparams.items() if k in OPTIMIZERS[n].defaults},
+                                       **extra})
     from kfaclab.distributed import from_environment
 
     ctx = from_environment(cfg.device)

@@ -442,3 +442,113 @@ def test_both_inverse_methods_follow_the_damping_schedule(method):
             assert v.shape == (G.shape[0], A.shape[0])
     expected_updates = 1 + (2 if method == "inverse" else 0)  # step 0, and steps 3 and 6 for `inverse`
     assert opt.counters["inverse_updates"] == expected_updates
+
+
+# ------------------------------------------------------------------ wide layers: the low-rank path
+
+
+def wide(bias=True):
+    """Linear layers wider than the batch (rows < d_in), the case where preconditioning the
+    factors of the gradient pays; the last layer is narrow and stays dense."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(300, 64, bias=bias), nn.Tanh(), nn.Linear(64, 80, bias=bias),
+                         nn.Tanh(), nn.Linear(80, 10))
+
+
+def _twin_runs(make, steps=7, micro=None, ddp=False, **hp):
+    torch.manual_seed(0)
+    m_low = make().double()
+    m_dense = copy.deepcopy(m_low)
+    h = {**dict(lr=0.1, momentum=0.9, weight_decay=1e-3, cov_update_freq=2, inv_update_freq=3, stat_decay=0.9,
+                kl_clip=1e-2, factor_dtype="float64", inverse_method="inverse", damping=0.03), **hp}
+    opts = []
+    for model, low in ((m_low, True), (m_dense, False)):
+        target = nn.parallel.DistributedDataParallel(model) if ddp else model
+        opt = build_optimizer("kfac", target, F.cross_entropy, {**h, "low_rank": low})
+        opt.set_micro_batch(micro)
+        opts.append(opt)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(steps):
+        x = torch.randn(32, 3, 10, 10, generator=g, dtype=torch.float64)
+        y = torch.randint(0, 10, (32,), generator=g)
+        for opt in opts:
+            opt.step(x, y)
+    diff = max((a - b).abs().max().item() for a, b in zip(m_low.parameters(), m_dense.parameters()))
+    return diff, opts[0].counters["low_rank_layer_steps"]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("fisher", ["empirical", "mc"])
+@pytest.mark.parametrize("micro", [None, 8])
+def test_the_low_rank_path_equals_the_dense_step(bias, fisher, micro):
+    """Bias or not, either Fisher, with gradient accumulation over micro-batches: the same
+    parameters after 7 steps to 1e-10 in float64, and the low-rank path was the one taken
+    (the two wide layers at every step)."""
+    diff, low_rank_steps = _twin_runs(lambda: wide(bias), micro=micro, fisher_type=fisher)
+    assert diff < 1e-10 and low_rank_steps == 2 * 7
+
+
+def test_low_rank_preconditioning_is_the_dense_product_of_the_gradients_factors():
+    g = torch.Generator().manual_seed(0)
+    rows_A = torch.randn(20, 301, generator=g, dtype=torch.float64)
+    rows_G = torch.randn(20, 64, generator=g, dtype=torch.float64)
+    A_inv = torch.randn(301, 301, generator=g, dtype=torch.float64)
+    G_inv = torch.randn(64, 64, generator=g, dtype=torch.float64)
+    dense = kl.inverse_precondition(rows_G.T @ rows_A, A_inv, G_inv)
+    torch.testing.assert_close(kl.low_rank_inverse_precondition(rows_A, rows_G, A_inv, G_inv), dense,
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_the_low_rank_path_is_taken_only_where_it_costs_less():
+    from kfaclab.optim.kfac import KFAC
+
+    wide_layer, narrow_layer = nn.Linear(3072, 512), nn.Linear(80, 10)
+    assert KFAC.low_rank_pays(wide_layer, 128) and not KFAC.low_rank_pays(wide_layer, 4096)
+    assert not KFAC.low_rank_pays(narrow_layer, 32) and not KFAC.low_rank_pays(nn.Conv2d(3, 4, 3), 1)
+    # eigen divides the whole matrix in the eigenbasis: no low-rank path, the same dense steps
+    diff, low_rank_steps = _twin_runs(wide, inverse_method="eigen")
+    assert low_rank_steps == 0 and diff == 0.0
+
+
+def test_a_layer_called_twice_in_a_forward_falls_back_to_the_dense_step():
+    class Shared(nn.Module):  # one Linear applied twice: its rows do not pair up chunk by chunk
+        def __init__(self):
+            super().__init__()
+            self.inp, self.shared, self.out = nn.Linear(300, 100), nn.Linear(100, 100), nn.Linear(100, 10)
+
+        def forward(self, x):
+            h = torch.tanh(self.shared(torch.tanh(self.inp(x.flatten(1)))))
+            return self.out(torch.tanh(self.shared(h)))
+
+    diff, low_rank_steps = _twin_runs(Shared)
+    assert diff < 1e-10 and low_rank_steps == 7  # `inp` took the low-rank path, `shared` the dense one
+
+
+def test_under_data_parallelism_the_gradient_is_the_ranks_mean_and_the_dense_path_preconditions_it():
+    """With torch.distributed the gradient is averaged over ranks after the backward, and a rank
+    holds only its own rows: the low-rank path does not apply (one-process gloo group here),
+    and the steps are the dense ones."""
+    import torch.distributed as dist
+
+    from kfaclab.distributed import free_port
+
+    started = not dist.is_initialized()
+    if started:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        diff, low_rank_steps = _twin_runs(wide, ddp=True)
+    finally:
+        if started:
+            dist.destroy_process_group()
+    assert low_rank_steps == 0 and diff < 1e-12
+
+
+def test_bench_variants_parse_and_refuse_malformed_entries():
+    from kfaclab.bench import parse_variant
+
+    assert parse_variant("kfac") == ("kfac", "kfac", {})
+    assert parse_variant("kfac[low_rank=false; inverse_method=inverse]") == (
+        "kfac[low_rank=false; inverse_method=inverse]", "kfac", {"low_rank": False, "inverse_method": "inverse"})
+    with pytest.raises(UsageError, match="must end with"):
+        parse_variant("kfac[low_rank=false")
+    with pytest.raises(UsageError, match="is not KEY=VALUE"):
+        parse_variant("kfac[low_rank]")

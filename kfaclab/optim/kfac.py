@@ -46,6 +46,11 @@ class _Layer:
         self.A = self.G = None  # running averages
         self.batch_A = self.batch_G = None  # this step's estimates
         self.decomposition: dict | None = None  # eigen: QA, dA, QG, dG; inverse: A_inv, G_inv
+        # The low-rank path (KFAC.low_rank_pays): this step's input rows and output-gradient rows,
+        # one entry per chunk, whose product is the layer's gradient.
+        self.use_rows = False
+        self.rows_A: list = []
+        self.rows_G: list = []
 
 
 class KFAC(TrainingOptimizer):
@@ -62,6 +67,10 @@ class KFAC(TrainingOptimizer):
         # whether a step may use decompositions one update old while the new ones are computed.
         "inverse_strategy": "replicated",
         "stale_inverses": False,
+        # Wide Linear layers with the inverse method: precondition the factors of the gradient,
+        # G_inv (g rows)^T (a rows) A_inv, instead of the gradient matrix, where that costs less
+        # (fewer rows than the layer is wide). The same step to rounding; false: always dense.
+        "low_rank": True,
     }
     choices = {"fisher_type": FISHER_TYPES, "likelihood": LIKELIHOODS, "inverse_method": INVERSE_METHODS,
                "factor_dtype": tuple(FACTOR_DTYPES), "inverse_strategy": INVERSE_STRATEGIES}
@@ -100,9 +109,11 @@ class KFAC(TrainingOptimizer):
         self._pending = None  # stale inverses: the Future of the decompositions being computed
         self._pending_names: list[str] = []
         self.counters.update({"factor_updates": 0, "inverse_updates": 0, "decomposition_failures": 0,
-                              "fallback_layer_steps": 0, "skipped_factor_updates": 0})
+                              "fallback_layer_steps": 0, "skipped_factor_updates": 0, "low_rank_layer_steps": 0})
         self._capture_inputs = self._capture_grads = False
+        self._capture_rows = self._capture_row_grads = False
         self._kl_scale = 1.0
+        self._chunks_this_step = 1
         self._batch_size = 0
         self._decay_power = 1.0  # adaptive batch sizes: see on_batch_size_change
         # Labels of the MC Fisher come from a CPU generator: the same seed samples the same labels
@@ -124,19 +135,25 @@ class KFAC(TrainingOptimizer):
 
     def _forward_hook(self, layer: _Layer):
         def hook(module, inputs, output):
-            if not self._capture_inputs:
+            rows = self._capture_rows and layer.use_rows
+            if not (self._capture_inputs or rows):
                 return
             x = inputs[0].detach()
-            with torch.autocast(x.device.type, enabled=False):  # factors in their own dtype, never bf16
-                A = kl.layer_factor_A(module, x, self.dtype)
-            m = inputs[0].shape[0]
-            if m != self._batch_size:  # a chunk of an accumulated batch: its share of the mean
-                A = A * (m / self._batch_size)
-            layer.batch_A = A if layer.batch_A is None else layer.batch_A + A
+            if rows:
+                layer.rows_A.append(x.reshape(-1, x.shape[-1]))
+            if self._capture_inputs:
+                with torch.autocast(x.device.type, enabled=False):  # factors in their own dtype, never bf16
+                    A = kl.layer_factor_A(module, x, self.dtype)
+                m = inputs[0].shape[0]
+                if m != self._batch_size:  # a chunk of an accumulated batch: its share of the mean
+                    A = A * (m / self._batch_size)
+                layer.batch_A = A if layer.batch_A is None else layer.batch_A + A
             output.register_hook(lambda g: self._on_output_grad(layer, g))
         return hook
 
     def _on_output_grad(self, layer: _Layer, g: torch.Tensor):
+        if self._capture_row_grads and layer.use_rows:
+            layer.rows_G.append(g.detach().reshape(-1, g.shape[-1]))
         if self._capture_grads:
             with torch.autocast(g.device.type, enabled=False):
                 G = kl.factor_G(kl.output_rows(layer.module, g.detach()).to(self.dtype), self._batch_size)
@@ -147,6 +164,25 @@ class KFAC(TrainingOptimizer):
     @property
     def lr(self) -> float:
         return self.torch_optimizer.param_groups[0]["lr"]
+
+    def _low_rank_possible(self) -> bool:
+        """The low-rank path preconditions the gradient that this process's rows make: not under
+        data parallelism (the gradient is the mean over ranks, whose rows this rank lacks), not
+        under bf16 autocast (the dense path preconditions the gradient autocast computed), and
+        only with the inverse method (eigen divides the full matrix in the eigenbasis)."""
+        h = self.hyperparameters
+        return (h["low_rank"] and h["inverse_method"] == "inverse" and not self.ctx.active
+                and not isinstance(self.model, DistributedDataParallel) and self.autocast_dtype is None)
+
+    @staticmethod
+    def low_rank_pays(module: nn.Module, rows: int) -> bool:
+        """Whether preconditioning the factors of a Linear layer's gradient costs fewer flops
+        than the dense product: (G_inv R_G^T)(R_A A_inv) and their product cost
+        rows (d_out^2 + d_in^2 + d_out d_in) against d_out d_in (d_out + d_in) for G_inv V A_inv."""
+        if not isinstance(module, nn.Linear):
+            return False
+        d_in, d_out = module.in_features + (module.bias is not None), module.out_features
+        return rows * (d_out * d_out + d_in * d_in + d_out * d_in) < d_out * d_in * (d_out + d_in)
 
     def damping_at(self, step: int) -> float:
         h = self.hyperparameters
@@ -165,8 +201,11 @@ class KFAC(TrainingOptimizer):
         n = len(inputs)
         curvature_pass = update_factors and h["fisher_type"] != "empirical"
         chunks = self.chunks(inputs, targets)
+        low_rank = self._low_rank_possible()
         for layer in self.layers.values():
             layer.batch_A = layer.batch_G = None
+            layer.rows_A, layer.rows_G = [], []
+            layer.use_rows = low_rank and self.low_rank_pays(layer.module, n)
         try:
             if len(chunks) > 1 or (curvature_pass and isinstance(self.model, DistributedDataParallel)):
                 if curvature_pass:
@@ -176,20 +215,25 @@ class KFAC(TrainingOptimizer):
                 # (empirical Fisher: the factors come from these passes).
                 self._capture_inputs = update_factors and not curvature_pass
                 self._capture_grads = update_factors and h["fisher_type"] == "empirical"
+                self._capture_rows = self._capture_row_grads = low_rank
                 loss = self.accumulate_loss_backward(chunks, n)
             else:
                 self._capture_inputs = update_factors
+                self._capture_rows = low_rank
                 with self.forward_context():
                     out = self.model(inputs)
-                    self._capture_inputs = False
+                    self._capture_inputs = self._capture_rows = False
                     loss = self.loss_fn(out, targets)
                 if curvature_pass:
                     self._curvature_backward(out)
                     self.torch_optimizer.zero_grad(set_to_none=False)
                 self._capture_grads = update_factors and h["fisher_type"] == "empirical"
+                self._capture_row_grads = low_rank  # the loss's own backward, not the curvature one
                 loss.backward()
         finally:
             self._capture_inputs = self._capture_grads = False
+            self._capture_rows = self._capture_row_grads = False
+        self._chunks_this_step = len(chunks)
         self.counters["propagations"] += 2 * n
         if update_factors:
             self._update_factors()
@@ -434,8 +478,12 @@ class KFAC(TrainingOptimizer):
                 continue
             v = kl.gradient_matrix(layer.module)
             v_f = v.to(self.dtype)  # in the factors' dtype
+            rows = self._gradient_rows(layer)
             if "QA" in d:
                 p = kl.eigen_precondition(v_f, d["QA"], d["dA"], d["QG"], d["dG"], damping)
+            elif rows is not None:
+                p = kl.low_rank_inverse_precondition(*rows, d["A_inv"], d["G_inv"])
+                self.counters["low_rank_layer_steps"] += 1
             else:
                 p = kl.inverse_precondition(v_f, d["A_inv"], d["G_inv"])
             updates[name] = p
@@ -446,6 +494,23 @@ class KFAC(TrainingOptimizer):
         for name, p in updates.items():
             kl.set_gradient_matrix(self.layers[name].module, (p * nu).to(self.layers[name].module.weight.dtype))
         self._kl_scale = nu
+
+    def _gradient_rows(self, layer: _Layer):
+        """(input rows with the bias column, output-gradient rows) whose product is the layer's
+        gradient, or None where the low-rank path does not apply this step: one forward and
+        one backward per chunk is the only case where the rows pair up (a module called twice
+        in a forward, weight sharing, gets the dense path)."""
+        if not (layer.use_rows and len(layer.rows_A) == len(layer.rows_G) == self._chunks_this_step):
+            return None
+        # The backward of a chunk runs before the next chunk's forward: the lists align.
+        A = torch.cat(layer.rows_A).to(self.dtype)
+        G = torch.cat(layer.rows_G).to(self.dtype)
+        if A.shape[0] != G.shape[0]:
+            return None
+        if layer.module.bias is not None:
+            A = torch.cat([A, A.new_ones(A.shape[0], 1)], 1)
+        layer.rows_A, layer.rows_G = [], []
+        return A, G
 
     @property
     def last_kl_scale(self) -> float:

@@ -138,6 +138,13 @@ def inverse_precondition(v, A_inv, G_inv):
     return G_inv @ v @ A_inv
 
 
+def low_rank_inverse_precondition(rows_A, rows_G, A_inv, G_inv):
+    """G_inv V A_inv for V = rows_G^T rows_A (a Linear layer's gradient: output gradients times
+    inputs, over the batch's rows) without forming V: (G_inv rows_G^T)(rows_A A_inv). Costs
+    rows (d_out^2 + d_in^2 + d_out d_in) instead of d_out d_in (d_out + d_in)."""
+    return (G_inv @ rows_G.T) @ (rows_A @ A_inv)
+
+
 def damped_inverses(A, G, damping: float):
     """Factored Tikhonov damping with the pi correction: A + pi sqrt(d) I and G + sqrt(d)/pi I."""
     pi = pi_correction(A, G)
