@@ -86,6 +86,14 @@ def run_bench(cfg: RunConfig, optimizers=("sgd",), steps: int = 20, warmup: int 
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         amortized = _timed(lambda: [opt.step(*premade[i % len(premade)]) for i in range(amortize)], device) / amortize
+        phases = None
+        if hasattr(opt, "phase_seconds"):  # K-FAC: where its amortized step goes, in a pass of its own
+            opt.profile = True           # (timing each phase waits for the device, so not above)
+            opt.phase_seconds = dict.fromkeys(opt.phase_seconds, 0.0)
+            profiled = _timed(lambda: [opt.step(*premade[i % len(premade)]) for i in range(amortize)], device)
+            opt.profile = False
+            phases = {k: v / amortize for k, v in opt.phase_seconds.items()}
+            phases["other"] = max(0.0, profiled / amortize - sum(phases.values()))  # Python and bookkeeping
         # The most device memory a training step of this optimizer held (what runs sharing a GPU
         # must fit beside each other); None on the CPU.
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
@@ -101,7 +109,7 @@ def run_bench(cfg: RunConfig, optimizers=("sgd",), steps: int = 20, warmup: int 
             if progress:
                 print(f"  {label}: round {r + 1}/{rounds} done", flush=True)
         pre, load, data = (statistics.median(t) for t in (t_pre, t_load, t_data))
-        results.append({"optimizer": label, "amortized_step_s": amortized, "propagations_per_step": props,
+        results.append({"optimizer": label, "amortized_step_s": amortized, "phases_s": phases, "propagations_per_step": props,
                         "peak_memory_bytes": peak, "step_premade_s": pre, "step_loader_s": load, "loader_only_s": data,
                         "overhead_step_diff": load / pre - 1.0, "overhead_loader_share": data / pre})
     base = results[0]["amortized_step_s"]
@@ -131,6 +139,14 @@ def format_table(b: dict) -> str:
                      f"{1e3 * r['step_premade_s']:>10.2f} {1e3 * r['step_loader_s']:>13.2f} "
                      f"{1e3 * r['loader_only_s']:>10.3f} {100 * r['overhead_step_diff']:>+13.1f}% "
                      f"{100 * r['overhead_loader_share']:>11.1f}%")
+    phased = [r for r in b["results"] if r.get("phases_s")]
+    if phased:
+        names = list(phased[0]["phases_s"])
+        lines.append("where the amortized step goes (ms per step, a profiled pass of its own):")
+        lines.append(f"{'optimizer':<{w}} " + " ".join(f"{n:>{max(9, len(n))}}" for n in names))
+        for r in phased:
+            lines.append(f"{r['optimizer']:<{w}} " + " ".join(
+                f"{1e3 * r['phases_s'][n]:>{max(9, len(n))}.2f}" for n in names))
     lines.append("vs first = amortized step time / the first optimizer's; props/step = propagations per step "
                  "(forward+backward over n examples = 2n; a Hessian-vector product over S = 2|S|); data overhead = median step with loader / "
                  "median step on pre-made batches - 1; loader/step = loader alone / median step")

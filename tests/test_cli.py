@@ -111,3 +111,25 @@ def test_bench_times_trcg_and_counts_its_propagations(tmp_path):
     # The Hessian sample is 5% of the synthetic split's 5000 images; a product over it costs 2 x 250.
     assert strcg["propagations_per_step"] >= 2 * 32 + 32 + 2 * 250 + 2 * 250
     assert strcg["ratio_to_first"] > 1
+
+
+def test_bench_breaks_kfacs_step_into_phases_and_times_variants_side_by_side(tmp_path):
+    js = tmp_path / "bench.json"
+    r = run("bench", "--model", "mlp:64", "--batch-size", "32", "--steps", "2", "--rounds", "1", "--warmup", "1",
+            "--device", "cpu", "--json", str(js), "--amortize", "10", "--hparam", "cov_update_freq=2",
+            "--hparam", "inv_update_freq=5", "--optimizers",
+            "sgd,kfac[fisher_type=empirical],kfac[fisher_type=mc;inverse_method=inverse]")
+    assert r.returncode == 0, r.stderr
+    assert "where the amortized step goes" in r.stdout and "kfac[fisher_type=empirical]" in r.stdout
+    sgd, emp, mc = json.loads(js.read_text())["results"]
+    assert sgd["phases_s"] is None and mc["optimizer"] == "kfac[fisher_type=mc;inverse_method=inverse]"
+    for res in (emp, mc):
+        phases = res["phases_s"]
+        assert set(phases) == {"forward_backward", "curvature_backward", "factor_statistics", "factor_update",
+                               "decompositions", "preconditioning", "sgd_update", "other"}
+        assert all(v >= 0 for v in phases.values())
+        assert phases["forward_backward"] > 0 and phases["decompositions"] > 0 and phases["factor_statistics"] > 0
+    assert emp["phases_s"]["curvature_backward"] == 0  # the empirical Fisher has no backward of its own
+    assert mc["phases_s"]["curvature_backward"] > 0
+    r = run("bench", "--model", "mlp:16", "--optimizers", "sgd,kfac[low_rank]", "--device", "cpu")
+    assert r.returncode == 2 and "is not KEY=VALUE" in r.stderr

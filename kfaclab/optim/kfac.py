@@ -32,6 +32,13 @@ FACTOR_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 # replicated: every rank decomposes every layer (no communication beyond the factor average);
 # distributed: each rank decomposes the layers assigned to it (balanced by cost) and broadcasts.
 INVERSE_STRATEGIES = ("replicated", "distributed")
+# Where a K-FAC step's time goes (`bench` reports them per amortized step): the loss's forward
+# and backward (without the statistics the hooks compute inside them), the curvature backward
+# of the mc/exact Fisher (and its own forward under gradient accumulation), the factor
+# statistics (A and G of the batch, computed in hooks), the running averages, the
+# decompositions, the preconditioning with the KL-clipping scale, and the SGD update.
+PHASES = ("forward_backward", "curvature_backward", "factor_statistics", "factor_update", "decompositions",
+          "preconditioning", "sgd_update")
 
 
 def supported(module: nn.Module) -> bool:
@@ -105,6 +112,10 @@ class KFAC(TrainingOptimizer):
         # Wall-clock seconds spent in K-FAC's own collectives and in foreground decompositions
         # (for `bench` under torchrun; not part of the run record).
         self.timings = {"communication_s": 0.0, "decomposition_s": 0.0}
+        # Seconds per phase of the step (PHASES), kept only while `profile` is on (the bench sets
+        # it; each phase then waits for the device, which a training run must not).
+        self.profile = False
+        self.phase_seconds = dict.fromkeys(PHASES, 0.0)
         self._owners: dict[str, int] = {}
         self._pending = None  # stale inverses: the Future of the decompositions being computed
         self._pending_names: list[str] = []
@@ -138,6 +149,7 @@ class KFAC(TrainingOptimizer):
             rows = self._capture_rows and layer.use_rows
             if not (self._capture_inputs or rows):
                 return
+            t0 = self._clock()
             x = inputs[0].detach()
             if rows:
                 layer.rows_A.append(x.reshape(-1, x.shape[-1]))
@@ -149,15 +161,32 @@ class KFAC(TrainingOptimizer):
                     A = A * (m / self._batch_size)
                 layer.batch_A = A if layer.batch_A is None else layer.batch_A + A
             output.register_hook(lambda g: self._on_output_grad(layer, g))
+            self._tick("factor_statistics", t0)
         return hook
 
     def _on_output_grad(self, layer: _Layer, g: torch.Tensor):
+        t0 = self._clock()
         if self._capture_row_grads and layer.use_rows:
             layer.rows_G.append(g.detach().reshape(-1, g.shape[-1]))
         if self._capture_grads:
             with torch.autocast(g.device.type, enabled=False):
                 G = kl.factor_G(kl.output_rows(layer.module, g.detach()).to(self.dtype), self._batch_size)
             layer.batch_G = G if layer.batch_G is None else layer.batch_G + G
+        self._tick("factor_statistics", t0)
+
+    # ------------------------------------------------------------------ phase timing (bench)
+
+    def _clock(self):
+        if not self.profile:
+            return None
+        if torch.cuda.is_available() and any(p.is_cuda for p in self.model.parameters()):
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def _tick(self, phase: str, t0) -> None:
+        """Adds the time since `t0` (from _clock) to `phase`; nothing unless profiling."""
+        if t0 is not None:
+            self.phase_seconds[phase] += self._clock() - t0
 
     # ------------------------------------------------------------------ the step
 
@@ -206,10 +235,15 @@ class KFAC(TrainingOptimizer):
             layer.batch_A = layer.batch_G = None
             layer.rows_A, layer.rows_G = [], []
             layer.use_rows = low_rank and self.low_rank_pays(layer.module, n)
+        t_start, stats_start = self._clock(), self.phase_seconds["factor_statistics"]
+        curv = [0.0, 0.0]  # the curvature backward's seconds, and the statistics' seconds inside it
         try:
             if len(chunks) > 1 or (curvature_pass and isinstance(self.model, DistributedDataParallel)):
                 if curvature_pass:
+                    t0, s0 = self._clock(), self.phase_seconds["factor_statistics"]
                     self._curvature_pass(chunks)
+                    if t0 is not None:
+                        curv = [self._clock() - t0, self.phase_seconds["factor_statistics"] - s0]
                     self.counters["propagations"] += n  # the extra forward
                 # Gradient accumulation: each chunk's loss weighted by its share of the batch
                 # (empirical Fisher: the factors come from these passes).
@@ -225,22 +259,38 @@ class KFAC(TrainingOptimizer):
                     self._capture_inputs = self._capture_rows = False
                     loss = self.loss_fn(out, targets)
                 if curvature_pass:
+                    t0, s0 = self._clock(), self.phase_seconds["factor_statistics"]
                     self._curvature_backward(out)
                     self.torch_optimizer.zero_grad(set_to_none=False)
+                    if t0 is not None:
+                        curv = [self._clock() - t0, self.phase_seconds["factor_statistics"] - s0]
                 self._capture_grads = update_factors and h["fisher_type"] == "empirical"
                 self._capture_row_grads = low_rank  # the loss's own backward, not the curvature one
                 loss.backward()
         finally:
             self._capture_inputs = self._capture_grads = False
             self._capture_rows = self._capture_row_grads = False
+        if t_start is not None:  # the passes, less the statistics the hooks computed inside them
+            total = self._clock() - t_start
+            stats = self.phase_seconds["factor_statistics"] - stats_start
+            self.phase_seconds["curvature_backward"] += curv[0] - curv[1]
+            self.phase_seconds["forward_backward"] += total - curv[0] - (stats - curv[1])
         self._chunks_this_step = len(chunks)
         self.counters["propagations"] += 2 * n
         if update_factors:
+            t0 = self._clock()
             self._update_factors()
+            self._tick("factor_update", t0)
         if update_inverses:
+            t0 = self._clock()
             self._decompose_all(self.damping_at(t))
+            self._tick("decompositions", t0)
+        t0 = self._clock()
         self._precondition(self.damping_at(t))
+        self._tick("preconditioning", t0)
+        t0 = self._clock()
         self.torch_optimizer.step()
+        self._tick("sgd_update", t0)
         self.counters["steps"] += 1
         return loss.detach()
 
