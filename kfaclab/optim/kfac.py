@@ -74,9 +74,10 @@ class KFAC(TrainingOptimizer):
         # whether a step may use decompositions one update old while the new ones are computed.
         "inverse_strategy": "replicated",
         "stale_inverses": False,
-        # Wide Linear layers with the inverse method: precondition the factors of the gradient,
-        # G_inv (g rows)^T (a rows) A_inv, instead of the gradient matrix, where that costs less
-        # (fewer rows than the layer is wide). The same step to rounding; false: always dense.
+        # Wide Linear layers: precondition the factors of the gradient, (G_inv g^T)(a A_inv) with
+        # the inverse method, or their projections into the eigenbasis with eigen, instead of
+        # the gradient matrix, where that costs less (fewer rows than the layer is wide). The
+        # same step to rounding; false: always dense.
         "low_rank": True,
     }
     choices = {"fisher_type": FISHER_TYPES, "likelihood": LIKELIHOODS, "inverse_method": INVERSE_METHODS,
@@ -196,18 +197,18 @@ class KFAC(TrainingOptimizer):
 
     def _low_rank_possible(self) -> bool:
         """The low-rank path preconditions the gradient that this process's rows make: not under
-        data parallelism (the gradient is the mean over ranks, whose rows this rank lacks), not
-        under bf16 autocast (the dense path preconditions the gradient autocast computed), and
-        only with the inverse method (eigen divides the full matrix in the eigenbasis)."""
+        data parallelism (the gradient is the mean over ranks, whose rows this rank lacks), and
+        not under bf16 autocast (the dense path preconditions the gradient autocast computed)."""
         h = self.hyperparameters
-        return (h["low_rank"] and h["inverse_method"] == "inverse" and not self.ctx.active
-                and not isinstance(self.model, DistributedDataParallel) and self.autocast_dtype is None)
+        return (h["low_rank"] and not self.ctx.active and not isinstance(self.model, DistributedDataParallel)
+                and self.autocast_dtype is None)
 
     @staticmethod
     def low_rank_pays(module: nn.Module, rows: int) -> bool:
         """Whether preconditioning the factors of a Linear layer's gradient costs fewer flops
         than the dense product: (G_inv R_G^T)(R_A A_inv) and their product cost
-        rows (d_out^2 + d_in^2 + d_out d_in) against d_out d_in (d_out + d_in) for G_inv V A_inv."""
+        rows (d_out^2 + d_in^2 + d_out d_in) against d_out d_in (d_out + d_in) for G_inv V A_inv
+        (with eigen, the same for the projection into the eigenbasis, QG^T V QA)."""
         if not isinstance(module, nn.Linear):
             return False
         d_in, d_out = module.in_features + (module.bias is not None), module.out_features
@@ -529,7 +530,10 @@ class KFAC(TrainingOptimizer):
             v = kl.gradient_matrix(layer.module)
             v_f = v.to(self.dtype)  # in the factors' dtype
             rows = self._gradient_rows(layer)
-            if "QA" in d:
+            if "QA" in d and rows is not None:
+                p = kl.low_rank_eigen_precondition(*rows, d["QA"], d["dA"], d["QG"], d["dG"], damping)
+                self.counters["low_rank_layer_steps"] += 1
+            elif "QA" in d:
                 p = kl.eigen_precondition(v_f, d["QA"], d["dA"], d["QG"], d["dG"], damping)
             elif rows is not None:
                 p = kl.low_rank_inverse_precondition(*rows, d["A_inv"], d["G_inv"])

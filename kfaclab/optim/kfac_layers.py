@@ -133,6 +133,15 @@ def eigen_precondition(v, QA, dA, QG, dG, damping: float):
     return QG @ v2 @ QA.T
 
 
+def low_rank_eigen_precondition(rows_A, rows_G, QA, dA, QG, dG, damping: float):
+    """eigen_precondition of V = rows_G^T rows_A, projecting the factors of V into the
+    eigenbasis, (QG^T rows_G^T)(rows_A QA), instead of V itself: one of its two dense
+    products becomes rows (d_out^2 + d_in^2 + d_out d_in); the way back stays dense."""
+    v2 = (QG.T @ rows_G.T) @ (rows_A @ QA)
+    v2 = v2 / (dG[:, None] * dA[None, :] + damping)
+    return QG @ v2 @ QA.T
+
+
 def inverse_precondition(v, A_inv, G_inv):
     """(G + damping_G I)^-1 V (A + damping_A I)^-1: factored Tikhonov damping."""
     return G_inv @ v @ A_inv
