@@ -86,6 +86,7 @@ def run_bench(cfg: RunConfig, optimizers=("sgd",), steps: int = 20, warmup: int 
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         amortized = _timed(lambda: [opt.step(*premade[i % len(premade)]) for i in range(amortize)], device) / amortize
+        props = (opt.counters["propagations"] - props0) / amortize
         phases = None
         if hasattr(opt, "phase_seconds"):  # K-FAC: where its amortized step goes, in a pass of its own
             opt.profile = True           # (timing each phase waits for the device, so not above)
@@ -97,7 +98,6 @@ def run_bench(cfg: RunConfig, optimizers=("sgd",), steps: int = 20, warmup: int 
         # The most device memory a training step of this optimizer held (what runs sharing a GPU
         # must fit beside each other); None on the CPU.
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-        props = (opt.counters["propagations"] - props0) / amortize
         if progress:
             print(f"  {label}: {amortize} steps amortized: {1e3 * amortized:.1f} ms/step", flush=True)
         # Interleaved step by step: drift of the machine hits the three timings alike.

@@ -130,6 +130,7 @@ def test_bench_breaks_kfacs_step_into_phases_and_times_variants_side_by_side(tmp
         assert all(v >= 0 for v in phases.values())
         assert phases["forward_backward"] > 0 and phases["decompositions"] > 0 and phases["factor_statistics"] > 0
     assert emp["phases_s"]["curvature_backward"] == 0  # the empirical Fisher has no backward of its own
+    assert emp["propagations_per_step"] == 2 * 32  # counted over the timed steps only, not the profiled ones
     assert mc["phases_s"]["curvature_backward"] > 0
     r = run("bench", "--model", "mlp:16", "--optimizers", "sgd,kfac[low_rank]", "--device", "cpu")
     assert r.returncode == 2 and "is not KEY=VALUE" in r.stderr
