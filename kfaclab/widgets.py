@@ -20,8 +20,9 @@ import pandas as pd
 from IPython.display import display
 
 from kfaclab.errors import UsageError
-from kfaclab.plots import heatmap_axes
+from kfaclab.plots import goal_label, heatmap_axes
 from kfaclab.results import BUDGET_TYPES, accuracy_at_budget, load_results, steps_to_target, with_ideal_scaling
+from kfaclab.results.robustness import seed_medians
 
 
 def studies(root: str | Path = "runs") -> list[str]:
@@ -31,7 +32,7 @@ def studies(root: str | Path = "runs") -> list[str]:
                   if any(q.suffix == ".json" and not q.name.endswith(".failed.json") for q in p.parent.iterdir()))
 
 
-MAIN_STUDY = "cpu"  # the study the book's results chapters show
+MAIN_STUDY = "miniature"  # the study the book's results chapters show
 
 
 class Explorer:
@@ -62,7 +63,9 @@ class Explorer:
         # A Dropdown given new options keeps no selection: choose the first of each.
         self.optimizer.options = self.results.optimizers()
         self.optimizer.index = 0
-        self.target.options = [(f"{t:.0%}", t) for t in self.results.targets]
+        # Accuracy targets, then the training-loss targets: (kind, target) pairs.
+        self.target.options = [(goal_label("accuracy", t), ("accuracy", t)) for t in self.results.targets] + \
+            [(goal_label("loss", t), ("loss", t)) for t in self.results.loss_targets]
         self.target.index = 0
         self.batch_size.options = self.results.batch_sizes()
         self._quiet = False
@@ -70,12 +73,13 @@ class Explorer:
 
     def steps_table(self) -> pd.DataFrame:
         """Steps to the chosen target per batch size for the chosen optimizer, with the ideal line."""
-        t = with_ideal_scaling(steps_to_target(self.results, [self.target.value]))
+        kind, target = self.target.value
+        t = with_ideal_scaling(steps_to_target(self.results, [target], kind=kind))
         return t[t["optimizer"] == self.optimizer.value].reset_index(drop=True)
 
     def grid_table(self) -> pd.DataFrame:
         """Accuracy over the chosen optimizer's grid at the chosen batch size and budget."""
-        acc = accuracy_at_budget(self.results, self.budget.value)
+        acc = seed_medians(accuracy_at_budget(self.results, self.budget.value))  # one accuracy per configuration
         acc = acc[(acc["optimizer"] == self.optimizer.value) & (acc["batch_size"] == self.batch_size.value)]
         axes = heatmap_axes(self.results, self.optimizer.value)
         if axes is None or axes[1] is None:
@@ -86,18 +90,20 @@ class Explorer:
         """Steps to the chosen target against batch size for the chosen optimizer (the ideal line
         dashed, the chosen batch size marked), beside the accuracy over its grid at that batch
         size and budget: every control changes it."""
-        opt, target, b, budget = self.optimizer.value, self.target.value, self.batch_size.value, self.budget.value
+        opt, (kind, target), b, budget = (self.optimizer.value, self.target.value, self.batch_size.value,
+                                          self.budget.value)
+        goal = goal_label(kind, target)
         steps = self.steps_table()[["batch_size", "iterations", "ideal"]]
         x = alt.X("batch_size:Q", scale=alt.Scale(type="log", base=2), title="batch size")
         base = alt.Chart(steps).encode(x=x)
         left = alt.layer(
             base.mark_line(point=True).encode(y=alt.Y("iterations:Q", scale=alt.Scale(type="log"),
-                                                       title=f"iterations to {target:.0%}"),
+                                                       title=f"iterations to {goal}"),
                                               tooltip=["batch_size", "iterations"]),
             base.mark_line(strokeDash=[4, 4], color="gray").encode(y="ideal:Q"),
             alt.Chart(pd.DataFrame({"batch_size": [b]})).mark_rule(color="firebrick").encode(x=x),
-        ).properties(width=300, height=220, title=f"{self.results.name}: {opt}, steps to {target:.0%}")
-        acc = accuracy_at_budget(self.results, budget)
+        ).properties(width=300, height=220, title=f"{self.results.name}: {opt}, steps to {goal}")
+        acc = seed_medians(accuracy_at_budget(self.results, budget))  # the median over seeds per cell
         acc = acc[(acc["optimizer"] == opt) & (acc["batch_size"] == b)]
         axes = heatmap_axes(self.results, opt) or ("name", None)
         enc = {"x": alt.X(f"{axes[0]}:O", title=axes[0].removeprefix("hp_")),

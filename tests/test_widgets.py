@@ -35,7 +35,10 @@ def test_controls_drive_the_tables(root):
     assert grid_epochs.shape == grid_iters.shape == (1, 2)  # K-FAC: damping (1) x lr (2)
     assert not grid_epochs.equals(grid_iters)
     ex.target.value = ex.target.options[-1][1]
-    assert (ex.steps_table()["target"] == ex.target.value).all()
+    kind, target = ex.target.value
+    assert kind == "loss"  # the smoke study's training-loss targets follow its accuracy targets
+    table = ex.steps_table()
+    assert (table["target"] == target).all() and (table["kind"] == "loss").all()
     ex.widget()
 
 
@@ -50,7 +53,8 @@ def test_every_control_changes_the_chart(root):
         seen.append(spec)
 
     changed(ex.optimizer, "kfac")
-    changed(ex.target, ex.target.options[-1][1])
+    changed(ex.target, ex.target.options[1][1])  # another accuracy target
+    changed(ex.target, ex.target.options[-1][1])  # a training-loss target
     changed(ex.budget, "iterations")
     changed(ex.batch_size, 64)
     assert "firebrick" in seen[-1] and "batch 64" in seen[-1]
