@@ -111,8 +111,10 @@ SOLID, DASHED, DOTTED = [1, 0], [6, 3], [2, 2]
 
 
 def _series(domain: list[str], dashes: list[list[int]]) -> alt.StrokeDash:
+    # Below the plot: a second legend on the right would widen the chart past the page's column.
     return alt.StrokeDash("series:N", title="line", scale=alt.Scale(domain=domain, range=dashes),
-                          legend=alt.Legend(symbolType="stroke", symbolStrokeColor="#555"))
+                          legend=alt.Legend(symbolType="stroke", symbolStrokeColor="#555", orient="bottom",
+                                            direction="vertical"))
 
 
 def scaling_chart(results: StudyResults, width: int = 460, height: int = 320) -> alt.LayerChart:
@@ -373,7 +375,8 @@ def _seed_dash(seeds) -> alt.StrokeDash:
     return alt.StrokeDash("seed:O", title="seed", scale=alt.Scale(domain=values,
                                                                   range=[styles[k % len(styles)] for k in
                                                                          range(len(values))]),
-                          legend=alt.Legend(symbolType="stroke", symbolStrokeColor="#555"))
+                          legend=alt.Legend(symbolType="stroke", symbolStrokeColor="#555", orient="bottom",
+                                            direction="horizontal"))
 
 
 def adaptive_curves_chart(results: StudyResults, width: int = 460, height: int = 280) -> alt.Chart:

@@ -57,7 +57,7 @@ BAD_SPECS = [
     ({"optimizers": {"sgd": {}}}, "optimizers.sgd: is empty: give its grid"),
     ({"fixed": {"dataset": "synthetic", "model": "resnet99", "device": "cpu"}}, "model is not valid: unknown model"),
     ({"fixed": {"dataset": "synthetic", "model": "mlp:0", "device": "cpu"}}, "model is not valid: bad MLP widths"),
-    ({"fixed": {"dataset": "mnist", "model": "mlp:16", "device": "cpu"}}, "dataset 'mnist' is unknown"),
+    ({"fixed": {"dataset": "mnist", "model": "mlp:16", "device": "cpu"}}, "unknown dataset 'mnist'; choose from cifar10"),
     ({"fixed": {"dataset": "synthetic", "model": "mlp:16", "train_subset": 9000, "device": "cpu"}},
      "train_subset 9,000 is more than the 5,000 training images of synthetic"),
     ({"fixed": {"dataset": "cifar10-jpeg", "model": "mlp:16", "test_subset": 10001, "device": "cpu"}},

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-MA_AAAI = "Ma et al., AAAI 2020, abstract (aaai.org/ojs/index.php/AAAI/article/view/5946)"
-MA_ARXIV = "Ma et al., arXiv:1903.06237v3, abstract"
-ZHANG = "Zhang et al., NeurIPS 2019, abstract (arXiv:1907.04164)"
-YAO_ICLR = "Yao et al., ICLR 2019 submission, abstract (openreview.net/forum?id=H1lnJ2Rqt7)"
-YAO_ARXIV = "Yao et al., arXiv:1810.01021, abstract as listed on deepai.org"
+MA_AAAI = "Ma et al., AAAI 2020, abstract"
+MA_ARXIV = "Ma et al., arXiv 1903.06237v3, abstract"
+ZHANG = "Zhang et al., NeurIPS 2019, abstract"
+YAO_ICLR = "Yao et al., ICLR 2019 submission (OpenReview), abstract"
+YAO_ARXIV = "Yao et al., arXiv 1810.01021, abstract"
 SLIDES = "the authors' talk on the study, in our paraphrase"
 
 

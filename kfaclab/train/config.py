@@ -107,7 +107,8 @@ class RunConfig:
             bad("model", f"is not valid: {e}")
         if self.dataset not in DATASET_SIZES and not (self.dataset.startswith("imagefolder:")
                                                       and len(self.dataset) > len("imagefolder:")):
-            bad("dataset", f"'{self.dataset}' is unknown; choose from {', '.join(DATASET_SIZES)} or imagefolder:PATH")
+            bad("dataset", f"is not valid: unknown dataset '{self.dataset}'; choose from {', '.join(DATASET_SIZES)} "
+                "or imagefolder:PATH")
         sizes = DATASET_SIZES.get(self.dataset)
         if sizes is not None:
             for key, n, split in (("train_subset", sizes[0], "training"), ("test_subset", sizes[1], "test")):
