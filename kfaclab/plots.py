@@ -76,8 +76,11 @@ def study_label(results: StudyResults) -> str:
     return f"study '{results.name}': {models} on {data}{size}; {hardware}"
 
 
-def _title(text, results: StudyResults, subtitle: str | None = None) -> alt.Title:
-    return alt.Title(text, subtitle=([subtitle] if subtitle else []) + [study_label(results)])
+def _title(text, results: StudyResults, subtitle: str | list[str] | None = None) -> alt.Title:
+    """A chart's title, its subtitle lines (a list for several: a long line would widen the
+    chart past the page's column) and, last, the study it shows."""
+    lines = [subtitle] if isinstance(subtitle, str) else list(subtitle or [])
+    return alt.Title(text, subtitle=lines + [study_label(results)])
 
 
 def goal_label(kind: str, target: float) -> str:
@@ -338,9 +341,9 @@ def critical_batch_chart(results: StudyResults, unit: str = "iterations", n_boot
     return alt.layer(*layers).add_params(target).properties(
         width=width, height=height,
         title=_title("Critical batch size: S(B) = S_min (1 + B_crit / B)", results,
-                     "points: measured; solid: fit; dashed rule and band: fitted B_crit and its 68% bootstrap "
-                     "interval over grid points" + ("; dotted rule: the measured noise scale" if len(series) > 2
-                                                    else "")))
+                     ["points: measured; solid: the fit; dashed rule and band: fitted B_crit and its 68%",
+                      "bootstrap interval over grid points" + ("; dotted rule: the measured noise scale"
+                                                               if len(series) > 2 else "")]))
 
 
 def learning_curves(results: StudyResults, names: list[str], x: str = "epoch", width: int = 460,
