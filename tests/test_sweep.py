@@ -136,11 +136,34 @@ def test_smoke_study_with_two_workers_then_resume_skips_everything(tmp_path):
     assert "8 runs; 0 to run, 8 done" in dry_run(study)
 
 
+def forty_image_fixed(tmp_path) -> dict:
+    """The smoke spec's fixed settings on an image folder of 40 training images: a dataset whose
+    size only loading reveals, so a batch of 64 passes the spec's checks and fails inside the
+    run (a runtime failure, as a user's own data can cause)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "forty"
+    for split, n in (("train", 20), ("test", 10)):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                buf = io.BytesIO()
+                Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(buf, format="PNG")
+                (root / split / cls / f"{i:03d}.png").write_bytes(buf.getvalue())
+    fixed = {k: v for k, v in yaml.safe_load(SMOKE.read_text())["fixed"].items()
+             if k not in ("train_subset", "test_subset")}
+    return {**fixed, "dataset": f"imagefolder:{root}"}
+
+
 def test_a_failing_run_is_isolated_recorded_and_retried_on_request(tmp_path):
     # 40 training images: batch 64 cannot fit, a runtime error inside the kernel.
     # One worker, the failing run first: the worker's next run must get a working kernel.
-    spec = smoke_spec(tmp_path, fixed={**yaml.safe_load(SMOKE.read_text())["fixed"], "train_subset": 40},
-                      optimizers={"sgd": {"grid": {"lr": [0.05]}}}, batch_sizes=[64, 32])
+    spec = smoke_spec(tmp_path, fixed=forty_image_fixed(tmp_path), optimizers={"sgd": {"grid": {"lr": [0.05]}}},
+                      batch_sizes=[64, 32])
     study = load_study(spec)
     assert [r.config.batch_size for r in study.runs] == [64, 32]
     s = sweep(study, workers=1, progress=False)
@@ -193,7 +216,9 @@ def test_killed_or_interrupted_sweep_resumes_losing_and_duplicating_nothing(tmp_
     before = {k: (study.directory / f"{k}.json").stat().st_mtime for k in records(study.directory)}
     time.sleep(2)
     assert {k: (study.directory / f"{k}.json").stat().st_mtime for k in records(study.directory)} == before
-    done_before = sum(r["status"] in ("completed", "diverged") for r in records(study.directory).values())
+    # Done: a finished record with its notebook (a record whose notebook did not land is made again).
+    done_before = sum(r["status"] in ("completed", "diverged") and (study.directory / f"{k}.ipynb").exists()
+                      for k, r in records(study.directory).items())
     s = sweep(study, workers=2, progress=False)
     assert s.skipped_done == done_before and len(s.outcomes) == 8 - done_before
     recs = records(study.directory)

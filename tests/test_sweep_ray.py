@@ -7,12 +7,12 @@ import subprocess
 import sys
 
 import pytest
-import yaml
 
 from kfaclab.sweep import load_study
+from kfaclab.sweep.lock import LOCK_NAME
 from kfaclab.train import validate_record
 
-from test_sweep import SMOKE, records, smoke_spec
+from test_sweep import forty_image_fixed, records, smoke_spec
 
 ray = pytest.importorskip("ray", reason="Ray is not installed here (pip install -r requirements-dev.txt brings it)")
 
@@ -24,8 +24,7 @@ def ray_sweep(spec, *extra, timeout=600):
 
 def test_smoke_study_runs_as_ray_tasks_with_the_same_ids_and_files(tmp_path):
     # One failing run rides along: 40 training images cannot fill a batch of 64.
-    fixed = {**yaml.safe_load(SMOKE.read_text())["fixed"], "train_subset": 40}
-    spec = smoke_spec(tmp_path, fixed=fixed, optimizers={"sgd": {"grid": {"lr": [0.01, 0.05]}}},
+    spec = smoke_spec(tmp_path, fixed=forty_image_fixed(tmp_path), optimizers={"sgd": {"grid": {"lr": [0.01, 0.05]}}},
                       batch_sizes=[64, 32])
     study = load_study(spec)
     r = ray_sweep(spec, "--cpus-per-run", "1")
@@ -44,7 +43,8 @@ def test_smoke_study_runs_as_ray_tasks_with_the_same_ids_and_files(tmp_path):
         if run.config.batch_size == 64:
             marker = json.loads((study.directory / f"{run.name}.failed.json").read_text())
             assert marker["run_id"] == run.run_id and "larger than the 40 training examples" in marker["error"]
-    assert not [p for p in study.directory.iterdir() if p.name.startswith(".")]  # no temp or partial files
+    # No temp or partial files; the study's lock file (kfaclab.sweep.lock) stays, free, by design.
+    assert not [p for p in study.directory.iterdir() if p.name.startswith(".") and p.name != LOCK_NAME]
 
     again = ray_sweep(spec)  # everything done or failed before: nothing runs, nothing is rewritten
     assert again.returncode == 0, again.stderr
