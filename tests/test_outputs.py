@@ -44,7 +44,9 @@ def test_a_failed_atomic_write_raises_its_own_error_not_the_cleanups(tmp_path, m
     def unlink_fails(self, missing_ok=False):
         raise PermissionError(13, "cleanup refused")
 
-    monkeypatch.setattr(rec.os, "replace", full_disk)
+    from kfaclab import atomic
+
+    monkeypatch.setattr(atomic.os, "replace", full_disk)
     monkeypatch.setattr(Path, "unlink", unlink_fails)
     with pytest.raises(OSError) as e:
         rec.write_atomic(tmp_path / "r.json", {"a": 1})

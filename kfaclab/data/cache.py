@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from kfaclab.atomic import atomic_file
 from kfaclab.data.split import Split
 
 CACHE_FORMAT = 2  # bump when the cached layout changes (2: records its source's fingerprint)
@@ -68,21 +69,9 @@ def load(path: Path, fingerprint: str | None = None):
 def store(path: Path, train: Split, test: Split, classes, fingerprint: str = "") -> None:
     """Write atomically: a crash never leaves a truncated cache that a later load would trust.
     The source's fingerprint is recorded, so a cache is used only for the source it was made of."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, train_x=train.images, train_y=train.labels, test_x=test.images,
-                     test_y=test.labels, classes=np.array(classes), source_fingerprint=np.array(fingerprint))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass  # the error to report is the write's, raised below
-        raise
+    with atomic_file(path) as f:
+        np.savez(f, train_x=train.images, train_y=train.labels, test_x=test.images,
+                 test_y=test.labels, classes=np.array(classes), source_fingerprint=np.array(fingerprint))
 
 
 def fingerprint_text(text: str) -> str:

@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from kfaclab.atomic import atomic_file
 from kfaclab.errors import UsageError
 
 SCHEMA_VERSION = 1
@@ -158,25 +159,10 @@ def write_atomic(path: str | os.PathLike, record: dict) -> Path:
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write to a temp file in the same folder, fsync, then rename over `path`. If the write
-    fails, the temp file is removed and the write's own error is raised (a failure while
-    cleaning up never replaces it)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass  # the error to report is the write's, raised below
-        raise
-    return path
+    """Write to a temp file in the same folder, fsync, then rename over `path` (atomic_file)."""
+    with atomic_file(path) as f:
+        f.write(data)
+    return Path(path)
 
 
 def check_writable(path: str | os.PathLike, what: str = "the record", fix: str = "choose another --out") -> Path:
