@@ -80,6 +80,14 @@ class Kernel:
             self.run_sync(self.km.start_kernel)(cwd=cwd)
             self.cwd = cwd
 
+    def kill_now(self):
+        """SIGKILL the kernel's process group (jupyter starts kernels in a session of their own,
+        so they outlive a killed worker by up to their parent poller's second otherwise)."""
+        try:
+            os.killpg(self.km.provisioner.process.pid, signal.SIGKILL)
+        except Exception:  # no kernel, or already gone
+            pass
+
     def stop(self):
         if self.km is not None:
             try:
@@ -113,20 +121,28 @@ def execute(job: dict, kernel: Kernel, engine: str) -> tuple[int, str | None]:
     return code, error
 
 
-def _exit_with_parent():
+def _exit_with_parent(parent: int, kernels: list):
     """The sweep that started this worker may be killed without a chance to stop it: then
-    exit too (the kernel follows its parent, this process, by itself)."""
+    kill the kernel and exit at once, so that nothing of a killed sweep goes on writing
+    records while the next sweep starts (tests/test_faults.py). `parent` is the sweep's pid as
+    the sweep gave it (KFACLAB_SWEEP_PID): a sweep killed while this process was still
+    importing would otherwise be missed, and the job it had already sent would run to the end."""
     import threading
     import time
 
-    parent = os.getppid()
+    def gone() -> bool:
+        return os.getppid() != parent
 
     def watch():
         while True:
-            time.sleep(0.5)
-            if os.getppid() != parent:
+            if gone():
+                for kernel in kernels:
+                    kernel.kill_now()
                 os._exit(1)
+            time.sleep(0.1)
 
+    if gone():
+        os._exit(1)
     threading.Thread(target=watch, daemon=True).start()
 
 
@@ -135,7 +151,8 @@ def main(argv=None) -> int:
     # A sweep started in the background by a shell script inherits SIGINT ignored, and so would
     # this worker: the sweep's interrupt must still reach it.
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    _exit_with_parent()
+    kernels: list = []
+    _exit_with_parent(int(os.environ.get("KFACLAB_SWEEP_PID") or os.getppid()), kernels)
     kernel_per_run = "--kernel-per-run" in argv
     kernel_name = next((a.split("=", 1)[1] for a in argv if a.startswith("--kernel=")), "python3")
     # The protocol gets a private copy of stdout; file descriptor 1 itself then points at stderr,
@@ -147,6 +164,7 @@ def main(argv=None) -> int:
     sys.stdout = sys.stderr
     engine = _engine()
     kernel = Kernel(kernel_name)
+    kernels.append(kernel)
     try:
         for line in sys.stdin:
             if not line.strip():

@@ -169,6 +169,7 @@ class Worker:
             env.update(OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
         if self.gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = self.gpu
+        env["KFACLAB_SWEEP_PID"] = str(os.getpid())  # the worker exits (and kills its kernel) when this process dies
         args = [sys.executable, "-m", "kfaclab.sweep.execute"] + (["--kernel-per-run"] if self.kernel_per_run else [])
         # A session of its own: a terminal's Ctrl-C reaches the sweep only, which first marks
         # the runs in flight as interrupted (not failed) and then stops the workers. A worker
