@@ -1,8 +1,10 @@
 """`python -m kfaclab bench`: what a training step costs, and what the data pipeline adds.
 
-Per optimizer, first the amortized step time: the mean over `amortize` consecutive steps on
-pre-made batches (K-FAC's factor updates every T_cov and decompositions every T_inv steps
-fall inside it at their real frequency; a median would hide them). Then three timings,
+First the amortized step time of each optimizer: the mean over `amortize_rounds` blocks of
+`amortize` consecutive steps on pre-made batches (K-FAC's factor updates every T_cov and
+decompositions every T_inv steps fall inside them at their real frequency; a median would hide
+them), the optimizers' blocks interleaved so that drift of the machine hits all alike. Then,
+per optimizer, K-FAC's per-phase breakdown (a profiled pass of its own) and three timings,
 medians over repeated steps, interleaved step by step so that drift of the machine hits all
 alike:
   - a training step on pre-made batches (already on the device, normalised);
@@ -13,9 +15,12 @@ alike:
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
+from pathlib import Path
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -63,14 +68,14 @@ def parse_variant(entry: str) -> tuple[str, str, dict]:
 
 
 def run_bench(cfg: RunConfig, optimizers=("sgd",), steps: int = 20, warmup: int = 5, rounds: int = 3,
-              amortize: int = 100, progress: bool = True) -> dict:
+              amortize: int = 100, amortize_rounds: int = 2, progress: bool = True) -> dict:
     device = resolve_device(cfg.device)
     ds = load_dataset(cfg.dataset, data_root=cfg.data_root, archive=cfg.data_archive, cache_dir=cfg.cache_dir,
                       download=cfg.download)
     loader, _ = make_loaders(cfg, ds, device)
     premade = [b for b, _ in zip(loader.epoch(0), range(8))]
     stream = _forever(loader)
-    results = []
+    entries = []
     for entry in optimizers:
         label, name, overrides = parse_variant(entry)
         torch.manual_seed(cfg.seed)
@@ -79,14 +84,30 @@ def run_bench(cfg: RunConfig, optimizers=("sgd",), steps: int = 20, warmup: int 
         opt = build_optimizer(name, model, F.cross_entropy,
                               {**{k: v for k, v in cfg.hparams.items() if k in known}, **overrides})
         opt.attach_training_data(loader)
-        t_pre, t_load, t_data = [], [], []
         for i in range(warmup):
             opt.step(*premade[i % len(premade)])
-        props0 = opt.counters["propagations"]
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        amortized = _timed(lambda: [opt.step(*premade[i % len(premade)]) for i in range(amortize)], device) / amortize
-        props = (opt.counters["propagations"] - props0) / amortize
+        entries.append({"label": label, "opt": opt, "seconds": 0.0, "props0": opt.counters["propagations"],
+                        "peak": 0})
+    # Amortized: blocks of `amortize` consecutive steps (K-FAC's factor and decomposition updates
+    # fall inside at their real frequency), the optimizers' blocks interleaved round by round so
+    # that drift of the machine hits all alike; the mean over all blocks.
+    for r in range(amortize_rounds):
+        for e in entries:
+            opt = e["opt"]
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            e["seconds"] += _timed(lambda: [opt.step(*premade[i % len(premade)]) for i in range(amortize)], device)
+            if device.type == "cuda":
+                e["peak"] = max(e["peak"], torch.cuda.max_memory_allocated(device))
+        if progress:
+            print(f"  amortized round {r + 1}/{amortize_rounds}: " + ", ".join(
+                f"{e['label']} {1e3 * e['seconds'] / ((r + 1) * amortize):.1f} ms/step" for e in entries), flush=True)
+    results = []
+    for e in entries:
+        label, opt = e["label"], e["opt"]
+        n = amortize * amortize_rounds
+        amortized = e["seconds"] / n
+        props = (opt.counters["propagations"] - e["props0"]) / n
         phases = None
         if hasattr(opt, "phase_seconds"):  # K-FAC: where its amortized step goes, in a pass of its own
             opt.profile = True           # (timing each phase waits for the device, so not above)
@@ -97,17 +118,16 @@ def run_bench(cfg: RunConfig, optimizers=("sgd",), steps: int = 20, warmup: int 
             phases["other"] = max(0.0, profiled / amortize - sum(phases.values()))  # Python and bookkeeping
         # The most device memory a training step of this optimizer held (what runs sharing a GPU
         # must fit beside each other); None on the CPU.
-        peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-        if progress:
-            print(f"  {label}: {amortize} steps amortized: {1e3 * amortized:.1f} ms/step", flush=True)
+        peak = e["peak"] if device.type == "cuda" else None
         # Interleaved step by step: drift of the machine hits the three timings alike.
+        t_pre, t_load, t_data = [], [], []
         for r in range(rounds):
             for i in range(steps):
                 t_pre.append(_timed(lambda: opt.step(*premade[i % len(premade)]), device))
                 t_load.append(_timed(lambda: opt.step(*next(stream)), device))
                 t_data.append(_timed(lambda: next(stream), device))
             if progress:
-                print(f"  {label}: round {r + 1}/{rounds} done", flush=True)
+                print(f"  {label}: medians, round {r + 1}/{rounds} done", flush=True)
         pre, load, data = (statistics.median(t) for t in (t_pre, t_load, t_data))
         results.append({"optimizer": label, "amortized_step_s": amortized, "phases_s": phases, "propagations_per_step": props,
                         "peak_memory_bytes": peak, "step_premade_s": pre, "step_loader_s": load, "loader_only_s": data,
@@ -117,7 +137,8 @@ def run_bench(cfg: RunConfig, optimizers=("sgd",), steps: int = 20, warmup: int 
         r["ratio_to_first"] = r["amortized_step_s"] / base
     return {"model": cfg.model, "batch_size": cfg.batch_size, "dataset": cfg.dataset, "device": str(device),
             "threads": torch.get_num_threads(), "steps": steps * rounds, "warmup": warmup, "amortize": amortize,
-            "resolution": list(loader.input_shape), "results": results, "environment": environment(device)}
+            "amortize_rounds": amortize_rounds, "resolution": list(loader.input_shape), "results": results,
+            "environment": environment(device)}
 
 
 def _forever(loader):
@@ -131,7 +152,8 @@ def format_table(b: dict) -> str:
     w = max([10] + [len(r["optimizer"]) for r in b["results"]])  # variants have long labels
     lines = [f"kfaclab bench: model={b['model']} batch={b['batch_size']} input={'x'.join(map(str, b['resolution']))} "
              f"data={b['dataset']} device={b['device']} threads={b['threads']} "
-             f"(amortized: mean of {b['amortize']} steps; others: medians of {b['steps']} steps)",
+             f"(amortized: mean of {b.get('amortize_rounds', 1)} interleaved blocks of {b['amortize']} steps; "
+             f"others: medians of {b['steps']} steps)",
              f"{'optimizer':<{w}} {'amortized ms':>13} {'vs first':>9} {'props/step':>11} {'median ms':>10} {'w/ loader ms':>13} "
              f"{'loader ms':>10} {'data overhead':>14} {'loader/step':>12}"]
     for r in b["results"]:
@@ -151,3 +173,29 @@ def format_table(b: dict) -> str:
                  "(forward+backward over n examples = 2n; a Hessian-vector product over S = 2|S|); data overhead = median step with loader / "
                  "median step on pre-made batches - 1; loader/step = loader alone / median step")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- reading benches back
+
+def phase_table(benches: dict[str, list[str | Path]]) -> pd.DataFrame:
+    """Per-phase milliseconds of every K-FAC variant in bench JSONs, one row per (version,
+    model, batch, optimizer, phase): `benches` maps a version label ("before", "after") to its
+    files. SGD's amortized step and the K-FAC variant's ratio to it ride along on each row, so
+    a chart can show the phases against the cost of an SGD step."""
+    rows = []
+    for version, paths in benches.items():
+        for path in paths:
+            b = json.loads(Path(path).read_text())
+            if "world_size" in b:
+                continue  # data-parallel benches have no phases
+            first = b["results"][0]
+            for r in b["results"]:
+                for phase, seconds in (r.get("phases_s") or {}).items():
+                    rows.append({"version": version, "model": b["model"], "batch_size": b["batch_size"],
+                                 "optimizer": r["optimizer"], "phase": phase, "ms": 1e3 * seconds,
+                                 "step_ms": 1e3 * r["amortized_step_s"], "ratio_to_sgd": r["ratio_to_first"],
+                                 "sgd_ms": 1e3 * first["amortized_step_s"] if first["optimizer"] == "sgd" else None,
+                                 "hardware": f"{b['environment']['cpu']}, {b['threads']} threads"
+                                 if b["device"] == "cpu" else b["environment"].get("gpu")})
+    return pd.DataFrame(rows, columns=["version", "model", "batch_size", "optimizer", "phase", "ms", "step_ms",
+                                       "ratio_to_sgd", "sgd_ms", "hardware"])

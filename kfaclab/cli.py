@@ -161,7 +161,9 @@ def build_parser():
     k.add_argument("--rounds", type=_positive_int, default=3)
     k.add_argument("--warmup", type=_positive_int, default=5)
     k.add_argument("--amortize", type=_positive_int, default=100,
-                   help="steps averaged for the amortized step time (a multiple of T_inv)")
+                   help="steps per block of the amortized step time (a multiple of T_inv)")
+    k.add_argument("--amortize-rounds", type=_positive_int, default=2,
+                   help="blocks per optimizer, interleaved across optimizers (default 2)")
     k.add_argument("--json", help="also write the results here")
     w = sub.add_parser("sweep", help="run a study (runs/<study>/study.yaml) as papermill notebooks, resumably")
     w.add_argument("spec", help="the study spec, e.g. runs/smoke/study.yaml")
@@ -348,7 +350,7 @@ def cmd_bench(args) -> int:
                 write_atomic(args.json, result)
         return 0
     result = run_bench(cfg, optimizers, steps=args.steps, warmup=args.warmup, rounds=args.rounds,
-                       amortize=args.amortize)
+                       amortize=args.amortize, amortize_rounds=args.amortize_rounds)
     print(format_table(result))
     if args.json:
         write_atomic(args.json, result)

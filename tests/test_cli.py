@@ -132,5 +132,13 @@ def test_bench_breaks_kfacs_step_into_phases_and_times_variants_side_by_side(tmp
     assert emp["phases_s"]["curvature_backward"] == 0  # the empirical Fisher has no backward of its own
     assert emp["propagations_per_step"] == 2 * 32  # counted over the timed steps only, not the profiled ones
     assert mc["phases_s"]["curvature_backward"] > 0
+    bench = json.loads(js.read_text())
+    assert bench["amortize"] == 10 and bench["amortize_rounds"] == 2  # the default: two interleaved blocks
+    from kfaclab.bench import phase_table
+
+    table = phase_table({"after": [js]})
+    assert set(table["optimizer"]) == {"kfac[fisher_type=empirical]", "kfac[fisher_type=mc;inverse_method=inverse]"}
+    per_step = table.groupby("optimizer")["ms"].sum()  # the phases add up to the profiled step
+    assert (per_step > 0).all() and table["sgd_ms"].notna().all()
     r = run("bench", "--model", "mlp:16", "--optimizers", "sgd,kfac[low_rank]", "--device", "cpu")
     assert r.returncode == 2 and "is not KEY=VALUE" in r.stderr

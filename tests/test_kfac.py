@@ -396,6 +396,96 @@ def test_conv_factor_A_follows_every_padding_the_layer_applies(mode, padding, ke
     torch.testing.assert_close(kl.layer_factor_A(conv, x), patches.T @ patches / len(patches), rtol=0, atol=1e-12)
 
 
+def patch_gram(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """A from the patches torch's own convolution multiplies: a probe with the layer's geometry
+    and an identity weight (one output channel per patch entry) outputs the patches."""
+    d = conv.weight[0].numel()
+    probe = nn.Conv2d(conv.in_channels, d, conv.kernel_size, stride=conv.stride, padding=conv.padding,
+                      dilation=conv.dilation, padding_mode=conv.padding_mode, bias=False).to(x.dtype)
+    with torch.no_grad():
+        probe.weight.copy_(torch.eye(d, dtype=x.dtype).view_as(probe.weight))
+        rows = probe(x).permute(0, 2, 3, 1).reshape(-1, d)
+    if conv.bias is not None:
+        rows = torch.cat([rows, torch.ones(len(rows), 1, dtype=rows.dtype)], 1)
+    return rows.T @ rows / len(rows)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("kernel,padding", [(3, 1), (3, 0), (3, 2), (3, 4), ((5, 3), (2, 1)), ((5, 3), 0),
+                                            (2, "same"), ((4, 1), "same"), ((2, 3), (0, 3)), (3, "valid")])
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (4, 4), (9, 6)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_stride_one_conv_A_from_the_autocorrelation_equals_the_patches(kernel, padding, size, bias):
+    """The autocorrelation path (conv_factors) against the patches, on the shapes where its border
+    terms matter: images smaller than the kernel, padding wider than the kernel, asymmetric
+    'same' padding of even kernels, no padding at all."""
+    from kfaclab.optim import conv_factors
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 2, kernel, padding=padding, bias=bias).double()
+    x = torch.randn(5, 3, *size, dtype=torch.float64)
+    try:
+        ref = patch_gram(conv, x)
+    except RuntimeError:
+        pytest.skip("no output position: the layer itself refuses this input")
+    assert conv_factors.applies(conv)
+    torch.testing.assert_close(kl.layer_factor_A(conv, x), ref, rtol=1e-10, atol=1e-12)
+
+
+def test_conv_A_from_the_autocorrelation_in_float32_and_channels_last_matches_float64():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(16, 8, 3, padding=1, bias=True)
+    x = torch.randn(32, 16, 8, 8)
+    ref = patch_gram(conv.double(), x.double())
+    conv.float()
+    for inp in (x, x.contiguous(memory_format=torch.channels_last)):
+        got = kl.layer_factor_A(conv, inp)
+        assert got.dtype == torch.float32
+        torch.testing.assert_close(got.double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_strided_dilated_and_1x1_convs_keep_the_patch_path():
+    from kfaclab.optim import conv_factors
+
+    assert conv_factors.applies(nn.Conv2d(4, 4, 3, padding=1))
+    for conv in (nn.Conv2d(4, 4, 3, stride=2), nn.Conv2d(4, 4, 3, dilation=2), nn.Conv2d(4, 4, 1),
+                 nn.Conv2d(4, 4, 3, padding=1, padding_mode="reflect"), nn.Conv2d(4, 4, 3, groups=2)):
+        assert not conv_factors.applies(conv)
+        x = torch.randn(2, 4, 6, 6, dtype=torch.float64)
+        if conv.groups == 1:
+            torch.testing.assert_close(kl.layer_factor_A(conv.double(), x), patch_gram(conv, x))
+
+
+@pytest.mark.parametrize("fisher", ["mc", "exact"])
+@pytest.mark.parametrize("micro", [None, 4])
+def test_the_curvature_backward_computes_no_weight_gradients(fisher, micro, monkeypatch):
+    """G needs the gradients at the layers' outputs only: on a factor-update step each weight's
+    gradient is computed once (the loss's backward, per chunk), not again in the curvature pass,
+    and it is the loss's gradient (checked on a step with KL clipping off and the
+    preconditioner's input compared against a plain backward)."""
+    torch.manual_seed(0)
+    model = cnn().double()
+    x, y = data((3, 8, 9))
+    model(x)
+    ref = copy.deepcopy(model)
+    F.cross_entropy(ref(x), y).backward()
+    opt = kfac_for(model, fisher_type=fisher)
+    opt.set_micro_batch(micro)
+    calls = {}
+    for name, p in model.named_parameters():
+        p.register_hook(lambda g, name=name: calls.__setitem__(name, calls.get(name, 0) + 1))
+    seen = {}
+    orig = kl.gradient_matrix
+    monkeypatch.setattr(kl, "gradient_matrix", lambda m: seen.setdefault(m, orig(m).clone()))
+    opt.step(x, y)
+    monkeypatch.undo()
+    chunks = len(opt.chunks(x, y))
+    assert calls and all(n == chunks for n in calls.values()), calls
+    for name, m in ref.named_modules():
+        if name in opt.layers:
+            torch.testing.assert_close(seen[opt.layers[name].module], kl.gradient_matrix(m), rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.filterwarnings("ignore:Using padding='same'")
 def test_kfac_trains_a_net_with_reflect_and_same_padding_with_exact_factors():
     torch.manual_seed(0)
@@ -561,3 +651,24 @@ def test_bench_variants_parse_and_refuse_malformed_entries():
         parse_variant("kfac[low_rank=false")
     with pytest.raises(UsageError, match="is not KEY=VALUE"):
         parse_variant("kfac[low_rank]")
+
+
+@pytest.mark.parametrize("fisher", ["mc", "exact", "empirical"])
+def test_in_place_activations_after_a_layer_leave_its_factors_unchanged(fisher):
+    """ReLU(inplace=True) rebinds a layer's output tensor to the activation's node; the curvature
+    backward must still stop at the layer's own output (its G), as with an out-of-place ReLU."""
+    def net(inplace):
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(inplace=inplace), nn.Flatten(),
+                             nn.Linear(4 * 6 * 6, 8), nn.ReLU(inplace=inplace), nn.Linear(8, 3)).double()
+
+    x, y = data((3, 6, 6), classes=3)
+    ours = {}
+    for inplace in (False, True):
+        opt = kfac_for(net(inplace), fisher_type=fisher)
+        opt.step(x, y)
+        assert opt.counters["skipped_factor_updates"] == 0
+        ours[inplace] = {n: (l.A, l.G) for n, l in opt.layers.items()}
+    for name, (A, G) in ours[False].items():
+        torch.testing.assert_close(ours[True][name][0], A, rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(ours[True][name][1], G, rtol=1e-12, atol=1e-14)

@@ -176,3 +176,22 @@ def test_loss_targets_race_the_running_training_loss(results):
             assert math.isnan(row["iterations"]) and row["reached"] == 0
     with pytest.raises(ValueError, match="accuracy' or 'loss"):
         steps_to_target(results, kind="losses")
+
+
+def test_phase_chart_stacks_the_phases_per_variant_and_selects_the_case():
+    rows = []
+    for version, scale in (("before", 2.0), ("after", 1.0)):
+        for model, batch in (("resnet20", 128), ("mlp:512,512", 128)):
+            for phase, ms in (("forward_backward", 300.0), ("factor_statistics", 40.0 * scale), ("other", 0.5)):
+                rows.append({"version": version, "model": model, "batch_size": batch, "optimizer": "kfac",
+                             "phase": phase, "ms": ms, "step_ms": 340.5 * scale, "ratio_to_sgd": 1.1 * scale,
+                             "sgd_ms": 310.0, "hardware": "cpu"})
+    chart = plots.phase_chart(pd.DataFrame(rows))
+    spec = chart.to_dict(validate=True)
+    text = json.dumps(spec)
+    assert "url" not in json.dumps(spec.get("datasets", {})) and "factor_statistics" in text
+    (param,) = spec["params"]
+    assert param["bind"]["options"] == ["resnet20, batch 128", "mlp:512,512, batch 128"]
+    bars = spec["layer"][0]
+    assert bars["mark"]["type"] == "bar" and bars["encoding"]["x"]["aggregate"] == "sum"
+    assert bars["encoding"]["y"]["sort"] == ["kfac (before)", "kfac (after)"]

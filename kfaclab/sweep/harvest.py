@@ -643,7 +643,8 @@ def run_harvest_bench(study: Study, batch_sizes, steps: int, slots, throughput_r
     for b in sizes:
         cfg = dataclasses.replace(base, batch_size=b, hparams=hparams)
         say(f"bench: batch {b}, {', '.join(firsts)}, {steps} steps each")
-        result = run_bench(cfg, list(firsts), steps=5, warmup=5, rounds=1, amortize=steps, progress=False)
+        result = run_bench(cfg, list(firsts), steps=5, warmup=5, rounds=1, amortize=steps, amortize_rounds=1,
+                           progress=False)
         step_times.append({"batch_size": b, "results": result["results"]})
     n_sharing = len(slots) if not any(slots) else sum(1 for s in slots if s == slots[0])
     result = {"kind": "kfaclab.harvest-bench", "study": study.name, "created": _now(), "amortized_steps": steps,
