@@ -195,3 +195,10 @@ def test_phase_chart_stacks_the_phases_per_variant_and_selects_the_case():
     bars = spec["layer"][0]
     assert bars["mark"]["type"] == "bar" and bars["encoding"]["x"]["aggregate"] == "sum"
     assert bars["encoding"]["y"]["sort"] == ["kfac (before)", "kfac (after)"]
+
+
+def test_phase_chart_of_benches_without_kfac_says_so():
+    from kfaclab.bench import phase_table
+
+    with pytest.raises(ValueError, match="no K-FAC phases"):
+        plots.phase_chart(phase_table({}))
