@@ -18,7 +18,12 @@ def run(*args, cwd=ROOT, timeout=300):
 @pytest.mark.parametrize("args,says", [
     (["train", "--model", "resnet99"], "unknown model 'resnet99'; choose from resnet20"),
     (["train", "--dataset", "mnist"], "unknown dataset 'mnist'; choose from cifar10"),
-    (["train", "--optimizer", "adamw"], "unknown optimizer 'adamw'; choose from sgd, kfac"),
+    (["train", "--optimizer", "adamw"], "unknown optimizer 'adamw'; choose from sgd, kfac, adam"),
+    (["train", "--optimizer", "adam", "--hparam", "beta1=1"], "adam hyperparameter beta1 must be in [0, 1), got 1.0"),
+    (["train", "--optimizer", "adam", "--hparam", "beta2=1.5"], "adam hyperparameter beta2 must be in [0, 1)"),
+    (["train", "--optimizer", "adam", "--hparam", "eps=0"], "adam hyperparameter eps must be positive"),
+    (["train", "--optimizer", "adam", "--hparam", "eps=-1e-8"], "adam hyperparameter eps must be a non-negative"),
+    (["train", "--optimizer", "adam", "--damping", "0.1"], "optimizer 'adam' has no hyperparameter damping"),
     (["train", "--optimizer", "kfac", "--fisher-type", "true"], "fisher_type must be one of mc, empirical, exact"),
     (["train", "--optimizer", "kfac", "--stat-decay", "1"], "stat_decay must be in [0, 1)"),
     (["train", "--optimizer", "trcg", "--curvature", "fisher"], "curvature must be one of hessian, gauss-newton"),

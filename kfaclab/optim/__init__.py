@@ -1,18 +1,20 @@
 """Optimizers behind one interface (`TrainingOptimizer`), built by name.
 
-Pure optimizer math: no I/O and no loops here. SGD comes from torch; K-FAC and TRCG live in
-their own modules.
+Pure optimizer math: no I/O and no loops here. SGD and Adam (AdamW) come from torch; K-FAC and
+TRCG live in their own modules.
 """
 
 from __future__ import annotations
 
 from kfaclab.errors import UsageError
+from kfaclab.optim.adam import Adam
 from kfaclab.optim.base import LossFn, TrainingOptimizer
 from kfaclab.optim.kfac import KFAC
 from kfaclab.optim.sgd import SGD
 from kfaclab.optim.trcg import STRCG, TRCG
 
-OPTIMIZERS: dict[str, type[TrainingOptimizer]] = {"sgd": SGD, "kfac": KFAC, "trcg": TRCG, "strcg": STRCG}
+OPTIMIZERS: dict[str, type[TrainingOptimizer]] = {"sgd": SGD, "kfac": KFAC, "adam": Adam, "trcg": TRCG,
+                                               "strcg": STRCG}
 
 __all__ = ["OPTIMIZERS", "TrainingOptimizer", "build_optimizer", "resolve_hyperparameters"]
 

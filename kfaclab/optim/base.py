@@ -42,7 +42,7 @@ class TrainingOptimizer:
         if ctx.active and not self.data_parallel:
             from kfaclab.errors import UsageError
 
-            raise UsageError(f"{self.name} does not train data-parallel; use sgd or kfac under torchrun")
+            raise UsageError(f"{self.name} does not train data-parallel; use sgd, adam or kfac under torchrun")
 
     # Gradient accumulation: at most this many examples per forward/backward (None: the batch).
     micro_batch: int | None = None

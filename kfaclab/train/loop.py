@@ -172,7 +172,7 @@ def train(cfg: RunConfig, *, dataset: Dataset | None = None, progress: bool = Tr
     p = plan(cfg, len(train_loader))
     if cfg.batch_schedule != "fixed" and p["peak_lr"] is None:
         raise UsageError(f"batch_schedule {cfg.batch_schedule} doubles the learning rate with the batch, and "
-                         f"{cfg.optimizer} has no learning rate; use sgd or kfac")
+                         f"{cfg.optimizer} has no learning rate; use sgd, adam or kfac")
     torch.manual_seed(cfg.seed)  # model initialisation: the same on every rank
     model = build_model(cfg.model, train_loader.input_shape, ds.num_classes).to(device)
     if cfg.channels_last:
