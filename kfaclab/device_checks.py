@@ -133,6 +133,14 @@ def check_sgd(device):
     return _update_error(device, "sgd", hp), 1e-3, "3 SGD steps, float32 on the device against float64 on the CPU"
 
 
+def check_adam(device):
+    # eps well above float32's resolution of sqrt(v): at eps 1e-8 a near-zero gradient's first
+    # step is +-lr in either precision, a sign that rounding decides.
+    hp = {"lr": 0.01, "beta1": 0.9, "beta2": 0.999, "eps": 1e-4, "weight_decay": 5e-4}
+    return _update_error(device, "adam", hp), 1e-3, "3 Adam (AdamW) steps, float32 on the device against float64 " \
+        "on the CPU"
+
+
 def _kfac_check(fisher, inverse):
     def check(device):
         hp = {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "damping": 0.03, "kl_clip": 1e-2,
@@ -240,6 +248,7 @@ def check_process_group(device):
 CHECKS = {
     "loader": check_loader,
     "sgd": check_sgd,
+    "adam": check_adam,
     **{f"kfac-{f}-{i}": _kfac_check(f, i) for f in ("mc", "empirical", "exact") for i in ("eigen", "inverse")},
     "kfac-decomposition-fallback": check_decomposition_fallback,
     "trcg": check_trcg,

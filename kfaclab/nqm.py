@@ -250,3 +250,84 @@ def simulate(spec: Spectrum, lr: float, momentum: float, power: float, batch: fl
         theta = theta + v
         losses[t] = 0.5 * theta ** 2 @ h
     return losses.mean(axis=1), losses.std(axis=1, ddof=1) / np.sqrt(samples)
+
+
+# ------------------------------------------------------------------------- the studies' optimizers
+
+# The model's stand-ins for the studies' optimizers, tuned as the miniature tunes them: SGD over
+# momentum (and the learning rate), Adam and K-FAC at their fixed momentum 0.9 (beta1 for Adam),
+# with preconditioning powers 1/2 (Adam's root of the noise variance, C = H) and 1 (the curvature).
+STUDY_OPTIMIZERS = {
+    "sgd": {"power": 0.0, "momenta": (0.0, 0.5, 0.9, 0.95)},
+    "adam": {"power": 0.5, "momenta": (0.9,)},
+    "kfac": {"power": 1.0, "momenta": (0.9,)},
+}
+STUDY_TARGET_FRACTION = 0.01  # the target loss: 1% of the initial loss
+STUDY_BATCH_SIZES = 2.0 ** np.arange(0, 25)
+
+
+def study_curves(spec: Spectrum | None = None) -> dict:
+    """Per study optimizer: the tuned steps-to-target curve and its fitted B_crit."""
+    spec = spec or Spectrum()
+    target = STUDY_TARGET_FRACTION * spec.initial_loss()
+    out = {}
+    for name, o in STUDY_OPTIMIZERS.items():
+        r = tuned_steps(spec, STUDY_BATCH_SIZES, o["power"], o["momenta"], target)
+        r["fit"] = critical_batch_size(STUDY_BATCH_SIZES, r["steps"])
+        out[name] = r
+    return out
+
+
+def study_prediction(spec: Spectrum | None = None) -> dict:
+    """The model's log2 ratios of B_crit for the verdicts' pairs: (c) K-FAC over SGD, (i) Adam
+    over SGD, (j) K-FAC over Adam (book/verdicts.md, rule k)."""
+    b = {name: r["fit"]["b_crit"] for name, r in study_curves(spec).items()}
+    return {"c": float(np.log2(b["kfac"] / b["sgd"])), "i": float(np.log2(b["adam"] / b["sgd"])),
+            "j": float(np.log2(b["kfac"] / b["adam"]))}
+
+
+# ------------------------------------------------------------------------- the chapter's grid
+
+MOMENTUM_CHOICES = (0.0, 0.5, 0.9, 0.99)
+TUNED = "tuned"
+
+
+def curve_table(decays=(0.5, 1.0, 1.5), powers=(0.0, 0.25, 0.5, 0.75, 1.0), batch_sizes=2.0 ** np.arange(0, 21),
+                target_fraction: float = STUDY_TARGET_FRACTION, progress: bool = False) -> tuple:
+    """The chapter's precomputed grid: tuned steps to target for every spectrum decay,
+    preconditioning power and momentum (each of MOMENTUM_CHOICES, and the best of them, "tuned"),
+    with the fit S_min (1 + B_crit / B). Returns (curves, fits): one row per batch size with the
+    steps, the perfect-scaling line from the smallest batch size and the fitted curve; one row per
+    curve with S_min, B_crit and whether any best learning rate lies on the grid's edge."""
+    import pandas as pd
+
+    rows, fits = [], []
+    cases = [(d, p) for d in decays for p in powers]
+    if progress:
+        from tqdm.auto import tqdm
+
+        cases = tqdm(cases, desc="NQM grid", unit="curve")
+    bs = np.asarray(batch_sizes, dtype=float)
+    for decay, power in cases:
+        spec = Spectrum(decay=decay)
+        target = target_fraction * spec.initial_loss()
+        single = {m: tuned_steps(spec, bs, power, [m], target) for m in MOMENTUM_CHOICES}
+        best = np.minimum.reduce([r["steps"] for r in single.values()])
+        edge = np.any([r["lr_at_edge"] for r in single.values()], axis=0)
+        curves = {**{f"{m:g}": (r["steps"], r["lr_at_edge"]) for m, r in single.items()}, TUNED: (best, edge)}
+        for label, (steps, at_edge) in curves.items():
+            try:
+                fit = critical_batch_size(bs, steps)
+            except ValueError:
+                fit = {"s_min": np.nan, "b_crit": np.nan, "at_edge": True}
+            finite = np.isfinite(steps)
+            first = int(np.argmax(finite)) if finite.any() else 0
+            for i, b in enumerate(bs):
+                rows.append({"decay": decay, "power": power, "momentum": label, "batch_size": b,
+                             "steps": steps[i] if finite[i] else np.nan,
+                             "ideal": steps[first] * bs[first] / b if finite.any() else np.nan,
+                             "fit": fit["s_min"] * (1 + fit["b_crit"] / b)})
+            fits.append({"decay": decay, "power": power, "momentum": label, "s_min": fit["s_min"],
+                         "b_crit": fit["b_crit"], "fit_at_edge": bool(fit["at_edge"]),
+                         "lr_at_edge": int(np.sum(at_edge)), "reached": int(finite.sum())})
+    return pd.DataFrame(rows), pd.DataFrame(fits)

@@ -22,7 +22,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS_WITH_CHARTS = ["book/trcg", "book/distributed", "book/scaling", "book/robustness", "book/critical-batch",
-                        "book/adaptive"]
+                        "book/nqm", "book/adaptive"]
 CHROMIUM = os.environ.get("KFACLAB_CHROMIUM", "/usr/bin/chromium")
 
 pytestmark = pytest.mark.browser
@@ -119,7 +119,7 @@ def _controls(chart):
 
 
 ALL_PAGES = ["book/intro", "book/protocol", "book/verdicts", "book/kfac", "book/trcg", "book/distributed",
-             "book/scaling", "book/robustness", "book/critical-batch", "book/adaptive", "book/reproduce",
+             "book/scaling", "book/robustness", "book/critical-batch", "book/nqm", "book/adaptive", "book/reproduce",
              "book/run-record"]
 
 # Tables, figures and code outputs whose right edge passes the article column's: a reader at

@@ -24,6 +24,10 @@ def run(*args, cwd=ROOT, timeout=300):
     (["train", "--optimizer", "adam", "--hparam", "eps=0"], "adam hyperparameter eps must be positive"),
     (["train", "--optimizer", "adam", "--hparam", "eps=-1e-8"], "adam hyperparameter eps must be a non-negative"),
     (["train", "--optimizer", "adam", "--damping", "0.1"], "optimizer 'adam' has no hyperparameter damping"),
+    (["nqm", "--powers", "a,b"], "--powers: give comma-separated numbers"),
+    (["nqm", "--momenta", "1"], "--momenta: each must be in [0, 1)"),
+    (["nqm", "--decay", "-1"], "NQM spectrum decay must be a non-negative number"),
+    (["nqm", "--target-fraction", "0"], "--target-fraction: must be in (0, 1)"),
     (["train", "--optimizer", "kfac", "--fisher-type", "true"], "fisher_type must be one of mc, empirical, exact"),
     (["train", "--optimizer", "kfac", "--stat-decay", "1"], "stat_decay must be in [0, 1)"),
     (["train", "--optimizer", "trcg", "--curvature", "fisher"], "curvature must be one of hessian, gauss-newton"),
@@ -53,7 +57,7 @@ def test_bad_input_is_one_line_exit_2(args, says, tmp_path):
 
         if torch.cuda.is_available():
             pytest.skip("CUDA is available here")
-    r = run(*args, "--cache-dir", str(tmp_path)) if args[0] != "fly" else run(*args)
+    r = run(*args, "--cache-dir", str(tmp_path)) if args[0] in ("train", "bench") else run(*args)
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("kfaclab: error:"), r.stderr
@@ -147,3 +151,19 @@ def test_bench_breaks_kfacs_step_into_phases_and_times_variants_side_by_side(tmp
     assert (per_step > 0).all() and table["sgd_ms"].notna().all()
     r = run("bench", "--model", "mlp:16", "--optimizers", "sgd,kfac[low_rank]", "--device", "cpu")
     assert r.returncode == 2 and "is not KEY=VALUE" in r.stderr
+
+
+def test_nqm_prints_the_curves_and_writes_what_the_module_computes(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    from kfaclab import nqm
+
+    out = tmp_path / "nqm.csv"
+    r = run("nqm", "--powers", "0,1", "--momenta", "0.9", "--max-batch-log2", "6", "--csv", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "p = 0: B_crit" in r.stdout and "p = 1: B_crit" in r.stdout and "wrote" in r.stdout
+    table = pd.read_csv(out)
+    spec = nqm.Spectrum()
+    expected = nqm.tuned_steps(spec, 2.0 ** np.arange(7), 1.0, [0.9], 0.01 * spec.initial_loss())["steps"]
+    assert table[table["power"] == 1.0]["steps"].tolist() == expected.tolist()

@@ -52,7 +52,7 @@ def test_a_check_fails_when_the_device_result_differs(monkeypatch):
         return model, opt, losses
 
     monkeypatch.setattr(dc, "_train", perturbed)
-    for name in ("sgd", "kfac-mc-eigen", "kfac-exact-inverse"):
+    for name in ("sgd", "adam", "kfac-mc-eigen", "kfac-exact-inverse"):
         result = dc.run_check(name, "cpu")
         assert not result.ok and result.error > result.tolerance, result
 

@@ -202,3 +202,35 @@ def test_phase_chart_of_benches_without_kfac_says_so():
 
     with pytest.raises(ValueError, match="no K-FAC phases"):
         plots.phase_chart(phase_table({}))
+
+
+def test_nqm_chart_selects_every_precomputed_curve_and_tells_its_lines_apart():
+    import numpy as np
+
+    from kfaclab import nqm
+
+    curves, fits = nqm.curve_table(decays=(0.5, 1.0), powers=(0.0, 1.0), batch_sizes=2.0 ** np.arange(0, 12))
+    chart = plots.nqm_chart(curves, fits)
+    spec = chart.to_dict(validate=True)
+    bound = params(spec)
+    assert set(bound) == {"nqm_decay", "nqm_power", "nqm_momentum"}
+    assert bound["nqm_decay"]["bind"]["options"] == [0.5, 1.0] and bound["nqm_power"]["bind"]["options"] == [0.0, 1.0]
+    assert bound["nqm_momentum"]["bind"]["options"] == ["0", "0.5", "0.9", "0.99", "tuned"]
+    # every combination is in the data, and every layer filters on all three selects
+    assert len(curves.groupby(["decay", "power", "momentum"])) == 2 * 2 * 5 == len(fits)
+    for layer in spec["layer"]:
+        f = json.dumps([t for t in layer.get("transform", []) if "filter" in t])
+        assert all(name in f for name in ("nqm_decay", "nqm_power", "nqm_momentum")), f
+    dashes = [layer["encoding"]["strokeDash"] for layer in spec["layer"] if "strokeDash" in layer["encoding"]]
+    assert dashes and all(len({tuple(r) for r in d["scale"]["range"]}) == 4 for d in dashes)
+    assert "not a measured run" in json.dumps(spec["title"])
+
+
+def test_heatmaps_of_three_optimizers_wrap_two_per_row():
+    from pathlib import Path
+
+    miniature = load_results(Path(__file__).resolve().parents[1] / "runs" / "miniature")
+    spec = plots.robustness_heatmaps(miniature).to_dict()
+    assert spec["columns"] == 2 and len(spec["concat"]) == 3
+    titles = [c["title"] for c in spec["concat"]]
+    assert titles == [f"{o}: test accuracy over its grid" for o in miniature.optimizers()]

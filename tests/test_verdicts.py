@@ -1,6 +1,7 @@
 """The verdict rules of book/verdicts.md on constructed studies with known answers: every
 outcome is reached, seeds and ties included."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -133,7 +134,7 @@ def test_claim_c_critical_batch_ratio():
     assert v.outcome == vd.CONTRADICTED and v.estimate == pytest.approx(0.0, abs=0.1)
     # K-FAC scaling perfectly up to the largest batch: its B_crit is beyond what was measured.
     v = vd.claim_c(study(both(curve(1000, 200), {b: 64000.0 / b for b in BATCHES}), noise=0.02), target=TARGET)
-    assert v.outcome == vd.NOT_RESOLVED and "not identified for kfac" in v.detail
+    assert v.outcome == vd.NOT_RESOLVED and "not identified for K-FAC" in v.detail
 
 
 def test_claims_g_and_h_ratio_at_the_ends():
@@ -338,3 +339,124 @@ def test_every_claim_has_the_papers_own_statement_beside_it():
     assert "1%" in published("f").number and "3x" in published("f").number and "5x" in published("f").number
     with pytest.raises(KeyError, match="claims: a, b"):
         published("z")
+
+
+# ------------------------------------------------------------------------------ Adam and the NQM (version 2)
+
+def three(sgd, kfac, adam):
+    return {**both(sgd, kfac), **{("adam", b): v for b, v in adam.items()}}
+
+
+def test_claims_i_and_j_judge_adam_against_sgd_and_kfac():
+    res = study(three(curve(1000, 100), curve(1000, 800), curve(1000, 300)), noise=0.02)
+    i, j = vd.claim_i(res, target=TARGET), vd.claim_j(res, target=TARGET)
+    assert i.outcome == vd.REPRODUCED and i.estimate == pytest.approx(math.log2(3), abs=0.1)
+    assert i.statistic == "log2(Adam B_crit / SGD B_crit)"
+    assert j.outcome == vd.REPRODUCED and j.estimate == pytest.approx(math.log2(800 / 300), abs=0.1)
+    # Adam's B_crit as SGD's contradicts (i) (threshold 0.5); K-FAC's below Adam's contradicts (j) (threshold 0)
+    res = study(three(curve(1000, 200), curve(1000, 150), curve(600, 200)), noise=0.02)
+    assert vd.claim_i(res, target=TARGET).outcome == vd.CONTRADICTED
+    assert vd.claim_j(res, target=TARGET).outcome == vd.CONTRADICTED
+    # 1.2x is above (j)'s threshold of 0 but below (i)'s 0.5: (i) contradicted, (j) reproduced
+    res = study(three(curve(1000, 250), curve(1000, 300 * 1.2 * 1.2), curve(1000, 300)), noise=0.01)
+    assert vd.claim_i(res, target=TARGET).outcome == vd.CONTRADICTED
+    assert vd.claim_j(res, target=TARGET).outcome == vd.REPRODUCED
+
+
+def test_the_pair_is_judged_at_its_own_primary_target():
+    # K-FAC never reaches the target: (c) and (j) have no primary target, (i) still does
+    never = {("kfac", b, lr, s) for b in BATCHES for lr in GRID for s in (0, 1, 2)}
+    res = study(three(curve(1000, 100), curve(1000, 800), curve(1000, 400)), noise=0.02, never=never)
+    assert vd.primary_target(res, ("sgd", "adam")) == TARGET and vd.primary_target(res) is None
+    assert vd.claim_i(res).outcome == vd.REPRODUCED
+    assert vd.claim_j(res).outcome == vd.NOT_RESOLVED and "no accuracy target" in vd.claim_j(res).detail
+
+
+@pytest.mark.parametrize("outcomes,prediction,expected,parts", [
+    # the model predicts all three claims: the runs agree where reproduced
+    ("RRR", {"c": 4.8, "i": 1.0, "j": 3.0}, vd.REPRODUCED, ["agree"] * 3),
+    ("RRC", {"c": 4.8, "i": 1.0, "j": 3.0}, vd.CONTRADICTED, ["agree", "agree", "disagree"]),
+    ("RNR", {"c": 4.8, "i": 1.0, "j": 3.0}, vd.NOT_RESOLVED, ["agree", "cannot tell", "agree"]),
+    # the model predicts Adam's B_crit below 1.41x SGD's: (i) contradicted is agreement
+    ("RCR", {"c": 4.8, "i": -0.4, "j": 5.2}, vd.REPRODUCED, ["agree"] * 3),
+    ("RRR", {"c": 4.8, "i": -0.4, "j": 5.2}, vd.CONTRADICTED, ["agree", "disagree", "agree"]),
+])
+def test_claim_k_compares_each_pair_with_the_models_side_of_the_threshold(outcomes, prediction, expected, parts):
+    code = {"R": vd.REPRODUCED, "C": vd.CONTRADICTED, "N": vd.NOT_RESOLVED}
+    pairs = {k: vd.Verdict(k, "", "", "s", code[o], "x", 1.0, (0.5, 1.5)) for k, o in zip("cij", outcomes)}
+    v = vd.claim_k(study(both(curve(1000, 100), curve(1000, 100))), pairs, prediction)
+    assert v.outcome == expected and [p["outcome"] for p in v.parts] == parts
+    assert [p["pair"] for p in v.parts] == ["K-FAC over SGD", "Adam over SGD", "K-FAC over Adam"]
+
+
+def test_claim_k_uses_the_models_own_prediction():
+    from kfaclab import nqm
+
+    prediction = nqm.study_prediction()
+    assert prediction["c"] > 0.5 and prediction["j"] > 0  # more preconditioning, larger B_crit
+    pairs = {k: vd.Verdict(k, "", "", "s", vd.REPRODUCED, "x") for k in "cij"}
+    v = vd.claim_k(study(both(curve(1000, 100), curve(1000, 100))), pairs)
+    assert [p["nqm_log2_ratio"] for p in v.parts] == pytest.approx([prediction[k] for k in "cij"])
+
+
+def _with_pending(res, optimizer, count):
+    names = res.runs.index[res.runs["optimizer"] == optimizer][:count]
+    res.runs.loc[names, "status"] = "pending"
+    return dataclasses.replace(res, evals=res.evals[~res.evals["name"].isin(res.runs.loc[names, "name"])])
+
+
+def test_a_verdict_waits_only_for_the_runs_it_compares(tmp_path):
+    from kfaclab.results.export import csv_links, write_csv
+
+    res = _with_pending(study(three(curve(1000, 100), curve(1000, 800), curve(1000, 300)), noise=0.02), "adam", 5)
+    ready, waiting = vd.ready_claims(res)
+    assert ready == list("abcdegh") and waiting == {"i": 5, "j": 5, "k": 5}
+    vs, _ = vd.ready_verdicts(res, n=100)
+    assert [v.claim for v in vs] == list("abcdegh")
+    html = vd.chapter_verdicts(res, "ci").data
+    assert "(c) K-FAC raises" in html and "No verdict yet</b> on (i): 5 of SGD and Adam runs" in html
+    assert "verdicts" in csv_links(res) and any(p.name.endswith("verdicts.csv") for p in write_csv(res, tmp_path))
+    # an SGD run pending holds back every claim that compares SGD, and only those
+    res = _with_pending(study(three(curve(1000, 100), curve(1000, 800), curve(1000, 300)), noise=0.02), "sgd", 1)
+    ready, waiting = vd.ready_claims(res)
+    assert ready == ["j"] and set(waiting) == set("abcdeghik")
+    html = vd.chapter_verdicts(res, "abgh").data
+    assert html.count("No verdict yet") == 4 and "kfaclab-verdicts" not in html
+
+
+def test_a_study_of_two_optimizers_carries_no_adam_claims():
+    res = study(both(curve(1000, 100), curve(1000, 800)), noise=0.02)
+    assert vd.carried_claims(res) == list("abcdegh")
+    assert [v.claim for v in vd.verdicts(res, n=50)] == list("abcdegh")
+
+
+def test_nqm_against_runs_puts_each_world_in_units_of_its_own_sgd_fit():
+    from kfaclab import plots
+
+    res = study(three(curve(1000, 100), curve(1000, 800), curve(1000, 300)))
+    bs = np.array([1.0, 2.0, 4.0, 8.0])
+    fake = {o: {"batch_sizes": bs, "steps": 40.0 * (1 + k / bs), "fit": {"b_crit": k, "s_min": 40.0}}
+            for o, k in (("sgd", 2.0), ("adam", 4.0), ("kfac", 8.0))}
+    data, info = plots.nqm_against_runs_data(res, fake)
+    assert info["target"] == TARGET and info["b_crit"] == pytest.approx(100, rel=1e-3)
+    runs = data[data["source"] == "runs (constructed)"].set_index(["optimizer", "batch_size"])
+    assert runs.loc[("kfac", 256.0), "x"] == pytest.approx(2.56, rel=1e-3)
+    assert runs.loc[("kfac", 256.0), "y"] == pytest.approx(1000 * (1 + 800 / 256) / 1000, rel=1e-3)
+    model = data[data["source"] == "NQM (exact)"].set_index(["optimizer", "batch_size"])
+    assert model.loc[("adam", 4.0), "x"] == 2.0 and model.loc[("adam", 4.0), "y"] == pytest.approx(2.0)
+
+
+def test_the_chapters_b_crit_fit_counts_steps_as_the_verdicts_do():
+    """critical_batch_size (the chapters' fits) takes each configuration's median over seeds, as
+    steps_to_target and the verdicts do: with noisy seeds, the min over all runs would differ."""
+    from kfaclab.results.scaling import critical_batch_size
+
+    res = study(both(curve(1000, 100), curve(1000, 800)), noise=0.3, rng_seed=3)
+    cross = vd.crossings(res, "accuracy", TARGET)
+    res.runs[f"iteration_to_{TARGET:g}"] = res.runs["name"].map(cross).replace(np.inf, np.nan)
+    st = vd._Steps(res, TARGET, n=10)
+    for opt in ("sgd", "kfac"):
+        fit = critical_batch_size(res, opt, TARGET, n_boot=20)
+        assert fit["steps"] == pytest.approx([st.point[(opt, b)] for b in fit["batch_sizes"]])
+        per_run_min = res.runs[res.runs["optimizer"] == opt].groupby("batch_size")[f"iteration_to_{TARGET:g}"].min()
+        assert list(per_run_min) != pytest.approx(fit["steps"])  # the seeds' noise: not the same count

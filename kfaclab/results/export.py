@@ -4,7 +4,7 @@
 grid point), `<study>-evaluations.csv` (one row per evaluation of a finished run),
 `<study>-steps-to-target.csv` (Shallue's rule per optimizer, batch size and target, accuracy
 and training-loss targets) and, where the
-study has finished and can carry them, `<study>-verdicts.csv` (book/verdicts.md). Every file is written atomically.
+runs some verdict compares have all finished, `<study>-verdicts.csv` (book/verdicts.md). Every file is written atomically.
 """
 
 from __future__ import annotations
@@ -19,15 +19,14 @@ from kfaclab.train.record import write_bytes_atomic
 
 
 def tables(results: StudyResults) -> dict:
-    from kfaclab.results.verdicts import verdict_table, verdicts
+    from kfaclab.results.verdicts import ready_verdicts, verdict_table
 
     steps = steps_to_target(results)
     if results.loss_targets:  # the training-loss targets, in the same table (its `kind` column)
         steps = pd.concat([steps, steps_to_target(results, kind="loss")], ignore_index=True)
     out = {"runs": results.runs, "evaluations": results.evals, "steps-to-target": steps}
-    # A verdict is drawn only from a study whose runs have all finished (book/verdicts.md).
-    unfinished = results.runs["status"].isin(["pending", "interrupted"]).any()
-    vs = [] if unfinished else verdicts(results)
+    # A verdict is drawn only once the runs it compares have all finished (book/verdicts.md).
+    vs, _ = ready_verdicts(results)
     if vs:
         out["verdicts"] = verdict_table(vs)
     return out
@@ -46,9 +45,9 @@ def write_csv(results: StudyResults, directory) -> list[Path]:
 
 def csv_links(results: StudyResults, base: str = "../_static/data/") -> str:
     """HTML links to the study's CSV files as the book writes them (book/_ext/kfaclab_data.py):
-    the verdicts file only where the study has finished, as `tables` writes it."""
-    from kfaclab.results.study import finished
+    the verdicts file only where some verdict's runs have all finished, as `tables` writes it."""
+    from kfaclab.results.verdicts import ready_claims
 
-    names = ["runs", "evaluations", "steps-to-target"] + (["verdicts"] if finished(results) else [])
+    names = ["runs", "evaluations", "steps-to-target"] + (["verdicts"] if ready_claims(results)[0] else [])
     return "The data behind this chapter, as CSV: " + ", ".join(
         f'<a href="{base}{results.name}-{t}.csv">{results.name} {t.replace("-", " ")}</a>' for t in names) + "."

@@ -22,7 +22,7 @@ SLIDES = "the authors' talk on the study, in our paraphrase"
 
 @dataclass(frozen=True)
 class Published:
-    claim: str          # the verdict key, "a" to "h"
+    claim: str          # the verdict key, "a" to "k"
     says: str           # the paper's statement, a short quote
     number: str | None  # the number the text gives, or None where it gives none
     source: str
@@ -54,6 +54,12 @@ PUBLISHED = {
                    None, SLIDES, quoted=False),
     "h": Published("h", "as the batch size grows K-FAC needs more iterations than SGD", None, SLIDES,
                    quoted=False),
+    "i": Published("i", "optimization algorithms that employ preconditioning, specifically Adam and K-FAC, result "
+                        "in much larger critical batch sizes than stochastic gradient descent with momentum",
+                   None, ZHANG),
+    "j": Published("j", "the NQM predicts our results with preconditioned optimizers", None, ZHANG),
+    "k": Published("k", "the NQM captures many of the essential features of real neural network training, despite "
+                        "being drastically simpler to work with", None, ZHANG),
 }
 
 # The scale of the published study, for the book's comparisons of budgets and grids.

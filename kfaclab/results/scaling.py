@@ -163,15 +163,20 @@ def steps_curve(fit: dict, batch_sizes) -> np.ndarray:
 def critical_batch_size(results: StudyResults, optimizer: str, target: float, unit: str = "iterations",
                         n_boot: int = 200, seed: int = 0, level: float = 0.68) -> dict:
     """The fit for one optimizer and target, with a bootstrap interval over grid points: each
-    replicate resamples, per batch size, the grid's runs with replacement, takes Shallue's
-    minimum again and refits. Returns the fit, the interval of S_min and B_crit at `level`,
+    replicate resamples, per batch size, the grid's configurations (each at its median over
+    seeds, as steps_to_target counts them) with replacement, takes Shallue's minimum again and
+    refits. Returns the fit, the interval of S_min and B_crit at `level`,
     and the share of replicates that could be fitted."""
     df = results.runs
     df = df[(df["optimizer"] == optimizer) & df["status"].isin(FINISHED)]
     col = f"{UNITS[unit]}_to_{target:g}"
     if col not in df:
         raise ValueError(f"no runs of {optimizer} record target {target:g}")
-    groups = {int(b): g[col].astype(float).to_numpy() for b, g in df.groupby("batch_size")}
+    # Per batch size, each configuration's median over its seeds (as steps_to_target and the
+    # verdicts count steps); the bootstrap resamples these configurations.
+    keys = [c for c in df.columns if c.startswith("hp_") and df[c].notna().all()]
+    groups = {int(b): _config_medians(g, keys, f"{target:g}")[unit].astype(float).to_numpy()
+              for b, g in df.groupby("batch_size")}
     point = {b: np.nanmin(v) if np.isfinite(v).any() else np.nan for b, v in groups.items()}
     bs = sorted(point)
     fit = fit_steps_curve(bs, [point[b] for b in bs])

@@ -56,7 +56,19 @@ CLAIMS = {
     "f": ("Adaptive batch sizes (ABS, ABSA) lose at most 1% accuracy", "Yao et al. 2018"),
     "g": ("At small batch sizes K-FAC is comparable to SGD, not superior", "Ma et al. (the authors' summary)"),
     "h": ("As the batch size grows, K-FAC needs more iterations than SGD", "Ma et al. (the authors' summary)"),
+    "i": ("Adam raises the critical batch size", "Zhang et al. 2019"),
+    "j": ("K-FAC's critical batch size exceeds Adam's", "Zhang et al. 2019 (the noisy quadratic model)"),
+    "k": ("The noisy quadratic model orders the critical batch sizes as the runs do", "Zhang et al. 2019"),
 }
+
+# The optimizers each claim compares (book/verdicts.md, version 2): a verdict waits only for
+# their runs. None: the claim judges the study's adaptive-batch runs (f).
+CLAIM_OPTIMIZERS = {"a": ("sgd", "kfac"), "b": ("sgd", "kfac"), "c": ("sgd", "kfac"), "d": ("sgd", "kfac"),
+                    "e": ("sgd", "kfac"), "f": None, "g": ("sgd", "kfac"), "h": ("sgd", "kfac"),
+                    "i": ("sgd", "adam"), "j": ("adam", "kfac"), "k": ("sgd", "adam", "kfac")}
+# The pairs whose B_crit ratio is judged, as (claim, numerator, denominator, threshold in log2).
+B_CRIT_PAIRS = {"c": ("kfac", "sgd", 0.5), "i": ("adam", "sgd", 0.5), "j": ("kfac", "adam", 0.0)}
+NAMES = {"sgd": "SGD", "kfac": "K-FAC", "adam": "Adam"}
 
 
 # ------------------------------------------------------------------------------ crossings and steps
@@ -177,6 +189,7 @@ class _Steps:
 
     def __init__(self, results: StudyResults, target: float, n: int = N_BOOT, seed: int = SEED):
         rng = np.random.default_rng(seed)
+        self.target = target
         self.cells = cells(results, "accuracy", target)
         self.point = {k: c.point() for k, c in self.cells.items()}
         self.boot = {k: bootstrap_steps(c, rng, n) for k, c in self.cells.items()}
@@ -334,36 +347,92 @@ def claim_b(results: StudyResults, st: _Steps | None = None, target=None) -> Ver
 
 
 def claim_c(results: StudyResults, st: _Steps | None = None, target=None) -> Verdict:
-    rule = ("log2(K-FAC B_crit / SGD B_crit) from fits of S(B) = S_min (1 + B_crit/B): not identified (not "
-            "resolved) when a fitted B_crit lies beyond the largest batch size; reproduced above 0.5, "
-            "contradicted below 0.5")
-    target = target if target is not None else primary_target(results)
+    return _b_crit_ratio(results, "c", st, target)
+
+
+def claim_i(results: StudyResults, st: _Steps | None = None, target=None) -> Verdict:
+    return _b_crit_ratio(results, "i", st, target)
+
+
+def claim_j(results: StudyResults, st: _Steps | None = None, target=None) -> Verdict:
+    return _b_crit_ratio(results, "j", st, target)
+
+
+def _b_crit_ratio(results: StudyResults, key: str, st: _Steps | None, target) -> Verdict:
+    """Rules (c), (i) and (j): log2 of one optimizer's fitted B_crit over another's at the pair's
+    primary target, with the identification check of (c)."""
+    num, den, threshold = B_CRIT_PAIRS[key]
+    statistic = f"log2({NAMES[num]} B_crit / {NAMES[den]} B_crit)"
+    rule = (f"{statistic} from fits of S(B) = S_min (1 + B_crit/B): not identified (not resolved) when a fitted "
+            f"B_crit lies beyond the largest batch size; reproduced above {threshold:g}, contradicted below "
+            f"{threshold:g}")
+    target = target if target is not None else primary_target(results, (den, num))
     if target is None:
-        return _no_primary("c", results, "log2 ratio of B_crit", rule)
-    st = st or _Steps(results, target)
+        return _verdict(key, results.name, NOT_RESOLVED, statistic, None, (None, None), rule,
+                        f"no accuracy target is reached by both {NAMES[num]} and {NAMES[den]} at three or more "
+                        "batch sizes")
+    st = st if st is not None and st.target == target else _Steps(results, target)
     fits, boots = {}, {}
-    for opt in ("sgd", "kfac"):
+    for opt in (den, num):
         bs, p = st.curve(opt)
         try:
             fits[opt] = fit_steps_curve(bs, p)
         except ValueError as e:
-            return _verdict("c", results.name, NOT_RESOLVED, "log2 ratio of B_crit", None, (None, None), rule,
-                            f"{opt}: {e}")
+            return _verdict(key, results.name, NOT_RESOLVED, statistic, None, (None, None), rule,
+                            f"{NAMES[opt]}: {e}")
         _, boot = st.curve(opt, "boot")
         boots[opt] = fit_b_crit_rows(bs, boot)
-    unidentified = [o for o, f in fits.items() if f["at_edge"] or f["b_crit"] > max(st.batch_sizes(o))]
-    detail = ", ".join(f"{o} B_crit {f['b_crit']:,.0f}" for o, f in fits.items())
-    est = math.log2(fits["kfac"]["b_crit"] / fits["sgd"]["b_crit"])
+    unidentified = [NAMES[o] for o, f in fits.items() if f["at_edge"] or f["b_crit"] > max(st.batch_sizes(o))]
+    detail = ", ".join(f"{NAMES[o]} B_crit {f['b_crit']:,.0f}" for o, f in fits.items())
+    est = math.log2(fits[num]["b_crit"] / fits[den]["b_crit"])
     with np.errstate(invalid="ignore", divide="ignore"):
-        samples = np.log2(boots["kfac"] / boots["sgd"])
+        samples = np.log2(boots[num] / boots[den])
     iv = _interval(samples)
     if unidentified:
-        return _verdict("c", results.name, NOT_RESOLVED, "log2(K-FAC B_crit / SGD B_crit)", est, iv, rule,
-                        f"B_crit not identified for {', '.join(unidentified)} (beyond the largest batch size "
-                        f"measured); {detail}")
-    v = _verdict("c", results.name, _decide(iv, below=0.5, above=0.5), "log2(K-FAC B_crit / SGD B_crit)", est, iv,
-                 rule, f"target {target:g}; {detail}")
+        return _verdict(key, results.name, NOT_RESOLVED, statistic, est, iv, rule,
+                        f"target {target:g}; B_crit not identified for {', '.join(unidentified)} (beyond the "
+                        f"largest batch size measured); {detail}")
+    v = _verdict(key, results.name, _decide(iv, below=threshold, above=threshold), statistic, est, iv, rule,
+                 f"target {target:g}; {detail}")
     return _unresolved_if_missing(v, samples, "a target not reached, or B_crit not identified")
+
+
+AGREE, DISAGREE, CANNOT_TELL = "agree", "disagree", "cannot tell"
+
+
+def claim_k(results: StudyResults, pair_verdicts: dict, prediction: dict | None = None) -> Verdict:
+    """Rule (k): on each pair ((c), (i), (j)) the NQM set up as the studies tune predicts
+    *reproduced* where its log2 ratio of B_crit lies above the pair's threshold, *contradicted*
+    below; the runs agree where the pair's verdict is the predicted one, disagree where it is the
+    other, cannot tell where it is not resolved. Reproduced if every pair agrees, contradicted if
+    any disagrees. `prediction` maps each pair's claim to the model's log2 ratio
+    (kfaclab.nqm.study_prediction when not given)."""
+    rule = ("per pair (K-FAC, SGD), (Adam, SGD), (K-FAC, Adam): the NQM predicts reproduced above the pair's "
+            "threshold, contradicted below; the runs agree where the pair's verdict (c, i, j) is the predicted one, "
+            "disagree where it is the other; reproduced if all agree, contradicted if any disagrees")
+    if prediction is None:
+        from kfaclab.nqm import study_prediction
+
+        prediction = study_prediction()
+    parts, outcomes = [], []
+    for key, (num, den, threshold) in B_CRIT_PAIRS.items():
+        v = pair_verdicts[key]
+        predicted = REPRODUCED if prediction[key] > threshold else CONTRADICTED
+        if v.outcome not in (REPRODUCED, CONTRADICTED):
+            o = CANNOT_TELL
+        else:
+            o = AGREE if v.outcome == predicted else DISAGREE
+        parts.append({"pair": f"{NAMES[num]} over {NAMES[den]}", "claim": key, "outcome": o,
+                      "nqm_log2_ratio": float(prediction[key]), "nqm_predicts": predicted,
+                      "runs_log2_ratio": v.estimate, "interval": v.interval, "runs_verdict": v.outcome})
+        outcomes.append(o)
+    outcome = CONTRADICTED if DISAGREE in outcomes else (REPRODUCED if all(o == AGREE for o in outcomes)
+                                                          else NOT_RESOLVED)
+    detail = "; ".join(f"{p['pair']}: {p['outcome']} (NQM {p['nqm_log2_ratio']:+.2f}, predicts {p['nqm_predicts']}; "
+                       f"runs {'–' if p['runs_log2_ratio'] is None else format(p['runs_log2_ratio'], '+.2f')}, "
+                       f"{p['runs_verdict']})" for p in parts)
+    return _verdict("k", results.name, outcome, "pairs on which the runs agree with the NQM", None,
+                    (None, None), rule, detail, parts)
 
 
 def fit_b_crit_rows(bs, steps: np.ndarray) -> np.ndarray:
@@ -553,27 +622,92 @@ def claim_f(results: StudyResults, n: int = N_BOOT, seed: int = SEED) -> Verdict
 
 # ------------------------------------------------------------------------------ all of them
 
-def verdicts(results: StudyResults, n: int = N_BOOT, seed: int = SEED) -> list[Verdict]:
-    """The verdicts a study can carry: the steps and robustness claims (a-e, g, h) where it has
-    fixed-batch SGD and K-FAC runs at three or more batch sizes, the adaptive-batch claim (f)
-    where it has adaptive runs."""
+def verdicts(results: StudyResults, n: int = N_BOOT, seed: int = SEED, claims=None) -> list[Verdict]:
+    """The verdicts a study can carry (of `claims`, default all): each claim where the optimizers
+    it compares (CLAIM_OPTIMIZERS) have fixed-batch runs at three or more batch sizes, the
+    adaptive-batch claim (f) where the study has adaptive runs. Pending runs are not checked here:
+    see `ready_verdicts`."""
     with warnings.catch_warnings():  # empty slices (configurations without a result) are expected
         warnings.simplefilter("ignore", RuntimeWarning)
-        return _verdicts(results, n, seed)
+        return _verdicts(results, n, seed, claims)
 
 
-def _verdicts(results, n, seed):
-    out = []
+def pending_runs(results: StudyResults) -> dict:
+    """Per claim: how many runs of the optimizers it compares have no result yet (pending or
+    interrupted). A claim about adaptive batches (f) waits for every run of the study."""
     runs = results.runs
-    sizes = {o: runs.loc[runs["optimizer"] == o, "batch_size"].nunique() for o in ("sgd", "kfac")}
-    if min(sizes.values()) >= 3:
+    waiting = runs["status"].isin(["pending", "interrupted"])
+    out = {}
+    for key, opts in CLAIM_OPTIMIZERS.items():
+        mine = waiting if opts is None else waiting & runs["base_optimizer"].fillna(runs["optimizer"]).isin(opts)
+        out[key] = int(mine.sum())
+    return out
+
+
+def carried_claims(results: StudyResults) -> list[str]:
+    """The claims a study can carry: those whose optimizers all have fixed-batch runs at three or
+    more batch sizes, and (f) where it has adaptive-batch runs."""
+    runs = results.runs
+    fixed = runs[runs["batch_schedule"] == "fixed"]
+    sizes = fixed.groupby("optimizer", observed=True)["batch_size"].nunique()
+    out = []
+    for key, opts in CLAIM_OPTIMIZERS.items():
+        if opts is None:
+            if (runs["batch_schedule"] != "fixed").any():
+                out.append(key)
+        elif all(sizes.get(o, 0) >= 3 for o in opts):
+            out.append(key)
+    return out
+
+
+def ready_claims(results: StudyResults, claims=None) -> tuple[list[str], dict]:
+    """(ready, waiting): of `claims` (default all) that the study can carry, those whose
+    optimizers' runs have all finished, and per claim still waiting its number of unfinished runs."""
+    left = pending_runs(results)
+    carried = [k for k in carried_claims(results) if claims is None or k in claims]
+    return [k for k in carried if left[k] == 0], {k: left[k] for k in carried if left[k]}
+
+
+def ready_verdicts(results: StudyResults, claims=None, n: int = N_BOOT, seed: int = SEED):
+    """(verdicts, waiting): the verdicts of `claims` whose optimizers' runs have all finished
+    (book/verdicts.md: a verdict waits only for the runs it compares), and per claim still
+    waiting the number of its runs without a result."""
+    ready, waiting = ready_claims(results, claims)
+    return (verdicts(results, n, seed, "".join(ready)) if ready else []), waiting
+
+
+def _verdicts(results, n, seed, claims=None):
+    out = []
+    wanted = set(claims or CLAIMS) & set(carried_claims(results))
+
+    def can(key):  # the claim is wanted and the study can carry it
+        return key in wanted
+
+    pair_steps = {}
+    if any(can(k) for k in "abcdegh"):
         target = primary_target(results)
         st = _Steps(results, target, n, seed) if target is not None else None
-        for fn in (claim_a, claim_b, claim_c, claim_g, claim_h):
-            out.append(fn(results, st, target))
-        out.append(claim_d(results, n, seed))
-        out.append(claim_e(results, n, seed))
-    if (results.runs["batch_schedule"] != "fixed").any():
+        pair_steps[("sgd", "kfac")] = st
+        for key, fn in (("a", claim_a), ("b", claim_b), ("c", claim_c), ("g", claim_g), ("h", claim_h)):
+            if can(key):
+                out.append(fn(results, st, target))
+        if can("d"):
+            out.append(claim_d(results, n, seed))
+        if can("e"):
+            out.append(claim_e(results, n, seed))
+    pairs = {v.claim: v for v in out if v.claim in B_CRIT_PAIRS}
+    for key in ("c", "i", "j"):
+        num, den, _ = B_CRIT_PAIRS[key]
+        if key in pairs or not (can(key) or can("k")):
+            continue
+        target = primary_target(results, (den, num))
+        st = _Steps(results, target, n, seed) if target is not None else None
+        pairs[key] = _b_crit_ratio(results, key, st, target)
+        if can(key):
+            out.append(pairs[key])
+    if can("k"):
+        out.append(claim_k(results, pairs))
+    if can("f"):
         out.append(claim_f(results, n, seed))
     return sorted(out, key=lambda v: v.claim)
 
@@ -610,18 +744,22 @@ def verdict_display(vs: list[Verdict], claims: str | None = None) -> pd.DataFram
 
 
 def chapter_verdicts(results: StudyResults, claims: str):
-    """What a results chapter shows under "Verdicts": for a finished study, the table of the
-    given claims (verdict_display) with a sentence naming the study and what its intervals rest
-    on; for a study still running, that sentence and no verdict (book/verdicts.md)."""
+    """What a results chapter shows under "Verdicts": the table of the given claims whose runs
+    have all finished (verdict_display), with a sentence naming the study and what its intervals
+    rest on, and for each claim still waiting for runs, "no verdict yet" with their number
+    (book/verdicts.md)."""
     from IPython.display import HTML
 
-    from kfaclab.results.study import evidence, finished
+    from kfaclab.results.study import evidence
 
-    left = int(results.runs["status"].isin(["pending", "interrupted"]).sum())
-    head = f"<p>On the <code>{results.name}</code> study: {evidence(results)}.</p>"
-    if not finished(results):
-        return HTML(head + f"<p><b>No verdict yet</b>: {left} of the study's {len(results.runs)} runs have not "
-                           "finished, and a verdict is drawn only from a finished study.</p>")
-    table = verdict_display(verdicts(results), claims).style.hide(axis="index").set_table_attributes(
-        'class="kfaclab-verdicts"')
-    return HTML(head + table.to_html())
+    vs, waiting = ready_verdicts(results, claims)
+    html = f"<p>On the <code>{results.name}</code> study: {evidence(results)}.</p>"
+    if vs:
+        html += verdict_display(vs, claims).style.hide(axis="index").set_table_attributes(
+            'class="kfaclab-verdicts"').to_html()
+    for key, left in waiting.items():
+        opts = CLAIM_OPTIMIZERS[key]
+        whose = "the study's" if opts is None else " and ".join(NAMES[o] for o in opts)
+        html += (f"<p><b>No verdict yet</b> on ({key}): {left} of {whose} runs have not finished, and a verdict "
+                 "is drawn only from finished runs.</p>")
+    return HTML(html)
