@@ -61,6 +61,18 @@ def test_update_is_adamw_written_out(hp):
     for p, q in zip(model.parameters(), expected):
         torch.testing.assert_close(p.detach(), q, rtol=1e-12, atol=1e-14)
     assert opt.counters["steps"] == 6 and opt.counters["propagations"] == 2 * 6 * 16
+    # and torch's own AdamW, driven directly, lands on the same parameters
+    direct = _model()
+    ref = torch.optim.AdamW(direct.parameters(), lr=hp["lr"], betas=(hp["beta1"], hp["beta2"]), eps=hp["eps"],
+                            weight_decay=hp["weight_decay"])
+    for (x, y), lr in zip(batches, lrs):
+        for group in ref.param_groups:
+            group["lr"] = lr
+        ref.zero_grad()
+        F.cross_entropy(direct(x), y).backward()
+        ref.step()
+    for p, q in zip(model.parameters(), direct.parameters()):
+        assert torch.equal(p, q)
 
 
 def test_micro_batches_give_the_batch_update_and_state_round_trips():

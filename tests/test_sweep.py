@@ -47,7 +47,7 @@ BAD_SPECS = [
     ({"fixed": {"batch_size": 32}}, "fixed.batch_size: is set by the spec's own sections (batch_sizes)"),
     ({"fixed": {"modle": "mlp"}}, "unknown key(s) modle"),
     ({"fixed": {"train_subset": "many"}}, "train_subset must be int"),
-    ({"optimizers": {"adam": {"grid": {"lr": [0.1]}}}}, "optimizers.adam: unknown optimizer"),
+    ({"optimizers": {"adamw": {"grid": {"lr": [0.1]}}}}, "optimizers.adamw: unknown optimizer"),
     ({"optimizers": {"sgd": {"grid": {"lr": []}}}}, "optimizers.sgd.grid.lr: is empty"),
     ({"optimizers": {"sgd": {"grid": {"damping": [0.1]}}}}, "optimizers.sgd.grid.damping: not a hyperparameter of sgd"),
     ({"optimizers": {"sgd": {"grids": {"lr": [0.1]}}}}, "optimizers.sgd.grids: unknown key"),

@@ -103,6 +103,16 @@ class TrainingOptimizer:
         """One update on this batch; returns the batch loss before the update (detached)."""
         raise NotImplementedError
 
+    def gradient_step(self, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The whole step of an optimizer that needs only the batch gradient (SGD, Adam): one
+        forward and backward over the batch (in chunks), then the torch optimizer's update."""
+        self.torch_optimizer.zero_grad(set_to_none=True)
+        loss = self.accumulate_loss_backward(self.chunks(inputs, targets), len(inputs))
+        self.torch_optimizer.step()
+        self.counters["steps"] += 1
+        self.counters["propagations"] += 2 * len(inputs)
+        return loss.detach()
+
     def state_dict(self) -> dict:
         return {"torch_optimizer": self.torch_optimizer.state_dict(), "counters": dict(self.counters)}
 

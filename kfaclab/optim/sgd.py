@@ -19,9 +19,4 @@ class SGD(TrainingOptimizer):
                                                weight_decay=h["weight_decay"], nesterov=h["nesterov"])
 
     def step(self, inputs, targets):
-        self.torch_optimizer.zero_grad(set_to_none=True)
-        loss = self.accumulate_loss_backward(self.chunks(inputs, targets), len(inputs))
-        self.torch_optimizer.step()
-        self.counters["steps"] += 1
-        self.counters["propagations"] += 2 * len(inputs)
-        return loss.detach()
+        return self.gradient_step(inputs, targets)
