@@ -254,3 +254,18 @@ def test_seed_medians_give_one_accuracy_per_configuration_and_count_a_missing_se
     assert table.loc[0.01, "accuracy"] == pytest.approx(0.41)
     region = high_accuracy_region(table.reset_index(), tolerance=0.05).iloc[0]
     assert region["grid_points"] == 3 and region["in_region"] == 1  # shares count configurations, not runs
+
+
+def test_vectorised_fit_returns_the_scalar_fits_s_min_and_b_crit():
+    from kfaclab.results.scaling import fit_steps_rows
+
+    bs = [32, 64, 128, 256, 512, 1024, 2048]
+    rng = np.random.default_rng(0)
+    rows = np.array([[s * (1 + bc / b) * np.exp(rng.normal(0, 0.05)) for b in bs]
+                     for s, bc in [(100, 50), (40, 700), (900, 3000), (10, 200)]])
+    got = fit_steps_rows(bs, rows)
+    for i, row in enumerate(rows):
+        ref = fit_steps_curve(bs, row)
+        assert got["s_min"][i] == pytest.approx(ref["s_min"], rel=1e-6)
+        assert got["b_crit"][i] == pytest.approx(ref["b_crit"], rel=1e-6)
+    assert list(got["count"]) == [7] * 4 and not got["at_edge"].any()

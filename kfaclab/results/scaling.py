@@ -160,6 +160,41 @@ def steps_curve(fit: dict, batch_sizes) -> np.ndarray:
     return fit["s_min"] * (1 + fit["b_crit"] / b)
 
 
+def fit_steps_rows(bs, steps: np.ndarray) -> dict:
+    """`fit_steps_curve` for every row of `steps` (replicates x batch sizes) at once: the same
+    least squares in log space over the same grid of log B_crit (spanning all of `bs`), then
+    golden-section refinement. Returns arrays s_min, b_crit, whether the grid's minimum lay at
+    its edge, and how many finite steps each row had (a fit needs three)."""
+    b = np.asarray(bs, float)
+    steps = np.atleast_2d(np.asarray(steps, float))
+    ok = np.isfinite(steps) & (steps > 0)
+    w = ok.astype(float)
+    logs = np.where(ok, np.log(np.where(ok, steps, 1.0)), 0.0)
+    count = w.sum(axis=1)
+
+    def loss(log_bc):  # log_bc: (rows, k) -> ((rows, k) mean squared residual, (rows, k) log S_min)
+        shape = np.log1p(np.exp(log_bc)[..., None] / b)  # (rows, k, B)
+        resid = logs[:, None, :] - shape
+        mean = (resid * w[:, None, :]).sum(-1) / np.maximum(count, 1)[:, None]
+        return (((resid - mean[..., None]) ** 2) * w[:, None, :]).sum(-1) / np.maximum(count, 1)[:, None], mean
+
+    lo, hi = np.log(b.min()) - 8, np.log(b.max()) + 8
+    grid = np.linspace(lo, hi, 801)
+    values, _ = loss(np.broadcast_to(grid, (len(steps), len(grid))))
+    i = values.argmin(axis=1)
+    a, c = grid[np.maximum(i - 1, 0)], grid[np.minimum(i + 1, len(grid) - 1)]
+    phi = (np.sqrt(5) - 1) / 2
+    for _ in range(80):
+        x1, x2 = c - phi * (c - a), a + phi * (c - a)
+        f1, f2 = loss(x1[:, None])[0][:, 0], loss(x2[:, None])[0][:, 0]
+        c = np.where(f1 < f2, x2, c)
+        a = np.where(f1 < f2, a, x1)
+    log_bc = (a + c) / 2
+    _, log_smin = loss(log_bc[:, None])
+    return {"s_min": np.exp(log_smin[:, 0]), "b_crit": np.exp(log_bc), "at_edge": (i == 0) | (i == len(grid) - 1),
+            "count": count}
+
+
 def critical_batch_size(results: StudyResults, optimizer: str, target: float, unit: str = "iterations",
                         n_boot: int = 200, seed: int = 0, level: float = 0.68) -> dict:
     """The fit for one optimizer and target, with a bootstrap interval over grid points: each
@@ -175,23 +210,24 @@ def critical_batch_size(results: StudyResults, optimizer: str, target: float, un
     # Per batch size, each configuration's median over its seeds (as steps_to_target and the
     # verdicts count steps); the bootstrap resamples these configurations.
     keys = [c for c in df.columns if c.startswith("hp_") and df[c].notna().all()]
-    groups = {int(b): _config_medians(g, keys, f"{target:g}")[unit].astype(float).to_numpy()
-              for b, g in df.groupby("batch_size")}
+    crossing = df[col].astype(float).fillna(np.inf)  # a seed that never crossed counts as never
+    medians = crossing.groupby([df["batch_size"], *[df[k] for k in keys]]).median()
+    groups = {int(b): np.where(np.isfinite(m.to_numpy()), m.to_numpy(), np.nan)
+              for b, m in medians.groupby(level=0)}
     point = {b: np.nanmin(v) if np.isfinite(v).any() else np.nan for b, v in groups.items()}
     bs = sorted(point)
     fit = fit_steps_curve(bs, [point[b] for b in bs])
     rng = np.random.default_rng(seed)
-    reps = []
-    for _ in range(n_boot):
-        steps = []
-        for b in bs:
-            v = rng.choice(groups[b], size=len(groups[b]), replace=True)
-            steps.append(np.nanmin(v) if np.isfinite(v).any() else np.nan)
-        try:
-            f = fit_steps_curve(bs, steps)
-        except ValueError:
-            continue
-        reps.append((f["s_min"], f["b_crit"]))
+    rows = np.full((n_boot, len(bs)), np.nan)
+    for j, b in enumerate(bs):
+        v = groups[b]
+        draws = v[rng.integers(0, len(v), size=(n_boot, len(v)))]
+        with np.errstate(invalid="ignore"):
+            rows[:, j] = np.where(np.isfinite(draws).any(axis=1), np.nanmin(np.where(np.isfinite(draws), draws, np.inf),
+                                                                           axis=1), np.nan)
+    fits = fit_steps_rows(bs, rows)
+    keep = fits["count"] >= 3  # as fit_steps_curve: three or more batch sizes with steps
+    reps = list(zip(fits["s_min"][keep], fits["b_crit"][keep]))
     q = [(1 - level) / 2, (1 + level) / 2]
     reps = np.array(reps) if reps else np.full((0, 2), np.nan)
     fit.update(optimizer=optimizer, target=target, unit=unit, batch_sizes=bs, steps=[point[b] for b in bs],

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from kfaclab.results.published import published
-from kfaclab.results.scaling import fit_steps_curve
+from kfaclab.results.scaling import fit_steps_curve, fit_steps_rows
 from kfaclab.results.study import FINISHED, StudyResults
 
 REPRODUCED, CONTRADICTED = "reproduced", "contradicted"
@@ -437,38 +437,15 @@ def claim_k(results: StudyResults, pair_verdicts: dict, prediction: dict | None 
 
 def fit_b_crit_rows(bs, steps: np.ndarray) -> np.ndarray:
     """B_crit of S(B) = S_min (1 + B_crit / B) fitted to every row of `steps` (replicates x batch
-    sizes) by the least squares in log space of `fit_steps_curve`, all rows at once: the same
-    grid over log B_crit, then golden-section refinement. NaN where a row has fewer than three
-    finite steps or its B_crit is not identified (at the search's edge, or beyond the largest
-    batch size the row has)."""
+    sizes) at once (`fit_steps_rows`). NaN where a row has fewer than three finite steps or its
+    B_crit is not identified (at the search's edge, or beyond the largest batch size the row has)."""
     b = np.asarray(bs, float)
     steps = np.atleast_2d(np.asarray(steps, float))
+    fit = fit_steps_rows(b, steps)
     ok = np.isfinite(steps) & (steps > 0)
-    w = ok.astype(float)
-    logs = np.where(ok, np.log(np.where(ok, steps, 1.0)), 0.0)
-    count = w.sum(axis=1)
-
-    def loss(log_bc):  # log_bc: (rows, k) -> (rows, k)
-        shape = np.log1p(np.exp(log_bc)[..., None] / b)  # (rows, k, B)
-        resid = logs[:, None, :] - shape
-        mean = (resid * w[:, None, :]).sum(-1) / np.maximum(count, 1)[:, None]
-        return (((resid - mean[..., None]) ** 2) * w[:, None, :]).sum(-1) / np.maximum(count, 1)[:, None]
-
-    lo, hi = np.log(b.min()) - 8, np.log(b.max()) + 8
-    grid = np.linspace(lo, hi, 801)
-    values = loss(np.broadcast_to(grid, (len(steps), len(grid))))
-    i = values.argmin(axis=1)
-    a, c = grid[np.maximum(i - 1, 0)], grid[np.minimum(i + 1, len(grid) - 1)]
-    phi = (np.sqrt(5) - 1) / 2
-    for _ in range(80):
-        x1, x2 = c - phi * (c - a), a + phi * (c - a)
-        f1, f2 = loss(x1[:, None])[:, 0], loss(x2[:, None])[:, 0]
-        c = np.where(f1 < f2, x2, c)
-        a = np.where(f1 < f2, a, x1)
-    b_crit = np.exp((a + c) / 2)
     largest = np.where(ok, b, -np.inf).max(axis=1)
-    bad = (count < 3) | (i == 0) | (i == len(grid) - 1) | (b_crit > largest)
-    return np.where(bad, np.nan, b_crit)
+    bad = (fit["count"] < 3) | fit["at_edge"] | (fit["b_crit"] > largest)
+    return np.where(bad, np.nan, fit["b_crit"])
 
 
 # ------------------------------------------------------------------------------ robustness claims
