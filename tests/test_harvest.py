@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from kfaclab.errors import UsageError
+from kfaclab.results.device_bench import load_benches, step_table
 from kfaclab.sweep import load_study
 from kfaclab.sweep import harvest as hv
 from kfaclab.sweep.merge import merge
@@ -187,6 +188,12 @@ def test_rehearsal_deadline_cut_archive_merge_and_a_second_harvest_that_runs_exa
     assert sum(summary.merged.values()) == n1
     assert sum(run_state(spec.parent, r) == "done" for r in study.runs) == n1
     assert list((spec.parent / "bench").glob("*.json"))
+    # The merged bench is what the book's tables read: each optimizer at each batch size, on the
+    # device the environment names.
+    benches = load_benches(tmp_path)
+    assert [b["study"] for b in benches] == ["rehearsal"] and benches[0]["environment"]["device"] == "cpu"
+    steps = step_table(benches)
+    assert sorted(zip(steps["batch size"], steps["optimizer"])) == [(b, o) for b in (32, 128) for o in ("kfac", "sgd")]
     with pytest.raises(UsageError, match="already done"):
         merge(archive, spec.parent)
 

@@ -16,17 +16,21 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from kfaclab.results.study import FINISHED, StudyResults
+from kfaclab.results.study import StudyResults
 
 BUDGET_TYPES = ("epochs", "iterations", "rule")
 _COLUMN = {"epochs": "epoch", "iterations": "iteration"}
 
 
 def default_budget(results: StudyResults, budget_type: str) -> float | None:
-    runs = results.runs[results.runs["status"].isin(FINISHED)]
-    if budget_type == "rule" or runs.empty:
+    """The fewest epochs (or iterations) any run of the study is given: the budget common to all
+    batch sizes. Every run counts, run or not (a pending run's budget comes from its config), so
+    the budget of a partly run study is already the one it will have when complete."""
+    col = "planned_" + budget_type
+    if budget_type == "rule" or col not in results.runs:
         return None
-    return float(runs["planned_" + budget_type].min())
+    planned = results.runs[col][results.runs[col] > 0]  # a run that failed before its plan has none
+    return float(planned.min()) if len(planned) else None
 
 
 def accuracy_at_budget(results: StudyResults, budget_type: str = "epochs", budget: float | None = None) -> pd.DataFrame:

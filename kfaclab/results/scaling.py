@@ -50,7 +50,7 @@ def steps_to_target(results: StudyResults, targets=None, kind: str = "accuracy")
                    "pending": int(group["status"].isin(["pending", "interrupted"]).sum())}
             col = f"iteration_to_{key}"
             row["reached"] = int(finished[col].notna().sum()) if col in finished else 0
-            medians = _config_medians(finished, keys, key) if col in finished else pd.DataFrame()
+            medians = _config_medians(finished, keys, key) if col in finished and len(finished) else pd.DataFrame()
             for unit in UNITS:
                 values = medians[unit] if unit in medians else pd.Series(dtype=float)
                 row[unit] = float(values.min()) if np.isfinite(values).any() else np.nan

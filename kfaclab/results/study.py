@@ -98,6 +98,8 @@ def _with_spec(spec_file: Path) -> StudyResults:
         marker = _read(study.directory / f"{run.name}.failed.json")
         row = _row(run.name, run.run_id, run.config.to_dict(), run.grid_point, rec,
                    marker if marker and marker.get("run_id") == run.run_id else None)
+        if rec is None:
+            row.update(_planned(run))
         if problem is not None:
             row["error"] = f"malformed record: {problem}"
         rows.append(row)
@@ -109,6 +111,22 @@ def _with_spec(spec_file: Path) -> StudyResults:
     return StudyResults(study.name, study.directory, study.description, _with_loss_crossings(_frame(rows), evals,
                                                                                            loss_targets),
                         evals, grid_keys, list(study.runs[0].config.targets), spec, loss_targets, malformed)
+
+
+def _planned(run) -> dict:
+    """A run's budget from its config alone (the record states it once the run has trained), so
+    that budgets read across a study (the robustness chapter's common epoch and iteration
+    budgets) do not move as a partly run study fills in. Empty where the dataset's size is not
+    known without loading it."""
+    from kfaclab.sweep.harvest import run_iterations
+    from kfaclab.sweep.runner import TRAIN_SIZES
+
+    c = run.config
+    n_train = c.train_subset or TRAIN_SIZES.get(c.dataset)
+    iters, _ = run_iterations(run)
+    if not iters:
+        return {}
+    return {"planned_iterations": iters, "planned_epochs": iters / (n_train // c.batch_size)}
 
 
 def loss_key(target: float) -> str:
@@ -191,7 +209,8 @@ def _row(name, run_id, cfg: dict, point: dict, rec: dict | None, marker: dict | 
                    steps_per_epoch=res["steps_per_epoch"], train_examples=res["train_examples"],
                    test_examples=res.get("test_examples"),
                    device=rec["environment"].get("device"),
-                   cpu=rec["environment"].get("cpu"), gpu=rec["environment"].get("gpu"))
+                   cpu=rec["environment"].get("cpu"), gpu=rec["environment"].get("gpu"),
+                   cpu_count=rec["environment"].get("cpu_count"), threads=rec["environment"].get("torch_threads"))
         row["final_batch_size"] = rec["history"][-1].get("batch_size", cfg["batch_size"]) if rec["history"] \
             else cfg["batch_size"]
         adaptive = rec.get("adaptive")

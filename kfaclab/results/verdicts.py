@@ -734,9 +734,13 @@ def chapter_verdicts(results: StudyResults, claims: str):
     if vs:
         html += verdict_display(vs, claims).style.hide(axis="index").set_table_attributes(
             'class="kfaclab-verdicts"').to_html()
+    # Claims that wait for the same runs share one line.
+    groups: dict = {}
     for key, left in waiting.items():
-        opts = CLAIM_OPTIMIZERS[key]
+        groups.setdefault((left, CLAIM_OPTIMIZERS[key]), []).append(f"({key})")
+    for (left, opts), keys in groups.items():
         whose = "the study's" if opts is None else " and ".join(NAMES[o] for o in opts)
-        html += (f"<p><b>No verdict yet</b> on ({key}): {left} of {whose} runs have not finished, and a verdict "
+        which = keys[0] if len(keys) == 1 else ", ".join(keys[:-1]) + " and " + keys[-1]
+        html += (f"<p><b>No verdict yet</b> on {which}: {left} of {whose} runs have not finished, and a verdict "
                  "is drawn only from finished runs.</p>")
     return HTML(html)

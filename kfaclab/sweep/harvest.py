@@ -639,16 +639,17 @@ def run_harvest_bench(study: Study, batch_sizes, steps: int, slots, throughput_r
     hparams = {}
     for r in firsts.values():
         hparams.update(r.config.hparams)
-    step_times = []
+    step_times, env = [], None
     for b in sizes:
         cfg = dataclasses.replace(base, batch_size=b, hparams=hparams)
         say(f"bench: batch {b}, {', '.join(firsts)}, {steps} steps each")
         result = run_bench(cfg, list(firsts), steps=5, warmup=5, rounds=1, amortize=steps, amortize_rounds=1,
                            progress=False)
         step_times.append({"batch_size": b, "results": result["results"]})
+        env = result.get("environment")
     n_sharing = len(slots) if not any(slots) else sum(1 for s in slots if s == slots[0])
     result = {"kind": "kfaclab.harvest-bench", "study": study.name, "created": _now(), "amortized_steps": steps,
-              "step_times": step_times, "throughput": None}
+              "model": base.model, "environment": env, "step_times": step_times, "throughput": None}
     if n_sharing < 2:
         return result  # one run at a time: nothing shares the device
     counts = sorted({n for n in list(throughput_runs) + [n_sharing] if 2 <= n <= n_sharing})
