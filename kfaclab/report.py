@@ -5,8 +5,8 @@ The scaling, robustness and critical-batch chapters show the `miniature` study i
 functions, so the two studies are measured, tabulated and judged alike. A study that has only
 partly run is shown as partial: everything derived from steps or accuracies (charts, fits,
 shares of a grid) uses only the (optimizer, batch size) cells whose runs have all finished, the
-tables say "not yet" for the others, and a verdict waits for every run of the optimizers it
-compares (kfaclab.results.verdicts.ready_verdicts).
+steps tables give the others' best so far, marked so, and a verdict waits for every run of the
+optimizers it compares (kfaclab.results.verdicts.ready_verdicts).
 
 Presentation only: it reads kfaclab.results and draws with kfaclab.plots.
 """
@@ -20,8 +20,8 @@ import pandas as pd
 from IPython.display import HTML, Markdown
 
 from kfaclab import plots
-from kfaclab.results import (accuracy_at_budget, critical_batch_size, default_budget, high_accuracy_region,
-                             status_counts, steps_to_target, with_ideal_scaling)
+from kfaclab.results import (UNITS, accuracy_at_budget, critical_batch_size, default_budget,
+                             high_accuracy_region, status_counts, steps_to_target, with_ideal_scaling)
 from kfaclab.results.robustness import seed_medians
 from kfaclab.results.study import StudyResults
 
@@ -126,7 +126,8 @@ def what_ran(study: StudyResults) -> Markdown:
         + f" and {test}, {size}, {augment}. Model: {models}. Batch sizes "
         f"{', '.join(str(b) for b in study.batch_sizes())}; {budget}; {lr}{decay}; targets {targets}; "
         f"{seeds} seed{'s' if seeds != 1 else ''} per configuration. "
-        f"{'Grids of equal size' if len(points) == 1 else 'Grids'} per batch size: {'; '.join(grids)}. Ran on: {where}{time}.")
+        f"{'Grids of equal size' if len(points) == 1 else 'Grids'} per batch size: {'; '.join(grids)}. "
+        f"Ran on: {where}{time}.")
 
 
 def status_table(study: StudyResults):
@@ -152,17 +153,28 @@ def _steps_to_target(study: StudyResults, kind: str) -> pd.DataFrame:
 
 def steps_table(study: StudyResults, kind: str = "accuracy") -> pd.DataFrame:
     """Steps to target per optimizer, batch size and target, with the ideal-scaling columns.
-    A cell whose grid has runs still pending keeps its row with no steps (`partial` true)."""
-    table = with_ideal_scaling(_steps_to_target(complete_cells(study), kind), "iterations")
-    full = _steps_to_target(study, kind)[["optimizer", "batch_size", "target", "pending"]]
-    table = full.merge(table.drop(columns="pending"), on=["optimizer", "batch_size", "target"], how="left")
+    A cell whose grid has runs still pending keeps its row with no steps (`partial` true), and
+    `so_far`: the same minimum over the runs that have finished (NaN where none reached the
+    target), with `finished` of `runs`: a value that can still move as the rest arrive."""
+    full = _steps_to_target(study, kind)[["optimizer", "batch_size", "target", "pending", "finished", "runs",
+                                          "iterations"]].rename(columns={"iterations": "so_far"})
+    done = complete_cells(study)
+    if len(done.runs):
+        table = with_ideal_scaling(_steps_to_target(done, kind), "iterations")
+        table = full.merge(table.drop(columns=["pending", "finished", "runs"]),
+                           on=["optimizer", "batch_size", "target"], how="left")
+    else:  # no grid has finished: every cell is partial
+        table = full.assign(**{u: np.nan for u in UNITS}, ideal=np.nan, efficiency=np.nan, best_run=None,
+                            seed_low=np.nan, seed_high=np.nan)
     table["partial"] = table["pending"] > 0
+    table.loc[~table["partial"], "so_far"] = np.nan
     return table
 
 
 def _cell(r) -> str:
     if r["partial"]:
-        return "not yet"
+        ran = f"{r['finished']} of {r['runs']} run"
+        return f"{r['so_far']:,.0f} so far ({ran})" if np.isfinite(r["so_far"]) else f"not yet ({ran})"
     if not np.isfinite(r["iterations"]):
         return "not reached"
     spread = f" [{r['seed_low']:,.0f}-{r['seed_high']:,.0f}]" if r["seed_high"] > r["seed_low"] else ""
@@ -171,7 +183,8 @@ def _cell(r) -> str:
 
 def steps_view(study: StudyResults, kind: str = "accuracy"):
     """Iterations to each target: the best configuration's median over seeds [the range over its
-    seeds that reached it]; "not yet" where the grid still has runs pending."""
+    seeds that reached it]; where the grid still has runs pending, "N so far (k of n run)", the
+    same over the runs that have finished, or "not yet (k of n run)" where none reached it."""
     t = steps_table(study, kind)
     shown = t.assign(cell=t.apply(_cell, axis=1)).pivot(index="batch_size", columns=["target", "optimizer"],
                                                          values="cell")
@@ -179,8 +192,9 @@ def steps_view(study: StudyResults, kind: str = "accuracy"):
     shown.columns = shown.columns.set_levels([fmt(v) for v in shown.columns.levels[0]], level=0)
     what = "test-accuracy" if kind == "accuracy" else "training-loss"
     return shown.style.set_caption(f"{study.name} study: iterations to each {what} target, the best configuration's "
-                                   "median over seeds [the range over its seeds that reached it]; 'not yet': runs "
-                                   "of that grid still pending")
+                                   "median over seeds [the range over its seeds that reached it]; "
+                                   "'so far (k of n run)': the same over the grid's finished runs while others are "
+                                   "pending")
 
 
 def efficiency_view(study: StudyResults):
@@ -271,7 +285,8 @@ def b_crit_lines(study: StudyResults, fits: pd.DataFrame) -> Markdown:
         ok = {o: bool(fits.loc[(o, target), "identified"]) for o in have}
         b = {o: fits.loc[(o, target), "B_crit"] for o in have}
         found = ", ".join(f"{name(o)} {b[o]:,.0f}" for o in have if ok[o])
-        ratios = "; ".join(f"{name(o)} over SGD {b[o] / b['sgd']:.2f}" for o in have if o != "sgd" and ok[o] and ok["sgd"])
+        ratios = "; ".join(f"{name(o)} over SGD {b[o] / b['sgd']:.2f}" for o in have
+                           if o != "sgd" and ok[o] and ok["sgd"])
         text = f"- at {target:.0%}: {found or 'none identified'}"
         if ratios:
             text += f" (ratios: {ratios})"
@@ -347,7 +362,8 @@ def region_table(study: StudyResults, tolerance: float = TOLERANCE) -> pd.DataFr
 
 def region_view(study: StudyResults, view: pd.DataFrame, tolerance: float = TOLERANCE):
     return view.style.format("{:.0%}").set_caption(
-        f"{study.name} study: share of each grid within {tolerance:.0%} of the optimizer's best accuracy under the budget")
+        f"{study.name} study: share of each grid within {tolerance:.0%} of the optimizer's best accuracy under the "
+        "budget")
 
 
 def slope_lines(study: StudyResults, view: pd.DataFrame) -> Markdown:
@@ -402,7 +418,8 @@ def throughput_view(benches: list[dict], assumed: dict | None = None):
     measured = throughput_table(benches)
     if len(measured):
         return measured.set_index(["study", "hardware", "runs sharing", "optimizers"]).style.format(
-            {"epochs per second": "{:.2f}", "examples per second": "{:,.0f}", "slowdown per run": "{:.2f}"}).set_caption(
+            {"epochs per second": "{:.2f}", "examples per second": "{:,.0f}",
+             "slowdown per run": "{:.2f}"}).set_caption(
             "Training throughput of runs sharing one device: all of them together, and how much slower each trains "
             "than alone")
     text = "Not measured yet: no GPU window has run the `gpu` study."
@@ -418,8 +435,8 @@ def throughput_view(benches: list[dict], assumed: dict | None = None):
 
 def _not_yet(study: StudyResults) -> list:
     return [Markdown(f"None of the `{study.name}` study's {len(study.runs)} runs has a result yet: it runs in "
-                     "borrowed GPU windows (the Reproduce chapter says how), and this section fills in as they land, judged by "
-                     "the same rules as the miniature."), HTML(status_table(study).to_html())]
+                     "borrowed GPU windows (the Reproduce chapter says how), and this section fills in as they "
+                     "land, judged by the same rules as the miniature."), HTML(status_table(study).to_html())]
 
 
 def _partial(study: StudyResults) -> list:
@@ -428,8 +445,8 @@ def _partial(study: StudyResults) -> list:
         return []
     return [Markdown(f"**Partial results**: {len(study.runs) - left} of {len(study.runs)} runs have a result. "
                      "Charts, fits and shares below use only the batch sizes whose grid has finished for that "
-                     "optimizer; the tables say 'not yet' for the others, and a verdict waits for every run of the "
-                     "optimizers it compares.")]
+                     "optimizer; the steps tables give the others' best so far, marked so; a verdict waits for "
+                     "every run of the optimizers it compares.")]
 
 
 def finished_runs_view(study: StudyResults):
@@ -452,9 +469,9 @@ def _no_grid_yet(study: StudyResults, claims: str) -> list | None:
     if has_results(complete_cells(study)):
         return None
     return [status_table(study),
-            Markdown("No (optimizer, batch size) grid has finished yet, so there is no minimum over a grid to "
-                     "show: the runs with a result so far are listed as they are."),
-            finished_runs_view(study), chapter_verdicts(study, claims)]
+            Markdown("No (optimizer, batch size) grid has finished yet, so nothing is charted or fitted: the steps "
+                     "table gives each grid's best so far, and the runs with a result are listed as they are."),
+            steps_view(study), finished_runs_view(study), chapter_verdicts(study, claims)]
 
 
 def scaling_section(study: StudyResults) -> list:
@@ -495,7 +512,8 @@ def robustness_section(study: StudyResults, tolerance: float = TOLERANCE) -> lis
     view = region_table(study, tolerance)
     return items + _partial(study) + [
         budgets_text(study), plots.robustness_heatmaps(study, budgets=budgets),
-        plots.robustness_boxplots(done, budgets=budgets), plots.region_chart(done, tolerance=tolerance, budgets=budgets), region_view(study, view, tolerance),
+        plots.robustness_boxplots(done, budgets=budgets),
+        plots.region_chart(done, tolerance=tolerance, budgets=budgets), region_view(study, view, tolerance),
         slope_lines(study, view), chapter_verdicts(study, "de")]  # the verdicts name what they rest on
 
 

@@ -82,6 +82,24 @@ def test_teaching_order_runs_each_grid_centre_first_then_spreads_out(tmp_path):
     assert costs == sorted(costs)
 
 
+def test_the_optimizers_a_study_compares_first_finish_before_the_others_start(tmp_path):
+    three = {**REHEARSAL["optimizers"], "adam": {"grid": {"lr": [0.001, 0.003, 0.01]}}}
+    plain = load_study(write_spec(tmp_path / "plain", {**REHEARSAL, "optimizers": three}))
+    first = load_study(write_spec(tmp_path / "first", {**REHEARSAL, "optimizers": three,
+                                                      "harvest_first": ["sgd", "kfac"]}))
+    assert first.harvest_first == ["sgd", "kfac"] and plain.harvest_first == []
+    order = [r.config.optimizer for r in hv.teaching_order(first, first.runs, hv.Predictor(first, 1))]
+    n = sum(o != "adam" for o in order)
+    assert set(order[:n]) == {"sgd", "kfac"} and set(order[n:]) == {"adam"}
+    # Within each tier the teaching order is the one without the key: the centres first.
+    plain_order = [r.name for r in hv.teaching_order(plain, plain.runs, hv.Predictor(plain, 1))]
+    names = [r.name for r in hv.teaching_order(first, first.runs, hv.Predictor(first, 1))]
+    assert names[:n] == [x for x in plain_order if not x.startswith("adam")]
+    assert names[n:] == [x for x in plain_order if x.startswith("adam")]
+    # Without the key, Adam's centres come in the first round beside the others'.
+    assert "adam" in {p.split("-")[0] for p in plain_order[:9]}
+
+
 def test_predictor_interpolates_the_bench_and_learns_from_finished_runs(tmp_path):
     study = load_study(write_spec(tmp_path / "s"))
     bench = {"step_times": [

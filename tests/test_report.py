@@ -70,11 +70,16 @@ def test_a_partial_grid_is_not_yet_and_the_finished_batch_sizes_equal_their_inde
     table = report.steps_table(partial).set_index(["optimizer", "batch_size", "target"])
     assert table.xs(256, level="batch_size")["partial"].all()
     assert not table.drop(index=256, level="batch_size")["partial"].any()
-    # A minimum over half of SGD's grid at 256 would be a number; it is "not yet".
-    assert steps_to_target(partial).set_index(["optimizer", "batch_size", "target"]).loc[
-        ("sgd", 256), "iterations"].notna().any()
+    # Half of SGD's grid at 256 gives a minimum "so far", never a plain number; K-FAC's, none.
+    so_far = steps_to_target(partial).set_index(["optimizer", "batch_size", "target"])["iterations"]
     shown = report.steps_view(partial).data
-    assert (shown.loc[256] == "not yet").all() and not (shown.drop(index=256) == "not yet").any().any()
+    for (target, opt), cell in shown.loc[256].items():
+        value = so_far[(opt, 256, float(target.rstrip("%")) / 100)]
+        expected = "not yet (0 of 16 run)" if opt == "kfac" else \
+            f"{value:,.0f} so far (8 of 16 run)" if np.isfinite(value) else "not yet (8 of 16 run)"
+        assert cell == expected
+    assert so_far[("sgd", 256)].notna().any()  # the case is there
+    assert not shown.drop(index=256).map(lambda c: "run)" in c).any().any()
     expected = steps_to_target(twin).set_index(["optimizer", "batch_size", "target"])
     got = table.drop(index=256, level="batch_size")
     np.testing.assert_array_equal(got["iterations"].to_numpy(), expected.loc[got.index, "iterations"].to_numpy())
@@ -131,7 +136,9 @@ def test_while_no_grid_has_finished_the_runs_are_listed_as_they_are(studies):
     assert not report.has_results(report.complete_cells(centres))
     items = report.scaling_section(centres)
     assert not any("Chart" in k for k in kinds(items))
-    listed = next(i for i in items if type(i).__name__ == "Styler").data
+    tables = [i.data for i in items if type(i).__name__ == "Styler"]
+    steps, listed = tables
+    assert steps.map(lambda c: c.endswith("of 16 run)")).all().all()  # every grid: its one run so far
     assert len(listed) == 8 and set(listed["status"]) <= {"completed", "diverged"}
     assert "No verdict yet" in items[-1].data
 

@@ -70,6 +70,9 @@ BAD_SPECS = [
      "throughput.epochs_per_second.adam: not an optimizer of this study"),
     ({"throughput": {"source": "x", "runs_sharing": 0, "epochs_per_second": {}}}, "throughput.runs_sharing"),
     ({"throughput": {"runs_sharing": 2, "epochs_per_second": {}}}, "throughput.source: missing"),
+    ({"harvest_first": ["adam"]}, "harvest_first: 'adam' is not an optimizer of this study"),
+    ({"harvest_first": "sgd"}, "harvest_first: must be a list"),
+    ({"harvest_first": ["sgd", "sgd"]}, "harvest_first: repeats a value"),
 ]
 
 

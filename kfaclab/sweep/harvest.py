@@ -106,11 +106,15 @@ def grid_rank(study: Study) -> dict[str, float]:
 
 
 def teaching_order(study: Study, runs: list[Run], predict) -> list[Run]:
-    """What to run first: rounds by distance from the grid's centre, one configuration per
-    optimizer, batch size and seed in each round (where several are equally central, they take
-    turns), so round 0 gives every batch size's steps to target a first value; seed 0 before
-    others within a round, and within that the runs predicted cheapest first, so that a
-    deadline cuts off few minutes of work. Ties keep the spec's order."""
+    """What to run first: the runs of the spec's `harvest_first` optimizers before any other's
+    (the comparison the study is for finishes first: a verdict waits for every run of the
+    optimizers it compares); within each of those two tiers, rounds by distance from the grid's
+    centre, one configuration per optimizer, batch size and seed in each round (where several
+    are equally central, they take turns), so round 0 gives every batch size's steps to target a
+    first value; seed 0 before others within a round, and within that the runs predicted
+    cheapest first, so that a deadline cuts off few minutes of work. Ties keep the spec's order."""
+    first = set(study.harvest_first)
+    tier = {r.name: int(bool(first) and r.config.optimizer not in first) for r in study.runs}
     rank = grid_rank(study)
     levels = sorted(set(rank.values()))
     position = {r.name: i for i, r in enumerate(study.runs)}
@@ -119,7 +123,7 @@ def teaching_order(study: Study, runs: list[Run], predict) -> list[Run]:
         group = (_label(r), r.config.batch_size, r.config.seed, rank[r.name])
         turn[r.name] = seen.get(group, 0)
         seen[group] = turn[r.name] + 1
-    return sorted(runs, key=lambda r: (levels.index(rank[r.name]), turn[r.name], r.config.seed,
+    return sorted(runs, key=lambda r: (tier[r.name], levels.index(rank[r.name]), turn[r.name], r.config.seed,
                                        predict.base(r) or 0.0, position[r.name]))
 
 

@@ -14,6 +14,7 @@ A spec names everything a study varies and fixes:
     optimizers:
       sgd:  {fixed: {weight_decay: 0.0005}, grid: {lr: [...], momentum: [...]}}
       kfac: {fixed: {...}, grid: {lr: [...], damping: [...]}}
+    harvest_first: [sgd, kfac]     # optional: the harvest runs these optimizers' runs before the others'
     throughput:                    # optional: the model of what the study costs before it has runs
       source: ...                  # where the figures come from (assumed, or measured when/where)
       runs_sharing: 8              # runs in flight on one device
@@ -37,7 +38,7 @@ from kfaclab.errors import UsageError
 from kfaclab.train.config import RunConfig
 
 TOP_KEYS = {"name", "description", "fixed", "batch_sizes", "budget", "lr_scaling", "targets", "seeds",
-            "optimizers", "throughput", "loss_targets"}
+            "optimizers", "throughput", "loss_targets", "harvest_first"}
 REQUIRED = ("batch_sizes", "budget", "optimizers")
 OPTIMIZER_KEYS = {"fixed", "grid"}
 BUDGETS = ("rule", "epochs", "iterations", "examples")
@@ -62,6 +63,9 @@ class Study:
     runs: list[Run]
     throughput: dict | None = None  # the spec's throughput model (see the module's text)
     loss_targets: list = dataclasses.field(default_factory=list)  # training-loss targets (results only)
+    # Optimizers whose runs a harvest starts before any other's (kfaclab.sweep.harvest.teaching_order):
+    # where the claims a study is for compare some of its optimizers, their grids finish first.
+    harvest_first: list = dataclasses.field(default_factory=list)
 
     @property
     def directory(self) -> Path:
@@ -164,7 +168,11 @@ def parse_study(spec, path: Path) -> Study:
     # them leaves every run id as it was.
     loss_targets = _list(spec.get("loss_targets", []), "loss_targets", bad, (int, float), positive=True,
                          allow_empty=True)
-    return Study(name, path, description, runs, throughput, [float(t) for t in loss_targets])
+    first = _list(spec.get("harvest_first", []), "harvest_first", bad, str, allow_empty=True)
+    for opt in first:
+        if opt not in optimizers:
+            bad("harvest_first", f"{opt!r} is not an optimizer of this study ({', '.join(optimizers)})")
+    return Study(name, path, description, runs, throughput, [float(t) for t in loss_targets], list(first))
 
 
 def _throughput(value, optimizers, bad) -> dict:
