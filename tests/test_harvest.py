@@ -7,6 +7,7 @@ and a second harvest that runs exactly the rest."""
 import hashlib
 import io
 import json
+import math
 import subprocess
 import sys
 import tarfile
@@ -21,7 +22,7 @@ from kfaclab.results.device_bench import load_benches, step_table
 from kfaclab.sweep import load_study
 from kfaclab.sweep import harvest as hv
 from kfaclab.sweep.merge import merge
-from kfaclab.sweep.runner import run_state
+from kfaclab.sweep.runner import dry_run, run_state
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,6 +99,35 @@ def test_the_optimizers_a_study_compares_first_finish_before_the_others_start(tm
     assert names[n:] == [x for x in plain_order if x.startswith("adam")]
     # Without the key, Adam's centres come in the first round beside the others'.
     assert "adam" in {p.split("-")[0] for p in plain_order[:9]}
+
+
+def test_what_is_left_is_estimated_from_the_studys_bench_with_runs_sharing_the_device(tmp_path):
+    spec = write_spec(tmp_path / "left")
+    study = load_study(spec)
+    assert hv.remaining_estimate(study, study.runs) is None  # no bench: the spec's model or nothing
+    bench = {"kind": "kfaclab.harvest-bench", "created": "2026-11-27T10:00:00+00:00", "environment": {"gpu": "H200"},
+             "step_times": [{"batch_size": b, "results": [{"optimizer": "sgd", "amortized_step_s": 0.01},
+                                                         {"optimizer": "kfac", "amortized_step_s": 0.02}]}
+                            for b in (32, 128)], "throughput": None}
+    (spec.parent / "bench").mkdir()
+    (spec.parent / "bench" / "bench-left.json").write_text(json.dumps(bench))
+    # By hand: each run costs (iterations x its step + evaluations x a third of SGD's step per
+    # 128 test examples) x the runs sharing the device (no throughput measured: no overlap
+    # assumed) + 3 s, and 2 runs share the device.
+    def by_hand(sharing):
+        total = 0.0
+        for r in study.runs:
+            iters, evals = hv.run_iterations(r)
+            step = 0.01 if r.config.optimizer == "sgd" else 0.02
+            total += (iters * step + evals * (200 / 128 * 0.01 / 3)) * sharing + 3.0
+        return total / sharing
+
+    est = hv.remaining_estimate(study, study.runs, sharing=2, window_s=10)
+    assert f"{by_hand(2) / 60:.1f} min on H200 with 2 runs sharing it" in est
+    assert "not yet corrected" in est and f"about {math.ceil(by_hand(2) / 10)} borrowed-GPU window(s)" in est
+    # The dry run says the same, with one run at a time where neither the spec nor the bench
+    # says how many share the device.
+    assert f"{by_hand(1) / 60:.1f} min on H200 with one run at a time" in dry_run(study)
 
 
 def test_predictor_interpolates_the_bench_and_learns_from_finished_runs(tmp_path):
@@ -206,6 +236,9 @@ def test_rehearsal_deadline_cut_archive_merge_and_a_second_harvest_that_runs_exa
     assert sum(summary.merged.values()) == n1
     assert sum(run_state(spec.parent, r) == "done" for r in study.runs) == n1
     assert list((spec.parent / "bench").glob("*.json"))
+    # What is left, by the harvest's model corrected by the merged runs' wall times.
+    left = [r for r in study.runs if run_state(spec.parent, r) == "pending"]
+    assert f"corrected by {n1} finished runs" in hv.remaining_estimate(study, left, sharing=1)
     # The merged bench is what the book's tables read: each optimizer at each batch size, on the
     # device the environment names.
     benches = load_benches(tmp_path)

@@ -236,6 +236,72 @@ class Predictor:
         return max(own, 0.0) + CONTEXT_BYTES
 
 
+# ------------------------------------------------------------------------------ what is left
+
+WINDOW_RUN_S = 400.0  # seconds of runs in one borrowed-GPU window: scripts/gpu-harvest.sh's 480 s
+# deadline less the smoke check (at most 60 s) and decoding the data
+
+
+def study_bench(study: Study) -> dict | None:
+    """The study's newest harvest bench (runs/<study>/bench/), or None."""
+    newest = None
+    for p in sorted((study.directory / "bench").glob("*.json")):
+        try:
+            b = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(b, dict) and b.get("kind") == "kfaclab.harvest-bench" and b.get("step_times"):
+            if newest is None or str(b.get("created", "")) >= str(newest.get("created", "")):
+                newest = b
+    return newest
+
+
+def _wall_seconds(record: dict) -> float | None:
+    try:
+        start = datetime.fromisoformat(record["started_at"])
+        end = datetime.fromisoformat(record["finished_at"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return (end - start).total_seconds()
+
+
+def remaining_estimate(study: Study, pending: list[Run], sharing: int | None = None,
+                       window_s: float = WINDOW_RUN_S) -> str | None:
+    """What the pending runs cost on the device of the study's harvest bench, by the model the
+    harvest schedules with (Predictor: the bench's amortized steps and measured slowdown of runs
+    sharing the device), corrected by the study's finished runs (their wall time against the
+    prediction), in minutes and in borrowed-GPU windows. None without a bench."""
+    bench = study_bench(study)
+    if bench is None:
+        return None
+    if sharing is None:
+        sharing = (study.throughput or {}).get("runs_sharing") or max(
+            [r["runs"] for r in ((bench.get("throughput") or {}).get("rows") or [])], default=1)
+    predict = Predictor(study, sharing, bench)
+    observed = 0
+    for r in study.runs:
+        if run_state(study.directory, r) != "done":
+            continue
+        try:
+            rec = json.loads((study.directory / f"{r.name}.json").read_text())
+        except (OSError, ValueError):
+            continue
+        wall = _wall_seconds(rec)
+        if wall and wall > 0:
+            predict.observe(r, wall)
+            observed += 1
+    total = sum(predict(r) for r in pending) / sharing
+    env = bench.get("environment") or {}
+    device = env.get("gpu") or (f"{env['cpu']} CPU" if env.get("cpu") else "the bench's device")
+    corrected = (f", corrected by {observed} finished run{'s' if observed != 1 else ''} (x{predict.correction():.2f})"
+                 if observed else ", not yet corrected by finished runs")
+    together = "one run at a time" if sharing == 1 else f"{sharing} runs sharing it"
+    return (f"estimated time: {total / 60:.1f} min on {device} with {together}, from the study's "
+            f"bench of {str(bench.get('created', '?'))[:10]} (amortized steps and measured slowdown of runs sharing "
+            f"the device){corrected}: about {math.ceil(total / window_s) if total else 0} borrowed-GPU window(s) of "
+            f"{window_s:.0f} s of runs")
+
+
 # ------------------------------------------------------------------------------ archive
 
 def spec_digest(study: Study) -> str:

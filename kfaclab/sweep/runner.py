@@ -398,7 +398,14 @@ def dry_run(study: Study, retry_failed: bool = False, only: str | None = None, l
         lines.append(f"  {r.name}: {iters} iterations, {iters * c.batch_size} examples")
     lines.append(f"total: {len(pending)} runs, {totals['iterations']} iterations, {totals['examples']} examples "
                  f"({totals['examples'] / max(1, _typical_train_size(study)):.0f} epochs of the training split)")
-    if rates:
+    from kfaclab.sweep.harvest import remaining_estimate
+
+    # A study run by harvests has a bench of its device: the harvest's own model of what is
+    # left (runs sharing the device) beats per-run seconds summed as if in one worker.
+    harvested = remaining_estimate(study, pending)
+    if harvested:
+        lines.append(harvested)
+    elif rates:
         missing = sorted({f"{r.config.optimizer} ({r.config.model})" for r in pending
                           if (r.config.optimizer, r.config.model) not in rates})
         lines.append(f"estimated time: {seconds / 60:.1f} min of training in one worker, from a cost model (seconds per "
