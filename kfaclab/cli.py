@@ -460,6 +460,7 @@ def cmd_results(args) -> int:
     import pandas as pd
 
     from kfaclab.results import critical_batch_size, load_results, status_counts, steps_to_target, with_ideal_scaling
+    from kfaclab.results.study import complete_cells
 
     res = load_results(args.study)
     if args.csv:
@@ -481,17 +482,21 @@ def cmd_results(args) -> int:
     for name, problem in res.malformed:
         print(f"  malformed: {name} {problem} (counted as not run; a sweep moves it aside and runs it again)")
     print(status_counts(res).to_string())
-    table = with_ideal_scaling(steps_to_target(res), args.unit)
-    wide = table.pivot_table(index="batch_size", columns=["target", "optimizer"], values=args.unit, dropna=False)
-    print(f"\n{args.unit} to each target (minimum over the grid; NaN: no run reached it)")
-    with pd.option_context("display.float_format", "{:,.4g}".format, "display.width", 160):
-        print(wide.to_string())
+    partial = bool(res.runs["status"].isin(["pending", "interrupted"]).any())
+
+    def steps(kind):
+        # A grid with runs still to come gives its minimum so far, marked '*' ('-*': none
+        # reached it yet); '-': no run of a finished grid reached the target.
+        t = with_ideal_scaling(steps_to_target(res, kind=kind), args.unit)
+        t["cell"] = [("-" if v != v else f"{v:,.4g}") + ("*" if p else "") for v, p in zip(t[args.unit], t["pending"])]
+        return t.pivot(index="batch_size", columns=["target", "optimizer"], values="cell").sort_index(axis=1).to_string()
+
+    note = "; *: best so far, the grid has runs still to come" if partial else ""
+    print(f"\n{args.unit} to each target (minimum over the grid; -: no run reached it{note})")
+    print(steps("accuracy"))
     if res.loss_targets:
-        loss = with_ideal_scaling(steps_to_target(res, kind="loss"), args.unit)
-        wide = loss.pivot_table(index="batch_size", columns=["target", "optimizer"], values=args.unit, dropna=False)
-        print(f"\n{args.unit} to each training-loss target (running training loss at or below it)")
-        with pd.option_context("display.float_format", "{:,.4g}".format, "display.width", 160):
-            print(wide.to_string())
+        print(f"\n{args.unit} to each training-loss target (running training loss at or below it{note})")
+        print(steps("loss"))
     if (res.runs["batch_schedule"] != "fixed").any():
         from kfaclab.results.adaptive import comparison
 
@@ -502,11 +507,13 @@ def cmd_results(args) -> int:
             print(comparison(res).reindex(columns=cols).to_string(index=False))
     if len(res.batch_sizes()) < 3:
         return 0  # a fit of S(B) needs batch sizes to fit
-    print("\nfit S(B) = S_min (1 + B_crit / B), 68% bootstrap interval over grid points:")
+    done = complete_cells(res)
+    print("\nfit S(B) = S_min (1 + B_crit / B), 68% bootstrap interval over grid points"
+          + (" (batch sizes whose grid has finished)" if partial else "") + ":")
     for opt in res.optimizers():
         for t in res.targets:
             try:
-                f = critical_batch_size(res, opt, t, args.unit, n_boot=200)
+                f = critical_batch_size(done, opt, t, args.unit, n_boot=200)
             except ValueError as e:
                 print(f"  {opt} {t:g}: {e}")
                 continue

@@ -13,8 +13,6 @@ Presentation only: it reads kfaclab.results and draws with kfaclab.plots.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pandas as pd
 from IPython.display import HTML, Markdown
@@ -23,7 +21,7 @@ from kfaclab import plots
 from kfaclab.results import (UNITS, accuracy_at_budget, critical_batch_size, default_budget,
                              high_accuracy_region, status_counts, steps_to_target, with_ideal_scaling)
 from kfaclab.results.robustness import seed_medians
-from kfaclab.results.study import StudyResults
+from kfaclab.results.study import StudyResults, complete_cells
 
 NAMES = {"sgd": "SGD", "kfac": "K-FAC", "adam": "Adam", "trcg": "TRCG", "strcg": "stochastic TRCG"}
 MODELS = {"resnet20": "ResNet-20", "resnet32": "ResNet-32", "resnet56": "ResNet-56", "c1": "the AlexNet-like C1 net"}
@@ -49,18 +47,6 @@ def unfinished(study: StudyResults) -> int:
 
 def has_results(study: StudyResults) -> bool:
     return bool(study.runs["status"].isin(["completed", "diverged"]).any())
-
-
-def complete_cells(study: StudyResults) -> StudyResults:
-    """The study restricted to the (optimizer, batch size) cells whose runs have all finished:
-    a minimum over part of a grid, or a share of part of it, would move as the rest arrives."""
-    runs = study.runs
-    waiting = runs["status"].isin(UNFINISHED).groupby([runs["optimizer"], runs["batch_size"]]).transform("any")
-    if not waiting.any():
-        return study
-    keep = runs[~waiting]
-    evals = study.evals[study.evals["name"].isin(set(keep["name"]))] if len(study.evals) else study.evals
-    return dataclasses.replace(study, runs=keep.reset_index(drop=True), evals=evals.reset_index(drop=True))
 
 
 def _hardware(finished: pd.DataFrame, fixed: dict) -> str:

@@ -219,3 +219,16 @@ def test_a_malformed_bench_is_an_error_naming_the_file(tmp_path, content, proble
     with pytest.raises(ValueError, match=problem) as e:
         load_benches(tmp_path)
     assert "bench-gpu.json" in str(e.value)
+
+
+def test_the_results_command_marks_a_partial_grid_and_fits_the_finished_batch_sizes(studies, capsys):
+    from kfaclab.cli import main
+
+    assert main(["results", str(studies["partial"].directory)]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if re.match(r"^(32|64|128|256) ", line)}
+    assert all(c.endswith("*") for c in rows["256"]) and not any(c.endswith("*") for c in rows["128"])
+    assert "*: best so far, the grid has runs still to come" in out
+    assert "(batch sizes whose grid has finished)" in out
+    twin = critical_batch_size(studies["twin"], "sgd", 0.45, n_boot=200)
+    assert f"sgd 0.45: B_crit {twin['b_crit']:,.0f}" in out

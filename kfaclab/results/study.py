@@ -10,6 +10,8 @@ they rest on.
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -264,6 +266,20 @@ def finished(results: StudyResults) -> bool:
     """Whether every run of the study has a result (completed, diverged or failed): verdicts are
     drawn only from finished studies (book/verdicts.md)."""
     return not results.runs["status"].isin(["pending", "interrupted"]).any()
+
+
+def complete_cells(results: StudyResults) -> StudyResults:
+    """The study restricted to the (optimizer, batch size) cells whose runs have all finished
+    (completed, diverged or failed): a minimum over part of a grid, or a share of part of it,
+    would move as the rest arrives, so what is derived from a partly run study uses these."""
+    runs = results.runs
+    waiting = runs["status"].isin(["pending", "interrupted"]).groupby(
+        [runs["optimizer"], runs["batch_size"]]).transform("any")
+    if not waiting.any():
+        return results
+    keep = runs[~waiting]
+    evals = results.evals[results.evals["name"].isin(set(keep["name"]))] if len(results.evals) else results.evals
+    return dataclasses.replace(results, runs=keep.reset_index(drop=True), evals=evals.reset_index(drop=True))
 
 
 def evidence(results: StudyResults) -> str:
