@@ -460,43 +460,50 @@ def _no_grid_yet(study: StudyResults, claims: str) -> list | None:
             steps_view(study), finished_runs_view(study), chapter_verdicts(study, claims)]
 
 
+def _opening(study: StudyResults, claims: str) -> tuple[list, bool]:
+    """How every section starts: what ran, then either all there is to show (no result yet, or
+    no grid finished yet: `complete` true) or, for a partly run study, the notice saying so."""
+    items = [what_ran(study)]
+    if not has_results(study):
+        return items + _not_yet(study), True
+    items += _partial(study)
+    early = _no_grid_yet(study, claims)
+    return (items + early, True) if early else (items, False)
+
+
 def scaling_section(study: StudyResults) -> list:
     """What the scaling chapter shows of a study: what ran, steps to target, efficiency, the
     critical batch size, the optimizers' ratios and the verdicts."""
     from kfaclab.results.verdicts import chapter_verdicts
 
-    items = [what_ran(study)]
-    if not has_results(study):
-        return items + _not_yet(study)
-    items += _partial(study)
-    early = _no_grid_yet(study, "abgh")
-    if early:
-        return items + early
-    items += [status_table(study), plots.scaling_chart(complete_cells(study)), steps_view(study)]
+    items, complete = _opening(study, "abgh")
+    if complete:
+        return items
+    done = complete_cells(study)
+    items += [status_table(study), plots.scaling_chart(done), steps_view(study)]
     if study.loss_targets:
         items.append(steps_view(study, "loss"))
     fits = fit_table(study)
     ratio = ratio_table(study)
-    items += [efficiency_view(study), reach_lines(study), plots.critical_batch_chart(complete_cells(study)),
-              fit_view(fits), b_crit_lines(study, fits)]
+    items += [efficiency_view(study), reach_lines(study), plots.critical_batch_chart(done), fit_view(fits),
+              b_crit_lines(study, fits)]
     if len(ratio):
         items += [ratio_view(ratio), Markdown("\n".join(ratio_lines(study, ratio)))]
     return items + [chapter_verdicts(study, "abgh")]
 
 
 def robustness_section(study: StudyResults, tolerance: float = TOLERANCE) -> list:
+    """What the robustness chapter shows of a study: its budgets, accuracy over each grid, the
+    high-accuracy region and its trend, and the verdicts."""
     from kfaclab.results.verdicts import chapter_verdicts
 
-    items = [what_ran(study)]
-    if not has_results(study):
-        return items + _not_yet(study)
-    early = _no_grid_yet(study, "de")
-    if early:
-        return items + _partial(study) + early
+    items, complete = _opening(study, "de")
+    if complete:
+        return items
     done = complete_cells(study)
     budgets = {b: default_budget(study, b) for b in ("epochs", "iterations")}
     view = region_table(study, tolerance)
-    return items + _partial(study) + [
+    return items + [
         budgets_text(study), plots.robustness_heatmaps(study, budgets=budgets),
         plots.robustness_boxplots(done, budgets=budgets),
         plots.region_chart(done, tolerance=tolerance, budgets=budgets), region_view(study, view, tolerance),
@@ -504,17 +511,15 @@ def robustness_section(study: StudyResults, tolerance: float = TOLERANCE) -> lis
 
 
 def critical_batch_section(study: StudyResults) -> list:
+    """What the critical-batch chapter shows of a study: the fits and the verdicts."""
     from kfaclab.results.verdicts import chapter_verdicts
 
-    items = [what_ran(study)]
-    if not has_results(study):
-        return items + _not_yet(study)
-    early = _no_grid_yet(study, "ci")
-    if early:
-        return items + _partial(study) + early
+    items, complete = _opening(study, "ci")
+    if complete:
+        return items
     fits = fit_table(study)
-    return items + _partial(study) + [plots.critical_batch_chart(complete_cells(study)), fit_view(fits),
-                                      b_crit_lines(study, fits), chapter_verdicts(study, "ci")]
+    return items + [plots.critical_batch_chart(complete_cells(study)), fit_view(fits), b_crit_lines(study, fits),
+                    chapter_verdicts(study, "ci")]
 
 
 def show(items: list) -> None:
