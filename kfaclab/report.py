@@ -118,35 +118,25 @@ def what_ran(study: StudyResults) -> Markdown:
 
 def status_table(study: StudyResults):
     """Runs per optimizer and batch size by status: what has run and what has not."""
-    counts = status_counts(study).unstack(0).swaplevel(axis=1).sort_index(axis=1)
-    return counts.loc[:, (slice(None), ["completed", "diverged", "failed", "pending"])]
+    counts = status_counts(study)
+    shown = [s for s in counts.columns if s != "interrupted" or counts[s].any()]  # never hide one
+    counts = counts[shown].unstack(0).swaplevel(axis=1).sort_index(axis=1)
+    return counts.loc[:, (slice(None), shown)]
 
 
 # ------------------------------------------------------------------------------ scaling
-
-_STEPS: dict = {}  # id(study.runs) -> (the study's runs, kind, table): a chapter asks many times
-
-
-def _steps_to_target(study: StudyResults, kind: str) -> pd.DataFrame:
-    key = (id(study.runs), kind)
-    hit = _STEPS.get(key)
-    if hit is None or hit[0] is not study.runs:  # the frame itself, so a reused id never matches
-        hit = _STEPS[key] = (study.runs, kind, steps_to_target(study, kind=kind))
-        while len(_STEPS) > 8:  # the few studies of one chapter; older ones are let go
-            _STEPS.pop(next(iter(_STEPS)))
-    return hit[2].copy()
-
 
 def steps_table(study: StudyResults, kind: str = "accuracy") -> pd.DataFrame:
     """Steps to target per optimizer, batch size and target, with the ideal-scaling columns.
     A cell whose grid has runs still pending keeps its row with no steps (`partial` true), and
     `so_far`: the same minimum over the runs that have finished (NaN where none reached the
     target), with `finished` of `runs`: a value that can still move as the rest arrive."""
-    full = _steps_to_target(study, kind)[["optimizer", "batch_size", "target", "pending", "finished", "runs",
-                                          "iterations"]].rename(columns={"iterations": "so_far"})
+    every = steps_to_target(study, kind=kind)
+    full = every[["optimizer", "batch_size", "target", "pending", "finished", "runs", "iterations"]].rename(
+        columns={"iterations": "so_far"})
     done = complete_cells(study)
     if len(done.runs):
-        table = with_ideal_scaling(_steps_to_target(done, kind), "iterations")
+        table = with_ideal_scaling(every if done is study else steps_to_target(done, kind=kind), "iterations")
         table = full.merge(table.drop(columns=["pending", "finished", "runs"]),
                            on=["optimizer", "batch_size", "target"], how="left")
     else:  # no grid has finished: every cell is partial
@@ -167,11 +157,11 @@ def _cell(r) -> str:
     return f"{r['iterations']:,.0f}{spread}"
 
 
-def steps_view(study: StudyResults, kind: str = "accuracy"):
+def steps_view(study: StudyResults, kind: str = "accuracy", table: pd.DataFrame | None = None):
     """Iterations to each target: the best configuration's median over seeds [the range over its
     seeds that reached it]; where the grid still has runs pending, "N so far (k of n run)", the
     same over the runs that have finished, or "not yet (k of n run)" where none reached it."""
-    t = steps_table(study, kind)
+    t = steps_table(study, kind) if table is None else table
     shown = t.assign(cell=t.apply(_cell, axis=1)).pivot(index="batch_size", columns=["target", "optimizer"],
                                                          values="cell")
     fmt = (lambda v: f"{v:.0%}") if kind == "accuracy" else (lambda v: f"loss ≤ {v:g}")
@@ -183,8 +173,8 @@ def steps_view(study: StudyResults, kind: str = "accuracy"):
                                    "pending")
 
 
-def efficiency_view(study: StudyResults):
-    t = steps_table(study)
+def efficiency_view(study: StudyResults, table: pd.DataFrame | None = None):
+    t = steps_table(study) if table is None else table
     eff = t.pivot_table(index="batch_size", columns=["target", "optimizer"], values="efficiency", dropna=False)
     return eff.style.format("{:.2f}", na_rep="-").format_index("{:.0%}", axis=1, level=0).set_caption(
         f"{study.name} study: scaling efficiency, perfect-scaling iterations / measured iterations (1 = perfect)")
@@ -197,10 +187,11 @@ def _sizes(bs, every) -> str:
     return ", ".join(str(b) for b in bs) if bs else "none"
 
 
-def reach_lines(study: StudyResults, threshold: float = 0.5) -> Markdown:
+def reach_lines(study: StudyResults, table: pd.DataFrame | None = None, threshold: float = 0.5) -> Markdown:
     """Per target: the batch sizes each optimizer reached it at, where K-FAC needed fewer
-    iterations than SGD, and the largest batch size still scaling at `threshold` of ideal."""
-    table = steps_table(study)
+    iterations than SGD, and the largest batch size still scaling at `threshold` of ideal
+    (`table`: steps_table's, where the caller has it already)."""
+    table = steps_table(study) if table is None else table
     opts = [o for o in study.optimizers() if o in table["optimizer"].unique()]
     every = study.batch_sizes()
     lines = []
@@ -283,9 +274,9 @@ def b_crit_lines(study: StudyResults, fits: pd.DataFrame) -> Markdown:
     return Markdown(f"Fitted critical batch sizes in the `{study.name}` study:\n\n" + "\n".join(lines))
 
 
-def ratio_table(study: StudyResults) -> pd.DataFrame:
+def ratio_table(study: StudyResults, table: pd.DataFrame | None = None) -> pd.DataFrame:
     """Each optimizer's steps to target over SGD's, in iterations and in training seconds."""
-    table = steps_table(study)
+    table = steps_table(study) if table is None else table
     ratios = []
     for unit in ("iterations", "seconds"):
         wide = table.pivot_table(index=["target", "batch_size"], columns="optimizer", values=unit)
@@ -479,14 +470,14 @@ def scaling_section(study: StudyResults) -> list:
     items, complete = _opening(study, "abgh")
     if complete:
         return items
-    done = complete_cells(study)
-    items += [status_table(study), plots.scaling_chart(done), steps_view(study)]
+    done, table = complete_cells(study), steps_table(study)
+    items += [status_table(study), plots.scaling_chart(done), steps_view(study, table=table)]
     if study.loss_targets:
         items.append(steps_view(study, "loss"))
     fits = fit_table(study)
-    ratio = ratio_table(study)
-    items += [efficiency_view(study), reach_lines(study), plots.critical_batch_chart(done), fit_view(fits),
-              b_crit_lines(study, fits)]
+    ratio = ratio_table(study, table)
+    items += [efficiency_view(study, table), reach_lines(study, table), plots.critical_batch_chart(done),
+              fit_view(fits), b_crit_lines(study, fits)]
     if len(ratio):
         items += [ratio_view(ratio), Markdown("\n".join(ratio_lines(study, ratio)))]
     return items + [chapter_verdicts(study, "abgh")]

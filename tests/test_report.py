@@ -232,3 +232,15 @@ def test_the_results_command_marks_a_partial_grid_and_fits_the_finished_batch_si
     assert "(batch sizes whose grid has finished)" in out
     twin = critical_batch_size(studies["twin"], "sgd", 0.45, n_boot=200)
     assert f"sgd 0.45: B_crit {twin['b_crit']:,.0f}" in out
+
+
+def test_the_status_table_never_hides_a_status_that_occurs(studies):
+    import dataclasses
+
+    partial = studies["partial"]
+    assert "interrupted" not in set(report.status_table(partial).columns.get_level_values(1))
+    runs = partial.runs.copy()
+    runs.loc[runs.index[runs["status"] == "pending"][0], "status"] = "interrupted"
+    shown = report.status_table(dataclasses.replace(partial, runs=runs))
+    assert int(shown.xs("interrupted", axis=1, level=1).to_numpy().sum()) == 1
+    assert int(shown.to_numpy().sum()) == len(runs)  # every run counted once
