@@ -257,12 +257,18 @@ def study_bench(study: Study) -> dict | None:
 
 
 def _wall_seconds(record: dict) -> float | None:
+    """A finished run's wall time from its record's timestamps; where they cannot tell (records
+    written with whole seconds), its training and evaluation seconds."""
     try:
-        start = datetime.fromisoformat(record["started_at"])
-        end = datetime.fromisoformat(record["finished_at"])
+        wall = (datetime.fromisoformat(record["finished_at"]) - datetime.fromisoformat(record["started_at"])
+                ).total_seconds()
     except (KeyError, TypeError, ValueError):
-        return None
-    return (end - start).total_seconds()
+        wall = None
+    if wall and wall > 0:
+        return wall
+    final = record.get("final") or {}
+    inside = (final.get("seconds") or 0.0) + (final.get("eval_seconds") or 0.0)
+    return inside or None
 
 
 def remaining_estimate(study: Study, pending: list[Run], sharing: int | None = None,

@@ -350,4 +350,6 @@ def _sync(device):
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    # Milliseconds: a run's wall time (finished_at - started_at) is read back, and short runs
+    # would otherwise measure 0 s.
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
