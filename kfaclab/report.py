@@ -104,7 +104,8 @@ def what_ran(study: StudyResults) -> Markdown:
         shape = "x".join(map(str, counts))
         label = " x ".join({"lr": "learning rate", "eps": "epsilon"}.get(k, k) for k in keys)
         grids.append(f"{name(opt)} over {label} ({shape})")
-    time = (f"; {finished['seconds'].sum() / 60:.0f} minutes of training in all" if len(finished) else "")
+    trained = finished["seconds"].dropna() if "seconds" in finished else pd.Series(dtype=float)
+    time = f"; {trained.sum() / 60:.0f} minutes of training in all" if len(trained) else ""
     where = _hardware(finished, fixed) if len(finished) else "nothing yet"
     return Markdown(
         f"The `{study.name}` study (`runs/{study.name}/study.yaml`): {ran}. Data: {data}, "
@@ -411,9 +412,12 @@ def throughput_view(benches: list[dict], assumed: dict | None = None):
 # ------------------------------------------------------------------------------ sections
 
 def _not_yet(study: StudyResults) -> list:
-    return [Markdown(f"None of the `{study.name}` study's {len(study.runs)} runs has a result yet: it runs in "
-                     "borrowed GPU windows (the Reproduce chapter says how), and this section fills in as they "
-                     "land, judged by the same rules as the miniature."), HTML(status_table(study).to_html())]
+    failed = int((study.runs["status"] == "failed").sum())
+    items = [Markdown(f"None of the `{study.name}` study's {len(study.runs)} runs has completed yet"
+                      + (f" ({failed} failed: listed below with their status)" if failed else "")
+                      + ": it runs in borrowed GPU windows (the Reproduce chapter says how), and this section fills "
+                      "in as they land, judged by the same rules as the miniature."), HTML(status_table(study).to_html())]
+    return items + ([finished_runs_view(study)] if failed else [])
 
 
 def _partial(study: StudyResults) -> list:
@@ -427,15 +431,17 @@ def _partial(study: StudyResults) -> list:
 
 
 def finished_runs_view(study: StudyResults):
-    """Every run with a result, while no grid has finished: its final accuracy and the
-    iterations at which it first reached each target."""
+    """Every run with a result, while no grid has finished: its final accuracy, the iterations
+    at which it first reached each target, and a failed run's error."""
     runs = study.runs[study.runs["status"].isin(["completed", "diverged", "failed"])]
     cols = {"name": "run", "status": "status", "final_accuracy": "final test accuracy"}
-    cols.update({f"iteration_to_{t:g}": f"iterations to {t:.0%}" for t in study.targets
-                 if f"iteration_to_{t:g}" in runs})
+    cols.update({f"iteration_to_{t:g}": f"iterations to {t:.0%}" for t in study.targets})
+    cols["error"] = "error"
+    cols = {k: v for k, v in cols.items() if k in runs}
     table = runs[list(cols)].rename(columns=cols).set_index("run")
-    return table.style.format({"final test accuracy": "{:.1%}", **{c: "{:,.0f}" for c in list(cols.values())[3:]}},
-                              na_rep="-").set_caption(f"{study.name} study: the runs with a result so far")
+    counts = {c: "{:,.0f}" for c in table.columns if c.startswith("iterations to")}
+    return table.style.format({"final test accuracy": "{:.1%}", **counts} if "final test accuracy" in table
+                              else counts, na_rep="-").set_caption(f"{study.name} study: the runs with a result so far")
 
 
 def _no_grid_yet(study: StudyResults, claims: str) -> list | None:

@@ -129,6 +129,13 @@ def test_a_study_with_no_result_shows_what_will_run_and_nothing_derived(studies)
         assert kinds(items) == ["Markdown", "Markdown", "HTML"]
         assert "0 completed, 0 diverged, 0 failed and 128 have not run" in items[0].data
         assert "Ran on: nothing yet" in items[0].data and "None of the `empty` study's 128 runs" in items[1].data
+    # Runs that failed are results too: they are counted and listed, not called "none".
+    import dataclasses
+
+    runs = empty.runs.copy()
+    runs.loc[runs.index[:2], "status"] = "failed"
+    items = report.scaling_section(dataclasses.replace(empty, runs=runs))
+    assert "(2 failed: listed below" in items[1].data and len(items[-1].data) == 2
 
 
 def test_while_no_grid_has_finished_the_runs_are_listed_as_they_are(studies):
