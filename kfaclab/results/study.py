@@ -11,7 +11,6 @@ they rest on.
 from __future__ import annotations
 
 import dataclasses
-
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
