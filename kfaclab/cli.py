@@ -380,10 +380,10 @@ def cmd_bench(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from kfaclab.sweep import load_study
+    from kfaclab.sweep.bracket import load_grown
     from kfaclab.sweep.runner import dry_run, parse_gpus, sweep
 
-    study = load_study(args.spec)
+    study = load_grown(args.spec)
     gpus = parse_gpus(args.gpus)
     if args.dry_run:
         print(dry_run(study, args.retry_failed, args.only, args.limit))

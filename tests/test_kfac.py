@@ -4,6 +4,7 @@ from torch.func, and dense Kronecker solves."""
 import copy
 
 import pytest
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -243,6 +244,33 @@ def test_kl_clipping_scales_the_update_by_its_formula():
     assert 0 < nu < 1
     for p0, p1, s in zip(m0.parameters(), m1.parameters(), start):
         torch.testing.assert_close(p1 - s, nu * (p0 - s))
+
+
+def test_clip_statistics_count_each_steps_nu():
+    """The record's clip statistics equal what the per-step nu says, step by step: the share of
+    steps clipped, the mean nu, the mean and geometric mean of lr x nu."""
+    torch.manual_seed(4)
+    x, y = data((3, 2, 2), n=32)
+    opt = kfac_for(mlp().double(), lr=1.0, kl_clip=1e-3, momentum=0.9)
+    nus, lrs = [], []
+    for t in range(12):
+        lr = [1.0, 1e-4, 0.3][t % 3]  # some steps clipped, some not
+        opt.set_lr(lr)
+        opt.step(x, y)
+        nus.append(opt.last_kl_scale)
+        lrs.append(lr)
+    nus, lrs = np.array(nus), np.array(lrs)
+    assert (nus < 1).any() and (nus == 1).any()
+    s = opt.report()
+    assert s["kl_clip_steps"] == 12
+    assert s["kl_clip_bound_share"] == pytest.approx(np.mean(nus < 1))
+    assert s["kl_scale_mean"] == pytest.approx(nus.mean())
+    assert s["effective_lr_mean"] == pytest.approx(np.mean(lrs * nus))
+    assert s["effective_lr_geomean"] == pytest.approx(np.exp(np.mean(np.log(lrs * nus))))
+    assert s["steps"] == 12  # the counters are still there
+    unclipped = kfac_for(mlp().double(), lr=0.01, kl_clip=0.0)
+    unclipped.step(x, y)
+    assert unclipped.report()["kl_clip_bound_share"] == 0.0
 
 
 def test_update_frequencies_are_honoured(monkeypatch):

@@ -153,7 +153,9 @@ def test_speed_options_are_recorded_and_change_only_what_they_should(tiny_datase
                                                 if k not in ("precision", "channels_last")}).run_id()
     losses = {name: [h["train_loss"] for h in r["history"][1:]] for name, r in
               (("plain", plain), ("cl", cl), ("bf", bf))}
-    assert losses["cl"] == pytest.approx(losses["plain"], rel=1e-3)
+    # Other convolution algorithms round differently, and six K-FAC steps (inverses from those
+    # rounded factors) amplify it: on this Zen 4 CPU the losses differ by 1.1e-3 relative.
+    assert losses["cl"] == pytest.approx(losses["plain"], rel=5e-3)
     assert losses["bf"] == pytest.approx(losses["plain"], rel=5e-2) and losses["bf"] != losses["plain"]
 
 
@@ -189,3 +191,28 @@ def test_bad_precision_is_a_usage_error(change, says):
 
     with pytest.raises(UsageError, match=says):
         RunConfig.from_dict({**cfg().to_dict(), **change})
+
+
+@pytest.mark.parametrize("iterations,refreshes,inv,cov", [(3124, 40, 78, 8), (336, 40, 8, 1), (60, 40, 1, 1),
+                                                         (100_000, 40, 100, 10), (3124, 0, 100, 10)])
+def test_kfac_cadence_scaled_to_the_run(iterations, refreshes, inv, cov):
+    from kfaclab.optim import hyperparameters_for_run
+
+    h = hyperparameters_for_run("kfac", {"refreshes_per_run": refreshes, "cov_update_freq": 10,
+                                         "inv_update_freq": 100}, iterations)
+    assert (h["inv_update_freq"], h["cov_update_freq"]) == (inv, cov)
+    if refreshes:
+        assert iterations // h["inv_update_freq"] >= min(refreshes, iterations)
+
+
+def test_a_run_uses_and_records_the_scaled_cadence(tiny_dataset):
+    """16 iterations with at least 8 refreshes: inverses every 2 steps, factors every step, as the
+    record's resolved hyperparameters and counters say; the clip statistics are in the record."""
+    r = train(cfg(optimizer="kfac", hparams={"lr": 0.05, "refreshes_per_run": 8, "damping": 0.1}),
+              dataset=tiny_dataset, progress=False)
+    h, o = r["resolved"]["hparams"], r["optimizer"]
+    assert (h["inv_update_freq"], h["cov_update_freq"]) == (2, 1)
+    assert o["inverse_updates"] == 8 and o["factor_updates"] == 16
+    assert o["kl_clip_steps"] == 16 and 0 <= o["kl_clip_bound_share"] <= 1
+    assert 0 < o["effective_lr_geomean"] <= 0.05 + 1e-12
+    assert validate_record(r) == []

@@ -16,7 +16,7 @@ from kfaclab.optim.trcg import STRCG, TRCG
 OPTIMIZERS: dict[str, type[TrainingOptimizer]] = {"sgd": SGD, "kfac": KFAC, "adam": Adam, "trcg": TRCG,
                                                "strcg": STRCG}
 
-__all__ = ["OPTIMIZERS", "TrainingOptimizer", "build_optimizer", "resolve_hyperparameters"]
+__all__ = ["OPTIMIZERS", "TrainingOptimizer", "build_optimizer", "hyperparameters_for_run", "resolve_hyperparameters"]
 
 
 def resolve_hyperparameters(name: str, given: dict) -> dict:
@@ -54,6 +54,12 @@ def resolve_hyperparameters(name: str, given: dict) -> dict:
     if problems:
         raise UsageError(f"{name} hyperparameter {problems[0]}")
     return h
+
+
+def hyperparameters_for_run(name: str, given: dict, iterations: int) -> dict:
+    """The resolved hyperparameters as a run of `iterations` steps uses them (K-FAC's cadence
+    scaled to the run where asked): what the run record states under resolved.hparams."""
+    return _lookup(name).for_run(resolve_hyperparameters(name, given), iterations)
 
 
 def build_optimizer(name: str, model, loss_fn: LossFn, hyperparameters: dict) -> TrainingOptimizer:

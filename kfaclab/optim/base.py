@@ -28,6 +28,12 @@ class TrainingOptimizer:
         self.counters: dict[str, float] = {"steps": 0, "propagations": 0}
         self.torch_optimizer: torch.optim.Optimizer | None = None
 
+    @staticmethod
+    def for_run(h: dict, iterations: int) -> dict:
+        """The resolved hyperparameters `h` adapted to a run of `iterations` steps (K-FAC scales its
+        update cadence to the run); as given for the others."""
+        return h
+
     def attach_training_data(self, loader) -> None:
         """Optimizers that need more than the batch (TRCG: the full gradient, Hessian samples)
         keep the loop's training loader here; the others ignore it."""
@@ -112,6 +118,11 @@ class TrainingOptimizer:
         self.counters["steps"] += 1
         self.counters["propagations"] += 2 * len(inputs)
         return loss.detach()
+
+    def report(self) -> dict:
+        """What the run record's `optimizer` section says of the run: the counters, and whatever
+        else an optimizer measured (K-FAC: how its KL clip acted)."""
+        return dict(self.counters)
 
     def state_dict(self) -> dict:
         return {"torch_optimizer": self.torch_optimizer.state_dict(), "counters": dict(self.counters)}

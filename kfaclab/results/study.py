@@ -47,6 +47,10 @@ class StudyResults:
     # (file name, problem) of records that are there but not valid run records: counted as not
     # run (`pending`, with the problem in `error`), never dropped silently.
     malformed: list = field(default_factory=list)
+    # Per (optimizer, batch size), what bracketing found (kfaclab.sweep.bracket): state
+    # (bracketed | edge | running), configurations, grid steps added, edges left at the limit.
+    # Empty for a study that does not bracket.
+    bracket_cells: dict = field(default_factory=dict)
 
     def optimizers(self) -> list[str]:
         return list(dict.fromkeys(self.runs["optimizer"]))
@@ -82,9 +86,9 @@ def _read(path: Path):
 def _with_spec(spec_file: Path) -> StudyResults:
     import yaml
 
-    from kfaclab.sweep.spec import load_study
+    from kfaclab.sweep.bracket import load_grown
 
-    study = load_study(spec_file)
+    study = load_grown(spec_file)
     raw = yaml.safe_load(spec_file.read_text())
     rows, evals = [], []
     grid_keys: dict = {}
@@ -111,7 +115,8 @@ def _with_spec(spec_file: Path) -> StudyResults:
     loss_targets = [float(t) for t in study.loss_targets]
     return StudyResults(study.name, study.directory, study.description, _with_loss_crossings(_frame(rows), evals,
                                                                                            loss_targets),
-                        evals, grid_keys, list(study.runs[0].config.targets), spec, loss_targets, malformed)
+                        evals, grid_keys, list(study.runs[0].config.targets), spec, loss_targets, malformed,
+                        study.bracket_cells)
 
 
 def _planned(run) -> dict:
@@ -206,6 +211,9 @@ def _row(name, run_id, cfg: dict, point: dict, rec: dict | None, marker: dict | 
         row.update(peak_lr=res.get("peak_lr"), planned_iterations=res["iterations"], planned_epochs=res["epochs"],
                    iterations=f["iteration"], epochs=f["epoch"], examples=f["examples"], seconds=f["seconds"],
                    propagations=rec["optimizer"].get("propagations"), final_accuracy=f["test_accuracy"],
+                   # K-FAC's KL clip (rules version 3): how often it bound, and the effective rate
+                   kl_clip_bound_share=rec["optimizer"].get("kl_clip_bound_share"),
+                   effective_lr_geomean=rec["optimizer"].get("effective_lr_geomean"),
                    final_test_loss=f["test_loss"], best_accuracy=max(accs) if accs else None,
                    steps_per_epoch=res["steps_per_epoch"], train_examples=res["train_examples"],
                    test_examples=res.get("test_examples"),
@@ -295,6 +303,19 @@ def evidence(results: StudyResults) -> str:
     over = "grid points and seeds" if len(seeds) > 1 else "grid points only"
     return (f"{n_seeds}, {' or '.join(f'{n:,}' for n in tests)} test images (sampling error of one accuracy near "
             f"50%: ±{se:.1f} points); the intervals resample {over}")
+
+
+def bracket_table(results: StudyResults) -> pd.DataFrame:
+    """Per (optimizer, batch size): whether its grid brackets the optimum (interior), how many
+    configurations it has, the grid steps bracketing added, and the edges still holding the
+    optimum at the spec's limit (those cells are flagged wherever they are used)."""
+    rows = [{"optimizer": o, "batch_size": b, "optimum": {"bracketed": "interior", "edge": "ON AN EDGE (limit)",
+                                                          "running": "not yet known"}[c["state"]],
+             "configurations": c["configurations"],
+             "grid steps added": ", ".join(f"{k} +{n}" for k, n in c["steps"].items()) or "none",
+             "edges at the limit": ", ".join(c["edges"]) or ""}
+            for (o, b), c in sorted(results.bracket_cells.items())]
+    return pd.DataFrame(rows)
 
 
 def status_counts(results: StudyResults) -> pd.DataFrame:

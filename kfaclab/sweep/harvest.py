@@ -46,7 +46,8 @@ from pathlib import Path
 from kfaclab.errors import UsageError
 from kfaclab.sweep.runner import (TRAIN_SIZES, Worker, _clean_partials, catch_interrupts, default_threads,
                                   execute_run, restore_signals, run_state, worker_slots)
-from kfaclab.sweep.spec import Run, Study, load_study
+from kfaclab.sweep.bracket import load_grown
+from kfaclab.sweep.spec import Run, Study
 from kfaclab.train.record import check_writable_folder, write_atomic, write_bytes_atomic
 
 ARCHIVE_KIND = "kfaclab.harvest"
@@ -409,8 +410,9 @@ class Harvest:
         self.stage.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(self.study.path, self.stage / "study.yaml")
         _clean_partials(self.stage)
-        staged = load_study(self.stage / "study.yaml")
-        if [r.run_id for r in staged.runs] != [r.run_id for r in self.study.runs]:
+        staged = load_grown(self.stage / "study.yaml")
+        # Bracketing runs come after the spec's own, grown from records the stage has not got.
+        if [r.run_id for r in staged.runs] != [r.run_id for r in self.study.runs[:len(staged.runs)]]:
             raise UsageError(f"{self.study.path}: the spec gives other runs when copied to {self.stage} "
                              "(relative paths in it?); use absolute paths in the spec")
         self.env = self.environment()
@@ -758,5 +760,5 @@ def bench_summary(b: dict) -> list[str]:
 
 
 def harvest(spec: str | Path, opts: Options) -> int:
-    study = load_study(spec)
+    study = load_grown(spec)
     return Harvest(study, opts).run()

@@ -28,7 +28,7 @@ from kfaclab.errors import UsageError
 from kfaclab.sweep.harvest import ARCHIVE_KIND, ARCHIVE_VERSION
 from kfaclab.sweep.runner import run_state
 from kfaclab.sweep.lock import study_lock
-from kfaclab.sweep.spec import load_study
+from kfaclab.sweep.bracket import load_grown
 from kfaclab.train.config import RunConfig
 from kfaclab.train.record import validate_record, write_bytes_atomic
 
@@ -95,7 +95,7 @@ def check_archive(archive: str | Path, target: str | Path):
     archive = Path(archive)
     target = Path(target)
     spec = target if target.suffix in (".yaml", ".yml") else target / "study.yaml"
-    study = load_study(spec)
+    study = load_grown(spec)
     members = _read_members(archive)
     if "manifest.json" not in members:
         raise UsageError(f"{archive}: no manifest.json; not a kfaclab harvest archive")

@@ -35,7 +35,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from kfaclab.errors import UsageError
-from kfaclab.sweep.runner import (Summary, _clean_partials, catch_interrupts, check_study_writable, notebook_parameters, plan_runs,
+from kfaclab.sweep.runner import (Summary, _clean_partials, in_rounds, catch_interrupts, check_study_writable, notebook_parameters, plan_runs,
                                   read_outcome, restore_signals, template_path)
 from kfaclab.sweep.lock import study_lock
 from kfaclab.sweep.spec import Run, Study
@@ -116,8 +116,8 @@ def sweep_ray(study: Study, address: str | None = None, cpus_per_run: float = 1.
     ray = import_ray()
     check_study_writable(study)
     with study_lock(study.directory):  # one sweep per study, whichever backend runs it
-        return _sweep_ray(ray, study, address, cpus_per_run, gpus_per_run, runs_per_gpu, threads, retry_failed,
-                          only, limit, progress, num_cpus)
+        return in_rounds(study, limit, lambda s: _sweep_ray(ray, s, address, cpus_per_run, gpus_per_run, runs_per_gpu,
+                                                            threads, retry_failed, only, limit, progress, num_cpus))
 
 
 def _sweep_ray(ray, study, address, cpus_per_run, gpus_per_run, runs_per_gpu, threads, retry_failed, only, limit,

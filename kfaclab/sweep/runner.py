@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from kfaclab.interrupts import catch_interrupts, restore_signals  # noqa: F401 (harvest imports them here)
 from kfaclab.errors import UsageError
+from kfaclab.sweep.bracket import grow
 from kfaclab.sweep.lock import study_lock
 from kfaclab.sweep.spec import Run, Study
 from kfaclab.train.record import check_writable_folder, read_record, write_atomic
@@ -121,6 +122,11 @@ class Summary:
     skipped_failed: int = 0
     wall_seconds: float = 0.0
     interrupted: bool = False
+
+    def merged(self, later: "Summary") -> "Summary":
+        """This round's summary followed by a later round's over the same study (bracketing)."""
+        return Summary(self.outcomes + later.outcomes, self.skipped_done, self.skipped_failed,
+                       self.wall_seconds + later.wall_seconds, later.interrupted)
 
     def count(self, status: str) -> int:
         return sum(o.status == status for o in self.outcomes)
@@ -293,8 +299,23 @@ def sweep(study: Study, workers: int = 1, gpus: list[str] | None = None, runs_pe
           progress: bool = True, kernel_per_run: bool = False) -> Summary:
     check_study_writable(study)
     with study_lock(study.directory):  # a second sweep of this study fails at once
-        return _sweep(study, workers, gpus, runs_per_gpu, threads, retry_failed, only, limit, progress,
-                      kernel_per_run)
+        return in_rounds(study, limit, lambda s: _sweep(s, workers, gpus, runs_per_gpu, threads, retry_failed, only,
+                                                        limit, progress, kernel_per_run))
+
+
+def in_rounds(study: Study, limit: int | None, one_round) -> Summary:
+    """`one_round(study)` (a sweep of the study's pending runs), then, for a study that brackets
+    (kfaclab.sweep.bracket), again over the runs its finished grids grew, round after round,
+    until every grid brackets its optimum or has reached the spec's limit. With --limit, one
+    round only: the limit counts runs, and a later sweep goes on."""
+    summary = one_round(study)
+    while study.bracket and not summary.interrupted and limit is None:
+        grown = grow(study)
+        if len(grown.runs) == len(study.runs):
+            break
+        study = grown
+        summary = summary.merged(one_round(study))
+    return summary
 
 
 def _sweep(study: Study, workers, gpus, runs_per_gpu, threads, retry_failed, only, limit, progress,
@@ -380,6 +401,8 @@ def dry_run(study: Study, retry_failed: bool = False, only: str | None = None, l
              f"{failed} failed (skipped{'' if retry_failed else '; --retry-failed re-runs them'})"]
     for name, problem in malformed_records(study):
         lines.append(f"  {name} {problem}: counted as to run (a sweep moves it aside first)")
+    if study.bracket:
+        lines.append(bracket_summary(study))
     totals = {"iterations": 0, "examples": 0}
     seconds, unknown = 0.0, 0
     for r in pending:
@@ -432,6 +455,26 @@ def dry_run(study: Study, retry_failed: bool = False, only: str | None = None, l
         lines.append("estimated time: unknown until some runs of this study have finished "
                      "(run a few with --limit N, then --dry-run again)")
     return "\n".join(lines)
+
+
+def bracket_summary(study: Study) -> str:
+    """One line on what bracketing has done and may still add (kfaclab.sweep.bracket)."""
+    cells = study.bracket_cells
+    states = [c["state"] for c in cells.values()]
+    grown = sum(bool(c["steps"]) for c in cells.values())
+    added = len(study.runs) - sum(len(study.recipe["seeds"]) * _grid_size(study, o) for o in study.recipe["optimizers"])
+    edges = [f"{o} b{b} ({', '.join(c['edges'])})" for (o, b), c in sorted(cells.items()) if c["state"] == "edge"]
+    return (f"bracketing (at most {study.bracket['max_steps']} grid steps per side of an axis): "
+            f"{states.count('bracketed')} of {len(cells)} cells bracketed, {states.count('running')} still running, "
+            f"{grown} grown so far ({max(0, added)} runs added); a cell still running may grow by one grid step per "
+            f"side after it finishes" + (f"; on an edge at the limit: {'; '.join(edges)}" if edges else ""))
+
+
+def _grid_size(study: Study, opt: str) -> int:
+    import math
+
+    grid = study.recipe["optimizers"][opt]["grid"]
+    return math.prod(len(v) for v in grid.values()) * len(study.recipe["batch_sizes"])
 
 
 def _typical_train_size(study: Study) -> int:

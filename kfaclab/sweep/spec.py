@@ -15,6 +15,9 @@ A spec names everything a study varies and fixes:
       sgd:  {fixed: {weight_decay: 0.0005}, grid: {lr: [...], momentum: [...]}}
       kfac: {fixed: {...}, grid: {lr: [...], damping: [...]}}
     harvest_first: [sgd, kfac]     # optional: the harvest runs these optimizers' runs before the others'
+    bracket: {max_steps: 2}        # optional: grow an (optimizer, batch size) grid whose optimum sits on
+                                   # an edge (kfaclab.sweep.bracket; scales: {axis: log | one_minus_log |
+                                   # linear} for axes not named in kfaclab.sweep.grid_axes)
     throughput:                    # optional: the model of what the study costs before it has runs
       source: ...                  # where the figures come from (assumed, or measured when/where)
       runs_sharing: 8              # runs in flight on one device
@@ -38,7 +41,7 @@ from kfaclab.errors import UsageError
 from kfaclab.train.config import RunConfig
 
 TOP_KEYS = {"name", "description", "fixed", "batch_sizes", "budget", "lr_scaling", "targets", "seeds",
-            "optimizers", "throughput", "loss_targets", "harvest_first"}
+            "optimizers", "throughput", "loss_targets", "harvest_first", "bracket"}
 REQUIRED = ("batch_sizes", "budget", "optimizers")
 OPTIMIZER_KEYS = {"fixed", "grid"}
 BUDGETS = ("rule", "epochs", "iterations", "examples")
@@ -66,6 +69,13 @@ class Study:
     # Optimizers whose runs a harvest starts before any other's (kfaclab.sweep.harvest.teaching_order):
     # where the claims a study is for compare some of its optimizers, their grids finish first.
     harvest_first: list = dataclasses.field(default_factory=list)
+    # Bracketing (kfaclab.sweep.bracket): {"max_steps": N, "scales": {axis: scale}}, or None.
+    bracket: dict | None = None
+    # What a run is made of (make_run): the spec's fixed settings, budget, scaling, targets, seeds
+    # and each optimizer's fixed settings and grid.
+    recipe: dict = dataclasses.field(default_factory=dict)
+    # Per (optimizer, batch size): what bracketing found (kfaclab.sweep.bracket.grow fills it).
+    bracket_cells: dict = dataclasses.field(default_factory=dict)
 
     @property
     def directory(self) -> Path:
@@ -119,10 +129,12 @@ def parse_study(spec, path: Path) -> Study:
     optimizers = _mapping(spec["optimizers"], "optimizers", bad)
     if not optimizers:
         bad("optimizers", "is empty: name at least one optimizer with its grid")
-    from kfaclab.optim import OPTIMIZERS, resolve_hyperparameters
+    from kfaclab.optim import OPTIMIZERS
 
     config_fields = {f.name for f in dataclasses.fields(RunConfig)} - OWNED
     runs: list[Run] = []
+    recipe = {"where": where, "fixed": fixed, "budget": budget_fields, "scaling": scaling, "targets": targets,
+              "seeds": seeds, "batch_sizes": batch_sizes, "optimizers": {}}
     for opt_name, opt_spec in optimizers.items():
         key = f"optimizers.{opt_name}"
         if opt_name not in OPTIMIZERS:
@@ -144,22 +156,12 @@ def parse_study(spec, path: Path) -> Study:
         for k, values in grid.items():
             _list(values, f"{key}.grid.{k}", bad, object)
         axes = list(grid)
+        recipe["optimizers"][opt_name] = {"fixed": opt_fixed, "grid": grid}
         for point in itertools.product(*(grid[k] for k in axes)):
             point = dict(zip(axes, point))
-            settings = {**opt_fixed, **point}
-            hp = {k: v for k, v in settings.items() if k not in config_fields}
-            cfg_over = {k: v for k, v in settings.items() if k in config_fields}
-            try:
-                resolve_hyperparameters(opt_name, hp)
-            except UsageError as e:
-                bad(f"{key} {_describe(point)}", str(e))
             for b in batch_sizes:
                 for seed in seeds:
-                    d = {**fixed, **cfg_over, **budget_fields, **scaling, "optimizer": opt_name, "hparams": hp,
-                         "batch_size": b, "targets": targets, "seed": seed}
-                    cfg = RunConfig.from_dict(d, where=f"{where}: {key} {_describe(point)} batch {b}")
-                    runs.append(Run(_run_name(opt_name, b, point, seed, cfg.run_id(), cfg.batch_schedule), cfg.run_id(),
-                                    cfg, point))
+                    runs.append(make_run(recipe, opt_name, point, b, seed))
     ids = [r.run_id for r in runs]
     if len(set(ids)) != len(ids):
         bad("optimizers", "two runs resolve to the same config (a grid repeats a value?)")
@@ -172,7 +174,58 @@ def parse_study(spec, path: Path) -> Study:
     for opt in first:
         if opt not in optimizers:
             bad("harvest_first", f"{opt!r} is not an optimizer of this study ({', '.join(optimizers)})")
-    return Study(name, path, description, runs, throughput, [float(t) for t in loss_targets], list(first))
+    bracket = _bracket(spec["bracket"], optimizers, bad) if "bracket" in spec else None
+    return Study(name, path, description, runs, throughput, [float(t) for t in loss_targets], list(first), bracket,
+                 recipe)
+
+
+def make_run(recipe: dict, opt_name: str, point: dict, batch_size: int, seed: int) -> Run:
+    """The run of one grid point (a configuration) at one batch size and seed, from the study's
+    recipe; a bad hyperparameter is a one-line error naming the spec and the point."""
+    from kfaclab.optim import resolve_hyperparameters
+
+    where, key = recipe["where"], f"optimizers.{opt_name}"
+    config_fields = {f.name for f in dataclasses.fields(RunConfig)} - OWNED
+    settings = {**recipe["optimizers"][opt_name]["fixed"], **point}
+    hp = {k: v for k, v in settings.items() if k not in config_fields}
+    cfg_over = {k: v for k, v in settings.items() if k in config_fields}
+    try:
+        resolve_hyperparameters(opt_name, hp)
+    except UsageError as e:
+        raise UsageError(f"{where}: {key} {_describe(point)}: {e}") from None
+    d = {**recipe["fixed"], **cfg_over, **recipe["budget"], **recipe["scaling"], "optimizer": opt_name, "hparams": hp,
+         "batch_size": batch_size, "targets": recipe["targets"], "seed": seed}
+    cfg = RunConfig.from_dict(d, where=f"{where}: {key} {_describe(point)} batch {batch_size}")
+    return Run(_run_name(opt_name, batch_size, point, seed, cfg.run_id(), cfg.batch_schedule), cfg.run_id(), cfg,
+               point)
+
+
+def _bracket(value, optimizers, bad) -> dict:
+    from kfaclab.sweep.grid_axes import SCALES, scale_of
+
+    value = _mapping(value, "bracket", bad)
+    for k in value:
+        if k not in ("max_steps", "scales"):
+            bad(f"bracket.{k}", "unknown key; bracket has max_steps and scales")
+    steps = value.get("max_steps")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        bad("bracket.max_steps", f"must be a whole number >= 1 (grid steps added per side of an axis), got {steps!r}")
+    scales = _mapping(value.get("scales", {}), "bracket.scales", bad)
+    for axis, scale in scales.items():
+        if scale not in SCALES:
+            bad(f"bracket.scales.{axis}", f"must be one of {', '.join(SCALES)}, got {scale!r}")
+    for opt_name, opt_spec in optimizers.items():
+        for axis, values in (opt_spec.get("grid") or {}).items():
+            if scale_of(axis, scales) is None:
+                bad(f"optimizers.{opt_name}.grid.{axis}", "has no bracketing scale; give bracket.scales."
+                    f"{axis}: {' | '.join(SCALES)}")
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+                bad(f"optimizers.{opt_name}.grid.{axis}", "bracketing steps numeric axes only; its values must be "
+                    "numbers")
+            if len(values) < 3:
+                bad(f"optimizers.{opt_name}.grid.{axis}", "needs at least three values to have an inside to "
+                    "bracket")
+    return {"max_steps": steps, "scales": dict(scales)}
 
 
 def _throughput(value, optimizers, bad) -> dict:

@@ -22,7 +22,7 @@ from kfaclab.data.split import Dataset, Split
 from kfaclab.distributed import SINGLE, Context, all_reduce_sum, device_for, shard_bounds
 from kfaclab.errors import UsageError
 from kfaclab.models import build_model, count_parameters
-from kfaclab.optim import build_optimizer, resolve_hyperparameters
+from kfaclab.optim import build_optimizer, hyperparameters_for_run, resolve_hyperparameters
 from kfaclab.train import record as rec
 from kfaclab.hessian import fixed_batch, top_eigenvalue
 from kfaclab.train.adaptive import resolve_options, run_adaptive
@@ -135,7 +135,7 @@ def plan(cfg: RunConfig, steps_per_epoch: int) -> dict:
     if cfg.noise_scale_batches > steps_per_epoch:
         raise UsageError(f"noise_scale_batches {cfg.noise_scale_batches} needs that many batches of "
                          f"{cfg.batch_size} per epoch; the training split has {steps_per_epoch}: lower it")
-    hp = classifier_hyperparameters(cfg.optimizer, cfg.hparams)
+    hp = hyperparameters_for_run(cfg.optimizer, classifier_hyperparameters(cfg.optimizer, cfg.hparams), iters)
     # A trust region has no learning rate: then there is no schedule either.
     peak = scaled_lr(hp["lr"], cfg.batch_size, cfg.lr_base_batch_size, cfg.lr_scaling) if "lr" in hp else None
     return {
@@ -334,7 +334,7 @@ def _finish(cfg, st: _LoopState, resolved, opt, device, started, ctx: Context = 
             "train_loss": last.get("train_loss"), "test_loss": last.get("test_loss"),
             "test_accuracy": last.get("test_accuracy"),
         },
-        "optimizer": {"name": opt.name, **opt.counters},
+        "optimizer": {"name": opt.name, **opt.report()},
         "divergence": st.divergence, "error": st.error, "started_at": started, "finished_at": _now(),
     }
     if st.adaptive is not None:

@@ -203,7 +203,7 @@ def environment(device) -> dict:
         "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
         "numpy": numpy.__version__, "kfaclab": kfaclab.__version__, "platform": platform.platform(),
         "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-        "device": str(device), "gpu": None, "git_commit": _git_commit(),
+        "device": str(device), "gpu": None, "git_commit": _git_commit(), "rules": rules_in_force(),
     }
     if str(device).startswith("cuda"):
         env["gpu"] = torch.cuda.get_device_name(device)
@@ -223,6 +223,31 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def rules_in_force() -> dict:
+    """The verdict rules (book/verdicts.md) of the checkout this run came from: the highest version
+    the page states, the sha256 of its text and the last commit that changed it (None outside a
+    git checkout), so that every record names the rules that were in force when it was made."""
+    import hashlib
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    page = root / "book" / "verdicts.md"
+    try:
+        text = page.read_text()
+    except OSError:
+        return {"version": None, "sha256": None, "commit": None}
+    versions = [int(v) for v in re.findall(r"^## Version (\d+)", text, flags=re.M)]
+    commit = None
+    try:
+        out = subprocess.run(["git", "log", "-1", "--format=%H", "--", "book/verdicts.md"], cwd=root,
+                             capture_output=True, text=True, timeout=5)
+        commit = out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"version": max(versions, default=1), "sha256": hashlib.sha256(text.encode()).hexdigest(),
+            "commit": commit}
 
 
 def _git_commit() -> str | None:

@@ -1,0 +1,152 @@
+"""How often a verdict's interval covers the truth, measured on synthetic studies.
+
+A synthetic study is generated like a real one (rules version 3): SGD and K-FAC on 4 x 4 grids
+(learning rate x a second hyperparameter) at batch sizes 32 to 16,384, three seeds, crossings
+seen only at 40 evaluations per run (so many configurations tie), a budget past which a
+configuration never reaches the target, per-seed noise in the crossings (training noise) and in
+the accuracies (training and test-set noise), and for K-FAC a KL clip that caps the effective
+learning rate (so its learning-rate axis goes flat). Its truth is known exactly: steps to target
+are the minimum over the grid of each configuration's noise-free crossing, seen at the
+evaluations (the population median of the quantized crossing is the quantized noise-free one);
+accuracies are the noise-free means. Each statistic of the verdicts (kfaclab.results.statistics)
+is computed on the truth and on the noisy study with its interval, and `coverage` counts how
+often the interval holds the truth.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from kfaclab.results.intervals import (interval, min_of_medians, pooled_mean_replicates, pooled_step_replicates,
+                                       seed_replicates)
+from kfaclab.results.statistics import steps_statistics, width_statistics
+from kfaclab.results.width import widths
+
+BATCH_SIZES = [32 * 2 ** k for k in range(10)]  # 32 ... 16,384
+N_TRAIN, B0, E0, EVALS, SEEDS = 50_000, 32, 2.0, 40, 3
+OPTIMIZERS = ("sgd", "kfac")
+
+
+@dataclass
+class Synthetic:
+    """One synthetic study: per (optimizer, batch size), crossings and accuracies (configs x
+    seeds), the grid (lr, other, x = log2 effective lr), and the truth."""
+    crossings: dict
+    accuracy: dict
+    grid: dict
+    true_steps: dict
+    true_accuracy: dict
+
+
+def budget_iterations(b: int) -> int:
+    return max(1, round((math.log2(b / B0) + 1) * E0 * (N_TRAIN // b)))
+
+
+def simulate(rng: np.random.Generator) -> Synthetic:
+    crossings, accuracy, grid, true_steps, true_acc = {}, {}, {}, {}, {}
+    for opt in OPTIMIZERS:
+        lrs = 0.003 * (10 / 3) ** np.arange(4)  # 0.003, 0.01, 0.033, 0.11
+        others = np.arange(4.0)
+        lr, other = np.repeat(lrs, 4), np.tile(others, 4)
+        b_crit = math.exp(rng.uniform(math.log(150), math.log(3000)))
+        kappa, kappa_u = rng.uniform(0.05, 0.4), rng.uniform(0.02, 0.3)
+        sigma = rng.uniform(0.05, 0.25)  # per-seed noise of a crossing (log scale)
+        acc_top = rng.uniform(0.48, 0.56)
+        k_acc, k_acc_u = rng.uniform(0.002, 0.03), rng.uniform(0.001, 0.02)
+        acc_noise = rng.uniform(0.002, 0.008)
+        u_star = rng.uniform(0.5, 2.5)
+        drift = rng.uniform(0.0, 0.5)  # the optimal learning rate moves this much (log2) per doubling
+        for k, b in enumerate(BATCH_SIZES):
+            budget = budget_iterations(b)
+            spacing = max(1, budget // EVALS)
+            s_opt = 0.25 * budget_iterations(BATCH_SIZES[-1]) * (1 + b_crit / b) / (1 + b_crit / BATCH_SIZES[-1])
+            x = np.log2(lr)
+            if opt == "kfac":  # the KL clip caps the effective learning rate
+                cap = math.log2(lrs[1]) + rng.uniform(-0.5, 2.5)
+                x = np.minimum(x, cap + 0.3 * (x - cap))
+            x_star = rng.uniform(x.min() + 0.3, x.max() - 0.3) if x.max() - x.min() > 0.6 else x.mean()
+            x_star += drift * (k - 4.5) * 0.1
+            dist = kappa * (x - x_star) ** 2 + kappa_u * (other - u_star) ** 2
+            T = s_opt * np.exp(dist)
+            quant = lambda t: np.where(t <= budget, np.ceil(t / spacing) * spacing, np.inf)  # noqa: E731
+            true_steps[(opt, b)] = float(quant(T).min()) if np.isfinite(quant(T)).any() else math.nan
+            noisy = T[:, None] * np.exp(sigma * rng.standard_normal((len(T), SEEDS)))
+            crossings[(opt, b)] = quant(noisy)
+            a = acc_top - k_acc * (x - x_star) ** 2 - k_acc_u * (other - u_star) ** 2
+            true_acc[(opt, b)] = a
+            accuracy[(opt, b)] = a[:, None] + acc_noise * rng.standard_normal((len(a), SEEDS))
+            grid[(opt, b)] = (lr, other, x)
+    return Synthetic(crossings, accuracy, grid, true_steps, true_acc)
+
+
+def _steps_rows(syn: Synthetic, opt: str, rng, n: int, method: str) -> np.ndarray:
+    """(1 + n, batch sizes): the estimate, then n replicates of steps to target."""
+    rows = []
+    for b in BATCH_SIZES:
+        v = syn.crossings[(opt, b)]
+        est = min_of_medians(v[None])[0]
+        if method == "configs":  # rules versions 1 and 2: configurations and seeds resampled
+            from kfaclab.results.verdicts import Cell, bootstrap_steps
+
+            reps = bootstrap_steps(Cell(v, list(range(len(v)))), rng, n)
+        elif method == "seeds":  # each configuration's own seeds resampled
+            reps = min_of_medians(seed_replicates(v, rng, n))
+        else:  # "pooled" (version 3)
+            reps = pooled_step_replicates(v, rng, n)
+        rows.append(np.concatenate([[est], reps]))
+    return np.stack(rows, axis=1)
+
+
+def _width_rows(syn: Synthetic, opt: str, rng, n: int, method: str) -> np.ndarray:
+    rows = []
+    for b in BATCH_SIZES:
+        lr, other, x = syn.grid[(opt, b)]
+        acc = syn.accuracy[(opt, b)]
+        reps = pooled_mean_replicates(acc, rng, n) if method == "pooled" else \
+            np.nanmean(seed_replicates(acc, rng, n), axis=2)
+        means = np.concatenate([acc.mean(axis=1)[None], reps])
+        rows.append(widths(lr, other, x, means)[0])
+    return np.stack(rows, axis=1)
+
+
+def truth(syn: Synthetic) -> dict:
+    sgd = np.array([[syn.true_steps[("sgd", b)] for b in BATCH_SIZES]])
+    kfac = np.array([[syn.true_steps[("kfac", b)] for b in BATCH_SIZES]])
+    out = {k: float(v[0]) for k, v in steps_statistics(BATCH_SIZES, sgd, kfac).items()}
+    w = {o: np.array([[widths(*syn.grid[(o, b)], syn.true_accuracy[(o, b)][None])[0][0] for b in BATCH_SIZES]])
+         for o in OPTIMIZERS}
+    out.update({k: float(v[0]) for k, v in width_statistics(BATCH_SIZES, w["sgd"], w["kfac"]).items()})
+    return out
+
+
+def coverage(studies: int = 200, n: int = 400, seed: int = 0, replicates: str = "pooled",
+             interval_method: str = "hull", level: float = 0.90) -> dict:
+    """Per statistic: {"covered": share of studies whose interval holds the truth, "studies": how
+    many studies had the statistic in both truth and estimate, "missing": share of those where
+    the interval could not be formed}. replicates: "pooled" (version 3: the grid as run, seed noise
+    pooled over each cell's configurations), "seeds" (each configuration's own seeds resampled) or
+    "configs" (versions 1 and 2: configurations and seeds resampled; widths then as "seeds")."""
+    rng = np.random.default_rng(seed)
+    hits: dict = {}
+    for _ in range(studies):
+        syn = simulate(rng)
+        true = truth(syn)
+        st = steps_statistics(BATCH_SIZES, _steps_rows(syn, "sgd", rng, n, replicates),
+                              _steps_rows(syn, "kfac", rng, n, replicates))
+        st.update(width_statistics(BATCH_SIZES, _width_rows(syn, "sgd", rng, n, replicates),
+                                   _width_rows(syn, "kfac", rng, n, replicates)))
+        for key, rows in st.items():
+            t = true.get(key)
+            if t is None or not math.isfinite(t) or not math.isfinite(rows[0]):
+                continue
+            lo, hi = interval(rows[0], rows[1:], interval_method, level)
+            h = hits.setdefault(key, [0, 0, 0])
+            h[1] += 1
+            if lo is None:
+                h[2] += 1
+            elif lo - 1e-9 <= t <= hi + 1e-9:
+                h[0] += 1
+    return {k: {"covered": c / s, "studies": s, "missing": m / s} for k, (c, s, m) in sorted(hits.items())}

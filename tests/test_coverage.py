@@ -1,0 +1,31 @@
+"""The interval method of rules version 3 is chosen by measured coverage (book/verdicts.md).
+
+Synthetic studies with known truth, generated like the real ones (kfaclab.results.coverage):
+every verdict statistic's 90% interval must cover the truth in at least 85% of them, and the
+percentile bootstrap of the grid minimum, the method of versions 1 and 2 (configurations and
+seeds resampled) or with the seeds alone, must fail that test."""
+
+import pytest
+
+from kfaclab.results.coverage import coverage
+
+STATISTICS = {"a", "b_sgd", "b_kfac", "c", "d_sgd", "d_kfac", "e", "g", "h"}
+
+
+@pytest.fixture(scope="module")
+def version3():
+    return coverage(studies=200, n=400, seed=0)
+
+
+def test_every_statistic_is_covered_at_least_85_percent(version3):
+    assert set(version3) == STATISTICS
+    for key, c in version3.items():
+        assert c["studies"] >= 150, f"{key}: only {c['studies']} studies had the statistic"
+        assert c["covered"] >= 0.85, f"{key}: covered in {c['covered']:.1%} of {c['studies']} studies"
+
+
+@pytest.mark.parametrize("replicates", ["configs", "seeds"])
+def test_the_percentile_interval_of_the_minimum_fails(replicates):
+    c = coverage(studies=100, n=300, seed=1, replicates=replicates, interval_method="percentile")
+    worst = min(c.items(), key=lambda kv: kv[1]["covered"])
+    assert worst[1]["covered"] < 0.80, f"the percentile interval covers every statistic (worst {worst})"
