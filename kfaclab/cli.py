@@ -469,19 +469,34 @@ def cmd_results(args) -> int:
         for path in write_csv(res, args.csv):
             print(f"wrote {path}")
     if args.verdicts:
+        from kfaclab.results import judged_v3
         from kfaclab.results.verdicts import verdict_display, verdicts
 
         left = int(res.runs["status"].isin(["pending", "interrupted"]).sum())
         if left:
             print(f"verdicts: {left} runs of {len(res.runs)} have not finished; a verdict is drawn only from a "
                   "finished study (these are provisional)")
+        if judged_v3.is_v3(res):  # rules version 3 judge the study with its siblings
+            from kfaclab.nqm import study_prediction
+            from kfaclab.results.verdicts_v3 import verdicts_v3
+
+            j = judged_v3.judged_for(res)
+            print(f"rules version 3, on {', '.join(s.name for s in j.studies())}")
+            vs = verdicts_v3(j.main, j.epochs, j.iterations, prediction=study_prediction(), claims="abcdeghijk")
+        else:
+            vs = verdicts(res)
         with pd.option_context("display.width", 200, "display.max_colwidth", 70):
-            print(verdict_display(verdicts(res)).to_string(index=False))
+            print(verdict_display(vs).to_string(index=False))
         print()
     print(f"study {res.name} ({res.directory}): {len(res.runs)} runs")
     for name, problem in res.malformed:
         print(f"  malformed: {name} {problem} (counted as not run; a sweep moves it aside and runs it again)")
     print(status_counts(res).to_string())
+    if res.bracket_cells:
+        from kfaclab.results.study import bracket_table
+
+        print("\nbracketing: does each (optimizer, batch size) grid hold its optimum inside?")
+        print(bracket_table(res).to_string(index=False))
     partial = bool(res.runs["status"].isin(["pending", "interrupted"]).any())
 
     def steps(kind):

@@ -271,6 +271,27 @@ def region_chart(results: StudyResults, tolerance: float = 0.01, budgets: dict |
 
 # ---------------------------------------------------------------------- critical batch size
 
+def width_chart(results: StudyResults, table: pd.DataFrame, width: int = 460, height: int = 280) -> alt.LayerChart:
+    """Rules version 3's robustness: the width of each optimizer's good region (log2 of the
+    effective learning rate over which accuracy stays within one point of its best) against the
+    batch size, with 90% intervals; a censored width (its region reaches the end of its row) is
+    a hollow point, a lower bound. `table` is kfaclab.results.verdicts_v3.width_table's."""
+    data = table.rename(columns={"width (log2 effective lr)": "width"}).copy()
+    data["kind"] = np.where(data["censored"], "censored (a lower bound)", "bracketed")
+    base = alt.Chart(data).encode(x=_batch_axis(sorted(data["batch_size"].unique())), color=_color(data["optimizer"].unique()))
+    bars = base.mark_rule().encode(y=alt.Y("low:Q", title="width of the good region (log2 of the effective lr)"),
+                                   y2="high:Q")
+    points = base.mark_point(size=70, filled=True).encode(
+        y="width:Q", shape=alt.Shape("kind:N", title="width", scale=alt.Scale(
+            domain=["bracketed", "censored (a lower bound)"], range=["circle", "triangle-up"])),
+        tooltip=["optimizer:N", alt.Tooltip("batch_size:Q", title="batch size"),
+                 alt.Tooltip("width:Q", title="width (log2)", format=".2f"), alt.Tooltip("low:Q", format=".2f"),
+                 alt.Tooltip("high:Q", format=".2f"), "kind:N",
+                 alt.Tooltip("KL clip bound (share of steps):Q", title="K-FAC steps clipped", format=".0%")])
+    return alt.layer(bars, points).properties(width=width, height=height, title=_title(
+        "Robustness as a width (rules version 3)", results, "90% intervals: pooled seed bootstrap, hull"))
+
+
 def critical_batch_data(results: StudyResults, unit: str = "iterations", n_boot: int = 200):
     """Measured points, fitted curves and fitted B_crit per (optimizer, target)."""
     points, curves, fits = [], [], []

@@ -447,7 +447,6 @@ def finished_runs_view(study: StudyResults):
 def _no_grid_yet(study: StudyResults, claims: str) -> list | None:
     """While no (optimizer, batch size) grid has finished, the runs that have, and nothing
     derived from a minimum over a grid."""
-    from kfaclab.results.verdicts import chapter_verdicts
 
     if has_results(complete_cells(study)):
         return None
@@ -471,8 +470,6 @@ def _opening(study: StudyResults, claims: str) -> tuple[list, bool]:
 def scaling_section(study: StudyResults) -> list:
     """What the scaling chapter shows of a study: what ran, steps to target, efficiency, the
     critical batch size, the optimizers' ratios and the verdicts."""
-    from kfaclab.results.verdicts import chapter_verdicts
-
     items, complete = _opening(study, "abgh")
     if complete:
         return items
@@ -492,8 +489,6 @@ def scaling_section(study: StudyResults) -> list:
 def robustness_section(study: StudyResults, tolerance: float = TOLERANCE) -> list:
     """What the robustness chapter shows of a study: its budgets, accuracy over each grid, the
     high-accuracy region and its trend, and the verdicts."""
-    from kfaclab.results.verdicts import chapter_verdicts
-
     items, complete = _opening(study, "de")
     if complete:
         return items
@@ -509,14 +504,49 @@ def robustness_section(study: StudyResults, tolerance: float = TOLERANCE) -> lis
 
 def critical_batch_section(study: StudyResults) -> list:
     """What the critical-batch chapter shows of a study: the fits and the verdicts."""
-    from kfaclab.results.verdicts import chapter_verdicts
-
     items, complete = _opening(study, "ci")
     if complete:
         return items
     fits = fit_table(study)
     return items + [plots.critical_batch_chart(complete_cells(study)), fit_view(fits), b_crit_lines(study, fits),
                     chapter_verdicts(study, "ci")]
+
+
+def width_section(study: StudyResults) -> list:
+    """What the robustness chapter shows of a version-3 budget study: what ran, its status, the
+    widths of each optimizer's good region per batch size (table and chart), the bracketing, and
+    the verdicts (d) and (e)."""
+    from kfaclab.results import judged_v3
+    from kfaclab.results.verdicts_v3 import width_table
+
+    items, complete = _opening(study, "de")
+    if complete:
+        return items
+    table = width_table(complete_cells(study))
+    return items + [status_table(study), plots.width_chart(study, table),
+                    table.style.hide(axis="index").format(precision=2, na_rep="–"),
+                    Markdown(judged_v3.bracket_lines(judged_v3.Judged(study, None, None))),
+                    judged_v3.chapter_verdicts(study, "de")]
+
+
+def bracket_view(study: StudyResults):
+    """Per (optimizer, batch size): whether its grid brackets the optimum, how many
+    configurations it has and what bracketing added (kfaclab.results.study.bracket_table)."""
+    from kfaclab.results.study import bracket_table
+
+    table = bracket_table(study)
+    if table.empty:
+        return Markdown(f"The `{study.name}` study does not bracket its grids.")
+    return table.style.hide(axis="index").set_caption(f"{study.name} study: does each grid bracket its optimum?")
+
+
+def chapter_verdicts(study: StudyResults, claims: str):
+    """The chapter's verdicts under the rules that judge the study: version 3 for its studies
+    (kfaclab.results.judged_v3), versions 1-2 for the others."""
+    from kfaclab.results import judged_v3
+    from kfaclab.results.verdicts import chapter_verdicts as v2
+
+    return judged_v3.chapter_verdicts(study, claims) if judged_v3.is_v3(study) else v2(study, claims)
 
 
 def show(items: list) -> None:

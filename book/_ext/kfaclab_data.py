@@ -8,7 +8,8 @@ chapters are computed from the same records in the same build.
 
 from pathlib import Path
 
-STUDIES = ("cpu", "abs", "sharpness", "noise", "miniature", "gpu")
+STUDIES = ("cpu", "abs", "sharpness", "noise", "miniature", "gpu", "miniature3", "miniature3-epochs",
+           "miniature3-iterations")
 
 
 def _write_data(app, config):

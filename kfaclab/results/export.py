@@ -19,17 +19,48 @@ from kfaclab.train.record import write_bytes_atomic
 
 
 def tables(results: StudyResults) -> dict:
-    from kfaclab.results.verdicts import ready_verdicts, verdict_table
+    from kfaclab.results.verdicts import verdict_table
 
     steps = steps_to_target(results)
     if results.loss_targets:  # the training-loss targets, in the same table (its `kind` column)
         steps = pd.concat([steps, steps_to_target(results, kind="loss")], ignore_index=True)
     out = {"runs": results.runs, "evaluations": results.evals, "steps-to-target": steps}
-    # A verdict is drawn only once the runs it compares have all finished (book/verdicts.md).
-    vs, _ = ready_verdicts(results)
+    # A verdict is drawn only once the runs it compares have all finished (book/verdicts.md),
+    # under the rules that judge the study: version 3 for its studies, versions 1-2 otherwise.
+    vs = _ready(results)
     if vs:
         out["verdicts"] = verdict_table(vs)
+    if results.bracket_cells:
+        from kfaclab.results.study import bracket_table
+
+        out["bracketing"] = bracket_table(results)
     return out
+
+
+def _claims_of(results: StudyResults, j) -> str:
+    return "abcghij" if results.name == j.main.name else "de"
+
+
+def _any_ready(results: StudyResults) -> bool:
+    """Whether some verdict of the study has all its runs (as `tables` decides, without computing it)."""
+    from kfaclab.results import judged_v3
+    from kfaclab.results.verdicts import ready_claims
+
+    if judged_v3.is_v3(results):
+        j = judged_v3.judged_for(results)
+        left = judged_v3.waiting(j)
+        return any(left.get(k) == 0 for k in _claims_of(results, j))
+    return bool(ready_claims(results)[0])
+
+
+def _ready(results: StudyResults) -> list:
+    from kfaclab.results import judged_v3
+    from kfaclab.results.verdicts import ready_verdicts
+
+    if judged_v3.is_v3(results):
+        j = judged_v3.judged_for(results)
+        return judged_v3.ready_verdicts(j, claims=_claims_of(results, j))[0]
+    return ready_verdicts(results)[0]
 
 
 def write_csv(results: StudyResults, directory) -> list[Path]:
@@ -46,8 +77,7 @@ def write_csv(results: StudyResults, directory) -> list[Path]:
 def csv_links(results: StudyResults, base: str = "../_static/data/") -> str:
     """HTML links to the study's CSV files as the book writes them (book/_ext/kfaclab_data.py):
     the verdicts file only where some verdict's runs have all finished, as `tables` writes it."""
-    from kfaclab.results.verdicts import ready_claims
-
-    names = ["runs", "evaluations", "steps-to-target"] + (["verdicts"] if ready_claims(results)[0] else [])
+    names = ["runs", "evaluations", "steps-to-target"] + (["verdicts"] if _any_ready(results) else []) \
+        + (["bracketing"] if results.bracket_cells else [])
     return "The data behind this chapter, as CSV: " + ", ".join(
         f'<a href="{base}{results.name}-{t}.csv">{results.name} {t.replace("-", " ")}</a>' for t in names) + "."

@@ -1,0 +1,164 @@
+"""The studies rules version 3 judge, which verdicts are ready, and how they are shown.
+
+Version 3 judges a set of studies together (book/verdicts.md): the stopping-rule study for the
+claims on steps to target, and two budget studies for robustness. A verdict waits, as under
+version 2, only for the runs it compares, bracketing's runs included: a grid that finishes with
+its optimum on an edge adds runs, which the verdict then waits for.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from kfaclab.results.study import StudyResults, load_results
+from kfaclab.results.verdicts import CLAIMS, CLAIM_OPTIMIZERS, NAMES, Verdict, _number, verdict_display
+from kfaclab.results.verdicts_v3 import verdicts_v3
+
+# The studies of version 3: role -> folder under runs/.
+STUDIES = {"main": "miniature3", "epochs": "miniature3-epochs", "iterations": "miniature3-iterations"}
+ROBUSTNESS = "de"
+
+
+@dataclass
+class Judged:
+    main: StudyResults
+    epochs: StudyResults | None
+    iterations: StudyResults | None
+
+    def studies(self) -> list[StudyResults]:
+        return [s for s in (self.main, self.epochs, self.iterations) if s is not None]
+
+
+def is_v3(study: StudyResults) -> bool:
+    return study.name in STUDIES.values()
+
+
+def load_judged(runs_dir: str | Path) -> Judged:
+    """The version-3 studies under `runs_dir` (a missing budget study is None)."""
+    runs_dir = Path(runs_dir)
+
+    def load(role):
+        folder = runs_dir / STUDIES[role]
+        return load_results(folder) if (folder / "study.yaml").exists() else None
+
+    return Judged(load("main"), load("epochs"), load("iterations"))
+
+
+def judged_for(study: StudyResults) -> Judged:
+    """The version-3 set a study belongs to, from its siblings in the same folder."""
+    return load_judged(study.directory.parent)
+
+
+def _left(study: StudyResults | None, opts) -> int:
+    if study is None:
+        return 0
+    runs = study.runs
+    waiting = runs["status"].isin(["pending", "interrupted"])
+    return int((waiting & runs["optimizer"].isin(opts)).sum())
+
+
+def waiting(j: Judged) -> dict:
+    """Per claim (of a-e and g-k): how many of the runs it compares have no result yet; a
+    robustness claim whose budget studies do not exist waits for them (-1)."""
+    out = {}
+    for key, opts in CLAIM_OPTIMIZERS.items():
+        if opts is None:
+            continue
+        if key in ROBUSTNESS:
+            out[key] = -1 if j.epochs is None or j.iterations is None else \
+                _left(j.epochs, opts) + _left(j.iterations, opts)
+        else:
+            out[key] = _left(j.main, opts)
+    return out
+
+
+def ready_verdicts(j: Judged, prediction: dict | None = None, claims: str = "abcdeghijk"):
+    """(verdicts, waiting): the version-3 verdicts of `claims` whose runs have all finished, and
+    per claim still waiting its number of unfinished runs. (k) needs `prediction` (the NQM's,
+    kfaclab.nqm.study_prediction) and waits for (c), (i) and (j)."""
+    left = waiting(j)
+    ready = [k for k in claims if left.get(k) == 0 and (k != "k" or prediction is not None)]
+    if "k" in ready and any(left.get(p) for p in "cij"):
+        ready.remove("k")
+    vs = verdicts_v3(j.main, j.epochs, j.iterations, prediction=prediction, claims="".join(ready)) if ready else []
+    return vs, {k: left[k] for k in claims if k in left and left[k] != 0}
+
+
+def waiting_line(left: dict) -> str:
+    """One sentence per group of claims that wait for the same runs."""
+    groups: dict = {}
+    for key, n in left.items():
+        groups.setdefault((n, CLAIM_OPTIMIZERS[key], key in ROBUSTNESS), []).append(f"({key})")
+    lines = []
+    for (n, opts, robust), keys in groups.items():
+        which = keys[0] if len(keys) == 1 else ", ".join(keys[:-1]) + " and " + keys[-1]
+        whose = " and ".join(NAMES[o] for o in opts)
+        where = f"{STUDIES['epochs']} and {STUDIES['iterations']}" if robust else STUDIES["main"]
+        lines.append(f"No verdict yet on {which}: " + ("its budget studies have no spec" if n < 0 else
+                     f"{n} of {whose}'s runs in {where} have not finished (bracketing may add more)"))
+    return "; ".join(lines)
+
+
+def chapter_verdicts(study: StudyResults, claims: str, prediction: dict | None = None):
+    """What a results chapter shows under "Verdicts" for a version-3 study: the ready verdicts,
+    and a line per group of claims still waiting."""
+    from IPython.display import HTML
+
+    j = judged_for(study)
+    vs, left = ready_verdicts(j, prediction, claims)
+    html = (f"<p>Judged by rules <b>version 3</b> ({', '.join(s.name for s in j.studies())}): pooled seed "
+            "bootstrap, hull intervals, bracketed grids.</p>")
+    if vs:
+        html += verdict_display(vs, claims).style.hide(axis="index").set_table_attributes(
+            'class="kfaclab-verdicts"').to_html()
+    if left:
+        html += f"<p><b>{waiting_line(left)}.</b></p>"
+    return HTML(html)
+
+
+def versions_table(v2: list[Verdict], v2_waiting: dict, v3: list[Verdict], v3_waiting: dict) -> pd.DataFrame:
+    """Each claim under rules versions 1-2 (on the miniature) and version 3 (on miniature3 and its
+    budget studies): outcome with estimate [interval], or what it waits for."""
+    by2 = {v.claim: v for v in v2}
+    by3 = {v.claim: v for v in v3}
+    rows = []
+    for key, (statement, _) in CLAIMS.items():
+        if key == "f":
+            continue  # ABS/ABSA: the abs study, version 2's rule in both
+
+        def cell(v, left, version):
+            if v is not None:
+                return f"{v.outcome}: {_number(v)}"
+            n = left.get(key)
+            if n is None:
+                return "–"
+            return "budget studies missing" if n < 0 else f"waiting: {n} runs to go"
+
+        rows.append({"claim": f"({key}) {statement}", "versions 1-2 (miniature)": cell(by2.get(key), v2_waiting, 2),
+                     "version 3 (miniature3)": cell(by3.get(key), v3_waiting, 3)})
+    return pd.DataFrame(rows)
+
+
+def bracket_lines(j: Judged) -> str:
+    """Per study: how many cells bracket their optimum, how many grew, and which are flagged."""
+    out = []
+    for s in j.studies():
+        cells = s.bracket_cells
+        if not cells:
+            continue
+        states = [c["state"] for c in cells.values()]
+        grew = sum(bool(c["steps"]) for c in cells.values())
+        edges = [f"{NAMES.get(o, o)} b{b} ({', '.join(c['edges'])})" for (o, b), c in sorted(cells.items())
+                 if c["state"] == "edge"]
+        out.append(f"`{s.name}`: {states.count('bracketed')} of {len(cells)} (optimizer, batch size) grids bracket "
+                   f"their optimum, {states.count('running')} have runs still to come, {grew} grew"
+                   + (f"; on an edge at the limit: {'; '.join(edges)}" if edges else ""))
+    return "\n".join(f"- {line}" for line in out)
+
+
+def finite(v) -> bool:
+    return v is not None and isinstance(v, float) and math.isfinite(v)
