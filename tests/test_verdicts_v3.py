@@ -1,0 +1,120 @@
+"""Rules version 3 on studies with known answers, and against version 2 on the same records:
+the statistics on steps to target are defined as before, so their point estimates must agree;
+only the intervals, the robustness measure and the studies judged change."""
+
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from kfaclab.results import judged_v3, load_results
+from kfaclab.results import verdicts as v2
+from kfaclab.results import verdicts_v3 as v3
+from test_verdicts import both, curve, study
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def miniature():
+    return load_results(ROOT / "runs" / "miniature")
+
+
+def test_point_estimates_equal_version_2s(miniature):
+    old = {v.claim: v for v in v2.verdicts(miniature, n=50, claims="abchij")}
+    new = v3.steps_verdicts(miniature, n=50, claims="abchij")
+    for key in "ah":
+        assert new[key].estimate == pytest.approx(old[key].estimate, abs=1e-12), key
+    for key in "cij":  # B_crit: version 2 fits the estimate by the scalar search, version 3 by the vectorised one
+        assert new[key].estimate == pytest.approx(old[key].estimate, abs=1e-6), key
+    effs = {p["optimizer"]: p["efficiency"] for p in old["b"].parts}
+    assert {p["optimizer"]: p["efficiency"] for p in new["b"].parts} == pytest.approx(effs)
+    # each optimizer's (b) has its own interval, around its own estimate
+    for p in new["b"].parts:
+        lo, hi = p["interval"]
+        assert lo <= p["efficiency"] <= hi
+
+
+@pytest.mark.parametrize("kfac_b_crit,expected", [(2000, v2.CONTRADICTED), (100, v2.REPRODUCED)])
+def test_claim_a_reaches_both_outcomes(kfac_b_crit, expected):
+    res = study(both(curve(1000, 300), curve(1000, kfac_b_crit)), noise=0.03)
+    assert v3.steps_verdicts(res, n=300, claims="a")["a"].outcome == expected
+
+
+def test_claim_h_and_g_read_the_ends():
+    res = study(both(curve(1000, 300), curve(1500, 300)), noise=0.02)  # K-FAC 1.5x slower everywhere
+    out = v3.steps_verdicts(res, n=300, claims="gh")
+    assert out["h"].outcome == v2.REPRODUCED and out["h"].estimate == pytest.approx(math.log2(1.5), abs=0.03)  # seed noise 2%
+    assert out["g"].outcome == v2.REPRODUCED
+
+
+def test_noise_leaves_it_open():
+    res = study(both(curve(1000, 300), curve(1000, 300)), noise=0.4)
+    assert v3.steps_verdicts(res, n=300, claims="h")["h"].outcome == v2.NOT_RESOLVED
+
+
+@pytest.fixture(scope="module")
+def judged_copies(tmp_path_factory):
+    """The miniature's records under the names of version 3's three studies (links, not copies),
+    each with the miniature's spec renamed: a finished version-3 set with known content."""
+    runs = tmp_path_factory.mktemp("runs")
+    spec = yaml.safe_load((ROOT / "runs" / "miniature" / "study.yaml").read_text())
+    for name in judged_v3.STUDIES.values():
+        d = runs / name
+        d.mkdir()
+        (d / "study.yaml").write_text(yaml.safe_dump({**spec, "name": name}, sort_keys=False))
+        for p in (ROOT / "runs" / "miniature").glob("*.json"):
+            (d / p.name).symlink_to(p)
+            (d / p.with_suffix(".ipynb").name).symlink_to(p.with_suffix(".ipynb"))
+    return runs
+
+
+def test_a_finished_set_gives_every_verdict_and_the_versions_table(judged_copies, miniature):
+    j = judged_v3.load_judged(judged_copies)
+    assert set(judged_v3.waiting(j).values()) == {0}
+    vs, left = judged_v3.ready_verdicts(j, prediction={"c": 4.85, "i": -0.42, "j": 5.27})
+    assert [v.claim for v in vs] == list("abcdeghijk") and left == {}
+    d = {v.claim: v for v in vs}
+    assert [p["budget"] for p in d["e"].parts] == ["epochs", "iterations"]
+    assert len(d["d"].parts) == 4
+    old, old_left = v2.ready_verdicts(miniature)
+    table = judged_v3.versions_table(old, old_left, vs, left)
+    assert len(table) == 10 and not table["version 3 (miniature3)"].str.contains("waiting").any()
+
+
+def test_a_set_waits_for_the_runs_each_claim_compares(judged_copies, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(judged_copies, runs, symlinks=True)
+    victim = next((runs / "miniature3-epochs").glob("kfac-b64-*.json"))
+    victim.unlink()  # one K-FAC run of a budget study not made yet
+    victim = next((runs / "miniature3").glob("adam-b128-*.json"))
+    victim.unlink()  # one Adam run of the main study
+    left = judged_v3.waiting(judged_v3.load_judged(runs))
+    assert left["d"] == left["e"] == 1 and left["i"] == left["j"] == left["k"] == 1
+    assert all(left[k] == 0 for k in "abcgh")
+    vs, waiting = judged_v3.ready_verdicts(judged_v3.load_judged(runs), claims="abdi")
+    assert [v.claim for v in vs] == ["a", "b"] and waiting == {"d": 1, "i": 1}
+    line = judged_v3.waiting_line(waiting)
+    assert "(d): 1 of SGD and K-FAC's runs in miniature3-epochs and miniature3-iterations" in line
+
+
+def test_results_command_judges_a_version_3_study_by_version_3(judged_copies):
+    out = subprocess.run([sys.executable, "-m", "kfaclab", "results", str(judged_copies / "miniature3"),
+                          "--verdicts"], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert "rules version 3, on miniature3, miniature3-epochs, miniature3-iterations" in out.stdout
+    assert "(e) K-FAC is no more robust" in out.stdout
+
+
+def test_widths_of_the_miniature_are_finite_and_censoring_is_reported(miniature):
+    table = v3.width_table(miniature)
+    assert set(table["optimizer"]) == {"sgd", "kfac", "adam"}
+    assert np.isfinite(table["width (log2 effective lr)"]).all()
+    assert table["censored"].dtype == bool and table["censored"].any()
+    assert ((table["low"] <= table["width (log2 effective lr)"]) & (table["width (log2 effective lr)"] <=
+                                                                     table["high"])).all()
