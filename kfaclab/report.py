@@ -145,6 +145,9 @@ def steps_table(study: StudyResults, kind: str = "accuracy") -> pd.DataFrame:
                             seed_low=np.nan, seed_high=np.nan)
     table["partial"] = table["pending"] > 0
     table.loc[~table["partial"], "so_far"] = np.nan
+    # Bracketing (kfaclab.sweep.bracket): a cell whose optimum is still on a grid edge at the limit.
+    edges = {k for k, c in study.bracket_cells.items() if c["state"] == "edge"}
+    table["edge"] = [(o, int(b)) in edges for o, b in zip(table["optimizer"], table["batch_size"])]
     return table
 
 
@@ -155,7 +158,7 @@ def _cell(r) -> str:
     if not np.isfinite(r["iterations"]):
         return "not reached"
     spread = f" [{r['seed_low']:,.0f}-{r['seed_high']:,.0f}]" if r["seed_high"] > r["seed_low"] else ""
-    return f"{r['iterations']:,.0f}{spread}"
+    return f"{r['iterations']:,.0f}{spread}" + (" (edge)" if r.get("edge") else "")
 
 
 def steps_view(study: StudyResults, kind: str = "accuracy", table: pd.DataFrame | None = None):
@@ -171,7 +174,8 @@ def steps_view(study: StudyResults, kind: str = "accuracy", table: pd.DataFrame 
     return shown.style.set_caption(f"{study.name} study: iterations to each {what} target, the best configuration's "
                                    "median over seeds [the range over its seeds that reached it]; "
                                    "'so far (k of n run)': the same over the grid's finished runs while others are "
-                                   "pending")
+                                   "pending" + ("; '(edge)': the grid's optimum is still on an edge after bracketing's "
+                                                "last step" if study.bracket_cells else ""))
 
 
 def efficiency_view(study: StudyResults, table: pd.DataFrame | None = None):

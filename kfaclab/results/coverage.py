@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kfaclab.results.intervals import (interval, min_of_medians, pooled_mean_replicates, pooled_step_replicates,
-                                       seed_replicates)
+from kfaclab.results import intervals
+from kfaclab.results.intervals import interval, mean_replicates, min_of_medians, step_replicates
 from kfaclab.results.statistics import steps_statistics, width_statistics
 from kfaclab.results.width import widths
 
@@ -92,10 +92,8 @@ def _steps_rows(syn: Synthetic, opt: str, rng, n: int, method: str) -> np.ndarra
             from kfaclab.results.verdicts import Cell, bootstrap_steps
 
             reps = bootstrap_steps(Cell(v, list(range(len(v)))), rng, n)
-        elif method == "seeds":  # each configuration's own seeds resampled
-            reps = min_of_medians(seed_replicates(v, rng, n))
-        else:  # "pooled" (version 3)
-            reps = pooled_step_replicates(v, rng, n)
+        else:  # what the verdicts of version 3 resample (intervals.REPLICATES), or as asked
+            reps = step_replicates(v, rng, n, method)
         rows.append(np.concatenate([[est], reps]))
     return np.stack(rows, axis=1)
 
@@ -105,8 +103,7 @@ def _width_rows(syn: Synthetic, opt: str, rng, n: int, method: str) -> np.ndarra
     for b in BATCH_SIZES:
         lr, other, x = syn.grid[(opt, b)]
         acc = syn.accuracy[(opt, b)]
-        reps = pooled_mean_replicates(acc, rng, n) if method == "pooled" else \
-            np.nanmean(seed_replicates(acc, rng, n), axis=2)
+        reps = mean_replicates(acc, rng, n, "seeds" if method == "configs" else method)
         means = np.concatenate([acc.mean(axis=1)[None], reps])
         rows.append(widths(lr, other, x, means)[0])
     return np.stack(rows, axis=1)
@@ -122,13 +119,16 @@ def truth(syn: Synthetic) -> dict:
     return out
 
 
-def coverage(studies: int = 200, n: int = 400, seed: int = 0, replicates: str = "pooled",
-             interval_method: str = "hull", level: float = 0.90) -> dict:
+def coverage(studies: int = 200, n: int = 400, seed: int = 0, replicates: str | None = None,
+             interval_method: str | None = None, level: float = 0.90) -> dict:
     """Per statistic: {"covered": share of studies whose interval holds the truth, "studies": how
     many studies had the statistic in both truth and estimate, "missing": share of those where
     the interval could not be formed}. replicates: "pooled" (version 3: the grid as run, seed noise
     pooled over each cell's configurations), "seeds" (each configuration's own seeds resampled) or
-    "configs" (versions 1 and 2: configurations and seeds resampled; widths then as "seeds")."""
+    "configs" (versions 1 and 2: configurations and seeds resampled; widths then as "seeds").
+    Both default to what the verdicts use (intervals.REPLICATES, intervals.METHOD)."""
+    replicates = replicates or intervals.REPLICATES
+    interval_method = interval_method or intervals.METHOD
     rng = np.random.default_rng(seed)
     hits: dict = {}
     for _ in range(studies):

@@ -36,6 +36,10 @@ LEVEL = 0.90
 N_BOOT = 1000
 BLOCKS = 10  # disjoint blocks of replicates for the Monte-Carlo error of an interval's ends
 METHODS = ("hull", "basic", "percentile")
+# What the verdicts of version 3 use (and what tests/test_coverage.py measures): change either and
+# the coverage test says whether the verdicts' intervals still cover the truth.
+METHOD = "hull"
+REPLICATES = "pooled"  # pooled | seeds (each configuration's own seeds)
 
 
 def seed_replicates(values: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -98,6 +102,26 @@ def pooled_mean_replicates(values: np.ndarray, rng: np.random.Generator, n: int)
     return mean[None, :] + noise
 
 
+def step_replicates(values: np.ndarray, rng: np.random.Generator, n: int, how: str | None = None) -> np.ndarray:
+    """(n,) replicates of a cell's steps to target by the verdicts' resampling (REPLICATES)."""
+    how = how or REPLICATES
+    if how == "pooled":
+        return pooled_step_replicates(values, rng, n)
+    if how == "seeds":
+        return min_of_medians(seed_replicates(values, rng, n))
+    raise ValueError(f"unknown replicates {how!r}; choose pooled or seeds")
+
+
+def mean_replicates(values: np.ndarray, rng: np.random.Generator, n: int, how: str | None = None) -> np.ndarray:
+    """(n, configurations) replicates of each configuration's mean over seeds (REPLICATES)."""
+    how = how or REPLICATES
+    if how == "pooled":
+        return pooled_mean_replicates(values, rng, n)
+    if how == "seeds":
+        return np.nanmean(seed_replicates(values, rng, n), axis=2)
+    raise ValueError(f"unknown replicates {how!r}; choose pooled or seeds")
+
+
 def min_of_medians(draws: np.ndarray) -> np.ndarray:
     """Shallue's rule with seeds on (..., configurations, seeds): the minimum over configurations
     of the median over seeds (inf counts as never; NaN seeds are absent); NaN where no
@@ -109,9 +133,10 @@ def min_of_medians(draws: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(best), best, np.nan)
 
 
-def interval(estimate: float | None, samples: np.ndarray, method: str = "hull", level: float = LEVEL):
+def interval(estimate: float | None, samples: np.ndarray, method: str | None = None, level: float = LEVEL):
     """(low, high) at `level` from bootstrap replicates; (None, None) without an estimate or
     finite replicates."""
+    method = method or METHOD
     ok = np.asarray(samples, float)
     ok = ok[np.isfinite(ok)]
     if estimate is None or not math.isfinite(estimate) or not len(ok):
@@ -126,7 +151,7 @@ def interval(estimate: float | None, samples: np.ndarray, method: str = "hull", 
     raise ValueError(f"unknown interval method {method!r}; choose from {', '.join(METHODS)}")
 
 
-def monte_carlo_error(estimate: float | None, samples: np.ndarray, method: str = "hull",
+def monte_carlo_error(estimate: float | None, samples: np.ndarray, method: str | None = None,
                       level: float = LEVEL) -> float | None:
     """The Monte-Carlo standard error of the interval's ends: each end computed on BLOCKS disjoint
     blocks of the replicates, its standard deviation over blocks divided by sqrt(BLOCKS) (the

@@ -21,8 +21,8 @@ import warnings
 
 import numpy as np
 
-from kfaclab.results.intervals import (LEVEL, N_BOOT, interval, missing_share, monte_carlo_error,
-                                       pooled_mean_replicates, pooled_step_replicates)
+from kfaclab.results.intervals import (LEVEL, N_BOOT, interval, mean_replicates, missing_share, monte_carlo_error,
+                                       step_replicates)
 from kfaclab.results.statistics import b_crit, log2_ratio, slopes, steps_statistics, width_statistics
 from kfaclab.results.study import FINISHED, StudyResults
 from kfaclab.results.verdicts import (B_CRIT_PAIRS, CONTRADICTED, NAMES, NOT_RESOLVED, REPRODUCED, Verdict, _verdict,
@@ -81,7 +81,7 @@ class StepRows:
         self.rows: dict = {}
         for (opt, b), cell in sorted(self.cells.items()):
             est = _min_of_medians(cell.values)
-            reps = pooled_step_replicates(cell.values, rng, n)
+            reps = step_replicates(cell.values, rng, n)
             self.rows.setdefault(opt, {})[b] = np.concatenate([[est], reps])
 
     def curve(self, opt, bs=None):
@@ -261,7 +261,7 @@ def width_rows(results: StudyResults, opt: str, bs, n: int = N_BOOT, seed: int =
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             est = np.nanmean(c["acc"], axis=1)
-        means = np.concatenate([est[None], pooled_mean_replicates(c["acc"], rng, n)])
+        means = np.concatenate([est[None], mean_replicates(c["acc"], rng, n)])
         w, lo, hi = widths(c["lr"], c["other"], c["x"], means)
         rows.append(w)
         censored.append(bool(lo[0] or hi[0]))
