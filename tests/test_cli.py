@@ -167,3 +167,16 @@ def test_nqm_prints_the_curves_and_writes_what_the_module_computes(tmp_path):
     spec = nqm.Spectrum()
     expected = nqm.tuned_steps(spec, 2.0 ** np.arange(7), 1.0, [0.9], 0.01 * spec.initial_loss())["steps"]
     assert table[table["power"] == 1.0]["steps"].tolist() == expected.tolist()
+
+
+@pytest.mark.parametrize("args", [["results", "runs/miniature"], ["sweep", "runs/paper/study.yaml", "--dry-run"]])
+def test_a_closed_pipe_ends_quietly(args):
+    """`kfaclab results ... | head -1`: the reader leaves early; no BrokenPipeError traceback."""
+    root = Path(__file__).resolve().parents[1]
+    p = subprocess.Popen([sys.executable, "-m", "kfaclab", *args], cwd=root, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.readline()
+    p.stdout.close()  # as `head -1` does
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=600) == 0
+    assert "BrokenPipeError" not in err and "Traceback" not in err, err

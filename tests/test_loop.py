@@ -73,6 +73,16 @@ def test_divergence_is_a_status_not_a_crash(tiny_dataset):
     assert validate_record(r) == []
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "kfac"])
+def test_an_overflowing_learning_rate_diverges(tiny_dataset, optimizer):
+    """1e300 cannot be a float32 step size (SGD and Adam: torch refuses it; K-FAC: lr^2 overflows in
+    the KL clip): the run is diverged, with the reason, not failed with a traceback."""
+    r = train(cfg(optimizer=optimizer, hparams={"lr": 1e300}), dataset=tiny_dataset, progress=False)
+    assert r["status"] == "diverged" and r["error"] is None
+    assert "overflow" in r["divergence"]["reason"]
+    assert validate_record(r) == []
+
+
 def test_interrupt_and_failure_write_a_record(tiny_dataset, tmp_path, monkeypatch):
     calls = []
     real = SGD.step

@@ -53,6 +53,33 @@ DAMAGE = {
 }
 
 
+def _reached_at(where):
+    def f(r):
+        r["targets"][0].update(reached=True, iteration=where(r))
+        return r
+    return f
+
+
+def _final_from_first_evaluation(r):
+    r["final"]["test_accuracy"] = r["history"][0]["test_accuracy"] + (0.01 if r["history"][0]["test_accuracy"] ==
+                                                                      r["history"][-1]["test_accuracy"] else 0)
+    return r
+
+
+# Well-typed records that cannot be (issue: impossible records passed validation).
+IMPOSSIBLE = {
+    "crossing-past-the-budget": _reached_at(lambda r: 10 ** 6),
+    "crossing-where-it-did-not-evaluate": _reached_at(lambda r: r["history"][1]["iteration"] + 1),
+    "infinite-seconds": _set(["final", "seconds"], float("inf")),
+    "nan-test-loss": _set(["history", -1, "test_loss"], float("nan")),
+    "infinite-optimizer-counter": _set(["optimizer", "propagations"], float("inf")),
+    "final-is-not-the-last-evaluation": _final_from_first_evaluation,
+    "past-its-budget": lambda r: _set(["final", "iteration"], r["resolved"]["iterations"] + 5)(r),
+    "target-above-one": _set(["targets", 0, "test_accuracy"], 1.5),
+}
+DAMAGE.update(IMPOSSIBLE)
+
+
 def _damage(path: Path, kind: str):
     how = DAMAGE[kind]
     if isinstance(how, bytes):
@@ -65,7 +92,7 @@ def _damage(path: Path, kind: str):
         rec = json.loads(path.read_text())
         if kind == "reached-without-iteration":
             rec["targets"][0]["reached"] = True
-        path.write_text(json.dumps(how(rec)))
+        path.write_text(json.dumps(how(rec)))  # NaN and Infinity as Python's json writes them
 
 
 @pytest.fixture
@@ -133,3 +160,54 @@ def test_the_sweep_runs_a_malformed_record_again_to_a_valid_one(study_copy):
     assert problem is None and validate_record(record) == [] and record["status"] in ("completed", "diverged")
     assert (study_copy / f"{path.stem}.ipynb").exists()
     assert len(load_results(study_copy).malformed) == 0
+
+
+@pytest.mark.parametrize("kind", sorted(IMPOSSIBLE))
+def test_an_impossible_record_is_refused_by_every_reader(study_copy, kind, tmp_path):
+    """The one validator guards results (load_results), the sweep (run_state moves it aside) and
+    harvest-merge (check_archive refuses the archive)."""
+    import tarfile
+
+    from kfaclab.sweep.merge import check_archive
+    from kfaclab.errors import UsageError
+
+    path = sorted(study_copy.glob("sgd-*.json"))[0]
+    good = json.loads(path.read_text())
+    _damage(path, kind)
+    bad = path.read_text()
+    assert read_record(path)[0] is None
+    problems = validate_record(json.loads(bad))
+    assert problems and all("\n" not in p for p in problems)
+    assert load_results(study_copy).runs.set_index("name").loc[path.stem, "status"] == "pending"
+    # harvest-merge: the same record inside an otherwise valid archive, into a study that lacks it
+    import hashlib
+    import io
+
+    nb = (study_copy / f"{path.stem}.ipynb").read_bytes()
+    files = {f"{path.stem}.json": bad.encode(), f"{path.stem}.ipynb": nb}
+    manifest = {"kind": "kfaclab.harvest", "version": 1, "study": "smoke",
+                "runs": [{"name": path.stem, "run_id": good["run_id"], "status": good["status"],
+                          "files": {f: hashlib.sha256(d).hexdigest() for f, d in files.items()}}]}
+    archive = tmp_path / "harvest.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, data in [("manifest.json", json.dumps(manifest).encode())] + \
+                [(f"smoke/{f}", d) for f, d in files.items()]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    target = tmp_path / "target"
+    shutil.copytree(study_copy, target)
+    (target / path.name).unlink()
+    (target / f"{path.stem}.ipynb").unlink()
+    with pytest.raises(UsageError, match="the record is malformed"):
+        check_archive(archive, target)
+    # the same archive with the good record merges
+    files[f"{path.stem}.json"] = json.dumps(good).encode()
+    manifest["runs"][0]["files"][f"{path.stem}.json"] = hashlib.sha256(files[f"{path.stem}.json"]).hexdigest()
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, data in [("manifest.json", json.dumps(manifest).encode())] + \
+                [(f"smoke/{f}", d) for f, d in files.items()]:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    check_archive(archive, target)

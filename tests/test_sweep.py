@@ -73,6 +73,8 @@ BAD_SPECS = [
     ({"harvest_first": ["adam"]}, "harvest_first: 'adam' is not an optimizer of this study"),
     ({"harvest_first": "sgd"}, "harvest_first: must be a list"),
     ({"harvest_first": ["sgd", "sgd"]}, "harvest_first: repeats a value"),
+    ({"optimizers": {"sgd": {"fixed": {"lr": 0.1}, "grid": {}}}}, "optimizers.sgd.grid: is empty"),
+    ({"bracket": {"max_steps": 2}}, "needs at least three values"),  # the smoke grid has two learning rates
 ]
 
 

@@ -608,9 +608,14 @@ class KFAC(TrainingOptimizer):
             return {"kl_clip_steps": 0, "kl_clip_bound_share": None, "kl_scale_mean": None,
                     "effective_lr_mean": None, "effective_lr_geomean": None}
         bound, steps, nu, eff, log_eff, with_lr = (float(v) for v in self._clip_sums.cpu())
-        return {"kl_clip_steps": int(steps), "kl_clip_bound_share": bound / steps, "kl_scale_mean": nu / steps,
-                "effective_lr_mean": eff / steps,
-                "effective_lr_geomean": 2 ** (log_eff / with_lr) if with_lr else None}
+
+        def finite(v):  # a record holds no infinity or NaN (an overflowing run's sums can be)
+            return v if v is not None and math.isfinite(v) else None
+
+        geo = 2 ** (log_eff / with_lr) if with_lr and math.isfinite(log_eff) and abs(log_eff / with_lr) < 1000 else None
+        return {"kl_clip_steps": int(steps), "kl_clip_bound_share": finite(bound / steps),
+                "kl_scale_mean": finite(nu / steps), "effective_lr_mean": finite(eff / steps),
+                "effective_lr_geomean": finite(geo)}
 
     def report(self) -> dict:
         return {**super().report(), **self.clip_statistics()}

@@ -117,8 +117,24 @@ def execute(job: dict, kernel: Kernel, engine: str) -> tuple[int, str | None]:
     except Exception:  # kernel start-up or papermill failures: recorded, the sweep goes on
         code, error = 3, "".join(traceback.format_exc().splitlines(True)[-ERROR_LINES:])
     if partial.exists():
-        os.replace(partial, notebook)
+        # Only a whole notebook goes under its final name: papermill writing onto a full disk
+        # leaves a cut file, which must not look like a finished run's notebook.
+        if _whole_notebook(partial):
+            os.replace(partial, notebook)
+        else:
+            partial.unlink(missing_ok=True)
+            error = (error + "\n" if error else "") + "the executed notebook could not be written in full " \
+                "(No space left on device?)"
+            code = code or 3
     return code, error
+
+
+def _whole_notebook(path: Path) -> bool:
+    try:
+        nb = json.loads(path.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(nb, dict) and isinstance(nb.get("cells"), list) and "nbformat" in nb
 
 
 def _exit_with_parent(parent: int, kernels: list):

@@ -632,12 +632,25 @@ class Harvest:
                         runs_report["stopped"] = f"{o.max_failures} runs in a row failed: a fault to fix, not a result"
                         self.say(f"stopping: {runs_report['stopped']}")
                         stopping.set()
-                    if out.status in FINISHED:
+                    if out.infrastructure:  # the machine stopped it: left for the next harvest, not failed
+                        runs_report["interrupted"].append({**entry, "machine": out.infrastructure})
+                        if out.infrastructure == "disk" and not stopping.is_set():
+                            runs_report["stopped"] = "the disk is full: the runs made so far are in the archive"
+                            self.say(f"stopping: {runs_report['stopped']}")
+                            stopping.set()
+                    elif out.status in FINISHED:
                         if out.status != "failed":
                             predict.observe(run, out.wall_seconds)
                         self.finished.append((run, out.status))
                         runs_report["finished"].append(entry)
-                        self._pack()
+                        try:
+                            self._pack()
+                        except OSError as e:  # $OUT is full: the last archive written stands
+                            self.finished.pop()
+                            runs_report["stopped"] = (f"cannot write the archive ({e.strerror or e}); it holds the "
+                                                      "runs before this one")
+                            self.say(f"stopping: {runs_report['stopped']}")
+                            stopping.set()
                     else:
                         runs_report["interrupted"].append(entry)
                     runs_report["left"] = len(order) + len(in_flight)

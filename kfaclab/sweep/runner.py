@@ -34,6 +34,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from kfaclab import infrastructure
 from kfaclab.interrupts import catch_interrupts, restore_signals  # noqa: F401 (harvest imports them here)
 from kfaclab.errors import UsageError
 from kfaclab.sweep.bracket import grow
@@ -77,11 +78,16 @@ def run_state(directory: Path, run: Run, repair: bool = False) -> str:
             # the two leaves only a partial notebook, which the next sweep removes, so the run
             # is made again rather than left without its notebook for good.
             return "done" if (directory / f"{run.name}.ipynb").exists() else "pending"
-        if status == "failed":
+        if status == "failed" and not infrastructure.kind_of(record.get("error")):
             return "failed"
-        return "pending"  # interrupted: re-run
-    if (directory / f"{run.name}.failed.json").exists():
-        return "failed"
+        return "pending"  # interrupted, or failed for the machine's sake: re-run
+    marker = directory / f"{run.name}.failed.json"
+    if marker.exists():
+        try:
+            machine = json.loads(marker.read_text()).get("infrastructure")
+        except (OSError, ValueError, AttributeError):
+            machine = None
+        return "pending" if machine else "failed"
     return "pending"
 
 
@@ -113,6 +119,9 @@ class Outcome:
     wall_seconds: float
     run_seconds: float | None = None  # training + evaluation inside the run (from its record)
     error: str | None = None
+    # disk | memory | killed where the machine, not the run, made it fail (kfaclab.infrastructure):
+    # such a run is not marked as failed for good, and a full disk stops the sweep.
+    infrastructure: str | None = None
 
 
 @dataclass
@@ -154,7 +163,9 @@ class Summary:
         for out in self.outcomes:
             if out.status == "failed":
                 first = (out.error or "").strip().splitlines()[-1:] or [""]
-                lines.append(f"failed: {out.run.name}: {first[0]}")
+                machine = f" (the machine: {out.infrastructure}; not marked failed, the next sweep runs it)" \
+                    if out.infrastructure else ""
+                lines.append(f"failed: {out.run.name}: {first[0]}{machine}")
         return "\n".join(lines)
 
 
@@ -254,10 +265,16 @@ def read_outcome(run: Run, directory: Path, code: int, error: str | None, wall: 
         error = f"the run ended without error but left no record {run.name}.json (with id {run.run_id}) in {directory}"
     error = error or (record or {}).get("error") or f"exit code {code}"
     error = "\n".join(error.strip().splitlines()[-12:])
-    if record is None or record.get("status") != "failed":
-        write_atomic(failed_marker, {"run_id": run.run_id, "name": run.name, "code": code, "error": error,
-                                     "config": run.config.to_dict()})
-    return Outcome(run, "failed", wall, error=error)
+    machine = infrastructure.kind_of(error)  # the machine stopped it (disk, memory, a kill): not sticky
+    if record is None or record.get("status") != "failed" or machine:
+        try:
+            write_atomic(failed_marker, {"run_id": run.run_id, "name": run.name, "code": code, "error": error,
+                                         "config": run.config.to_dict(), "infrastructure": machine})
+        except OSError as e:
+            if not infrastructure.is_disk_error(e):
+                raise
+            machine = "disk"  # not even the marker fits: the run stays pending, the sweep stops
+    return Outcome(run, "failed", wall, error=error, infrastructure=machine)
 
 
 # ---------------------------------------------------------------------- the sweep
@@ -345,16 +362,24 @@ def _sweep(study: Study, workers, gpus, runs_per_gpu, threads, retry_failed, onl
     previous = catch_interrupts()
     pool = ThreadPoolExecutor(max_workers=len(slots))
     futures, counted = [], set()
+    disk_full = None
     try:
         futures = [pool.submit(job, r) for r in pending]
         for fut in as_completed(futures):
             counted.add(fut)
+            if fut.cancelled():  # not started: the sweep is stopping (a full disk)
+                continue
             out = fut.result()
             if out is None:
                 continue
             summary.outcomes.append(out)
             bar.update(1)
             bar.set_postfix(failed=summary.count("failed"), diverged=summary.count("diverged"))
+            if out.infrastructure == "disk" and disk_full is None:
+                disk_full = out  # no new run onto a full disk; the ones in flight end as they can
+                stopping.set()
+                for f in futures:
+                    f.cancel()
     except KeyboardInterrupt:
         summary.interrupted = True
         stopping.set()
@@ -373,7 +398,19 @@ def _sweep(study: Study, workers, gpus, runs_per_gpu, threads, retry_failed, onl
         bar.close()
         restore_signals(previous)
         summary.wall_seconds = time.perf_counter() - t0
+    if disk_full is not None:
+        done = summary.count("completed") + summary.count("diverged")
+        raise UsageError(f"the disk holding {study.directory} is full (run {disk_full.run.name}: "
+                         f"{_disk_words(disk_full.error)}); the sweep stopped after {done} runs finished. Free space "
+                         "and run it again: finished runs are kept, and the stopped ones are not marked failed")
     return summary
+
+
+def _disk_words(error: str | None) -> str:
+    for w in infrastructure.DISK_WORDS:
+        if error and w in error:
+            return w
+    return "a write failed"
 
 
 def check_study_writable(study: Study) -> None:

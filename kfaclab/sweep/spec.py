@@ -147,6 +147,9 @@ def parse_study(spec, path: Path) -> Study:
                 bad(f"{key}.{k}", "unknown key; an optimizer has fixed and grid")
         opt_fixed = _mapping(opt_spec.get("fixed", {}), f"{key}.fixed", bad)
         grid = _mapping(opt_spec.get("grid", {}), f"{key}.grid", bad)
+        if "grid" in opt_spec and not grid:
+            bad(f"{key}.grid", "is empty: give at least one hyperparameter with its values, or drop grid and set "
+                "the hyperparameters in fixed")
         known = set(OPTIMIZERS[opt_name].defaults) | config_fields
         for section, values in (("fixed", opt_fixed), ("grid", grid)):
             for k in values:

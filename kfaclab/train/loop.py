@@ -199,6 +199,8 @@ def train(cfg: RunConfig, *, dataset: Dataset | None = None, progress: bool = Tr
         "num_classes": ds.num_classes, "num_parameters": count_parameters(model), "device": str(device),
         "dataset_source": ds.source, "world_size": ctx.world_size,
     }
+    if cfg.output and ctx.is_main:  # the finished run must have room for its record (and notebook)
+        rec.check_room(cfg.output, rec.record_size_bound(len(p["evaluation_iterations"])))
     state = _LoopState()
     record_eval = _evaluator(cfg, model, opt, schedule, train_loader, test_loader, state, ctx, ds)
     try:
@@ -215,10 +217,24 @@ def train(cfg: RunConfig, *, dataset: Dataset | None = None, progress: bool = Tr
         _finish(cfg, state, resolved, opt, device, started, ctx)
         raise
     except Exception as e:
+        if overflowed(e):  # a learning rate (or update) beyond float32: the run diverged, it did not fail
+            state.status = "diverged"
+            state.divergence = {"iteration": state.iteration, "reason": f"the update overflowed ({type(e).__name__}: "
+                                f"{e})"}
+            return _finish(cfg, state, resolved, opt, device, started, ctx)
         state.status, state.error = "failed", f"{type(e).__name__}: {e}"
         _finish(cfg, state, resolved, opt, device, started, ctx)
         raise
     return _finish(cfg, state, resolved, opt, device, started, ctx)
+
+
+def overflowed(e: BaseException) -> bool:
+    """Whether an exception is arithmetic overflow of the update: Python's OverflowError (K-FAC's
+    lr^2 in its KL clip), or torch refusing to turn an overflowing scalar into float32 (a
+    learning rate of 1e300 in SGD's or Adam's update)."""
+    if isinstance(e, (OverflowError, FloatingPointError)):
+        return True
+    return isinstance(e, RuntimeError) and "without overflow" in str(e)
 
 
 class _LoopState:
@@ -321,26 +337,47 @@ def _run(cfg, model, opt, schedule, train_loader, test_loader, p, st: _LoopState
     bar.close()
 
 
+def _safely(what: str, make, fallback, notes: list):
+    """`make()`, or `fallback` with a note: whatever fails after training (a mismatched torchvision
+    in the environment's versions, say) must not cost the run its record."""
+    try:
+        return make()
+    except Exception as e:  # noqa: BLE001 - any failure here is reported in the record, not raised
+        notes.append(f"{what}: {type(e).__name__}: {e}")
+        return fallback
+
+
 def _finish(cfg, st: _LoopState, resolved, opt, device, started, ctx: Context = SINGLE) -> dict:
     last = st.history[-1] if st.history else {}
+    notes: list = []
+    environment = _safely("environment", lambda: rec.environment(device), {}, notes)
+    if notes:
+        environment = {"error": notes[-1]}
+    targets = _safely("targets", lambda: race_to_targets(st.history, cfg.targets, cfg.target_loss), [], notes)
+    report = _safely("optimizer report", opt.report, dict(opt.counters), notes)
     record = {
         "schema_version": rec.SCHEMA_VERSION, "kind": "kfaclab.run", "run_id": cfg.run_id(), "status": st.status,
-        "config": cfg.to_dict(), "resolved": resolved, "environment": rec.environment(device),
-        "history": st.history, "targets": race_to_targets(st.history, cfg.targets, cfg.target_loss),
+        "config": cfg.to_dict(), "resolved": resolved, "environment": environment,
+        "history": st.history, "targets": targets,
         "final": {
             "iteration": st.iteration,
             "epoch": st.epoch if st.epoch is not None else st.iteration / resolved["steps_per_epoch"],
             "examples": st.examples, "seconds": st.train_seconds, "eval_seconds": st.eval_seconds,
             "train_loss": last.get("train_loss"), "test_loss": last.get("test_loss"),
             "test_accuracy": last.get("test_accuracy"),
+            # The iteration of the evaluation the accuracy and loss above come from: a run that
+            # diverged between evaluations ends after it (final.iteration is where it stopped).
+            "evaluated_at": last.get("iteration"),
         },
-        "optimizer": {"name": opt.name, **opt.report()},
+        "optimizer": {"name": opt.name, **report},
         "divergence": st.divergence, "error": st.error, "started_at": started, "finished_at": _now(),
     }
+    if notes:  # what could not be measured after training: the run's result stands
+        record["finish_notes"] = notes
     if st.adaptive is not None:
         record["adaptive"] = st.adaptive
     if cfg.output and ctx.is_main:  # one record per run, however many processes
-        rec.write_atomic(cfg.output, record)
+        rec.save_record(cfg.output, record)
     return record
 
 

@@ -14,6 +14,7 @@ Schema version 1 (documented in book/run-record.md):
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import subprocess
@@ -103,7 +104,52 @@ def validate_record(rec) -> list[str]:
         problems.append("history is not in iteration order")
     if rec["history"] and rec["final"]["iteration"] < rec["history"][-1]["iteration"]:
         problems.append("final.iteration is before the last evaluation")
-    return problems
+    return problems + impossible(rec)
+
+
+def impossible(rec: dict) -> list[str]:
+    """What a well-typed record cannot hold (a record edited, corrupted or made by a bug): a number
+    that is not finite anywhere in it, a target reached after the run ended or at an iteration it
+    never evaluated, a run longer than its budget, and a `final` section that disagrees with the
+    last evaluation it reports."""
+    out = [f"{where}: {value!r} is not a finite number" for where, value in _non_finite(rec, "record")]
+    final, history = rec["final"], rec["history"]
+    evaluated = {h["iteration"] for h in history}
+    for i, t in enumerate(rec["targets"]):
+        it = t.get("iteration")
+        if not 0 < t["test_accuracy"] <= 1:
+            out.append(f"targets[{i}].test_accuracy: {t['test_accuracy']} is outside (0, 1]")
+        if it is None:
+            continue
+        if it > final["iteration"]:
+            out.append(f"targets[{i}]: reached at iteration {it:,}, after the run ended at {final['iteration']:,}")
+        elif history and it not in evaluated:
+            out.append(f"targets[{i}]: reached at iteration {it:,}, where the run did not evaluate")
+    budget = rec["resolved"].get("iterations")
+    if rec["config"].get("batch_schedule", "fixed") == "fixed" and isinstance(budget, int) \
+            and final["iteration"] > budget:
+        out.append(f"final.iteration {final['iteration']:,} is past the run's budget of {budget:,} iterations")
+    if history and final.get("test_accuracy") is not None:
+        last = history[-1]
+        if final["test_accuracy"] != last["test_accuracy"] or final.get("test_loss") != last["test_loss"]:
+            out.append("final: its test accuracy and loss are not those of the last evaluation")
+        if "evaluated_at" in final and final["evaluated_at"] != last["iteration"]:
+            out.append(f"final.evaluated_at {final['evaluated_at']} is not the last evaluation's iteration "
+                       f"{last['iteration']}")
+    return out
+
+
+def _non_finite(value, where):
+    """(where, value) of every float in a JSON document that is NaN or infinite."""
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            yield where, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _non_finite(v, f"{where}.{k}" if where != "record" else k)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _non_finite(v, f"{where}[{i}]")
 
 
 def _ranges(entry: dict, where: str) -> list[str]:
@@ -174,6 +220,82 @@ def check_writable(path: str | os.PathLike, what: str = "the record", fix: str =
                          f"{path / 'run.json'}")
     check_writable_folder(path.parent, what, fix)
     return path
+
+
+def record_size_bound(evaluations: int) -> int:
+    """Bytes a run record with `evaluations` history entries takes at most (indented JSON; a
+    history entry with the noise-scale terms is under 700 bytes), with room for its notebook,
+    which holds the record's figures again: what `check_room` probes before a run trains."""
+    return 3 * (16_384 + 700 * max(1, evaluations)) + 65_536
+
+
+def check_room(path: str | os.PathLike, nbytes: int, what: str = "the record",
+               fix: str = "free space there, or choose another --out") -> None:
+    """Fail in one line, before any training, if `nbytes` cannot be written next to `path` (a
+    full disk or quota): a probe file of that size is written, synced and removed. A 0-byte
+    probe would pass on a full disk and the finished run would then have nowhere to go."""
+    folder = Path(path).parent
+    fd, probe = None, None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".kfaclab-room-probe-", dir=folder)
+        block = b"\0" * min(nbytes, 1 << 20)
+        left = nbytes
+        while left > 0:
+            left -= os.write(fd, block[:left])
+        os.fsync(fd)
+    except OSError as e:
+        raise UsageError(f"no room for {what} in {folder} ({e.strerror or type(e).__name__}: "
+                         f"{nbytes:,} bytes needed); {fix}") from None
+    finally:
+        if fd is not None:
+            os.close(fd)
+        if probe is not None:
+            try:
+                os.unlink(probe)
+            except OSError:
+                pass
+
+
+class RecordNotSaved(UsageError):
+    """The run finished but its record could not be written where asked; it was saved elsewhere
+    (the message says where), or printed as a last resort."""
+
+
+RESCUE_ENV = "KFACLAB_RESCUE_DIR"
+
+
+def save_record(path: str | os.PathLike, record: dict, retries: int = 1, wait: float = 1.0) -> Path:
+    """Write a finished run's record atomically to `path`; if that fails (a full disk, a folder
+    that went away), try again after `wait` seconds, then save it in the first rescue folder that
+    takes it ($KFACLAB_RESCUE_DIR, ~/.cache/kfaclab/rescued, the system's temp folder) and raise
+    RecordNotSaved naming where it went; if none takes it, the record is printed to stderr as one
+    line of JSON, so that the run's result survives in the log."""
+    import sys
+    import time
+
+    path = Path(path)
+    error = None
+    for attempt in range(retries + 1):
+        try:
+            return write_atomic(path, record)
+        except OSError as e:
+            error = e
+            if attempt < retries:
+                time.sleep(wait)
+    why = f"{error.strerror or type(error).__name__}" if isinstance(error, OSError) else str(error)
+    candidates = [os.environ.get(RESCUE_ENV), Path.home() / ".cache" / "kfaclab" / "rescued",
+                  Path(tempfile.gettempdir()) / "kfaclab-rescued"]
+    for folder in (Path(c) for c in candidates if c):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            where = write_atomic(folder / path.name, record)
+        except OSError:
+            continue
+        raise RecordNotSaved(f"could not write the record to {path} ({why}); the finished run's record is saved "
+                             f"at {where}: move it there once there is room")
+    print(json.dumps(record, allow_nan=False), file=sys.stderr)
+    raise RecordNotSaved(f"could not write the record to {path} ({why}) nor to any rescue folder; the record is "
+                         "the line of JSON above, on stderr")
 
 
 def check_writable_folder(folder: str | os.PathLike, what: str, fix: str) -> Path:
