@@ -86,7 +86,11 @@ def what_ran(study: StudyResults) -> Markdown:
     augment = "random crop and flip" if fixed.get("augment", True) else "no augmentation"
     models = ", ".join(model_name(str(m)) for m in sorted({str(m) for m in runs["model"].dropna()}))
     rule = (study.spec.get("budget") or {}).get("rule")
-    budget = f"stopping rule with B0 = {rule['b0']} and E0 = {rule['e0']} epochs" if rule else "fixed budgets"
+    budget = study.spec.get("budget") or {}
+    fixed_budget = next(((k, v) for k, v in budget.items() if k != "rule"), None)
+    budget = (f"stopping rule with B0 = {rule['b0']} and E0 = {rule['e0']} epochs" if rule else
+              f"every run trained to {fixed_budget[1]:g} {fixed_budget[0]}, its schedule ending there" if fixed_budget
+              else "fixed budgets")
     scaling = study.spec.get("lr_scaling") or {}
     lr = {"sqrt": f"learning rates scaled by $\\sqrt{{B/{scaling.get('base_batch_size', 128)}}}$",
           "linear": f"learning rates scaled by $B/{scaling.get('base_batch_size', 128)}$"}.get(
@@ -113,8 +117,10 @@ def what_ran(study: StudyResults) -> Markdown:
         + f" and {test}, {size}, {augment}. Model: {models}. Batch sizes "
         f"{', '.join(str(b) for b in study.batch_sizes())}; {budget}; {lr}{decay}; targets {targets}; "
         f"{seeds} seed{'s' if seeds != 1 else ''} per configuration. "
-        f"{'Grids of equal size' if len(points) == 1 else 'Grids'} per batch size: {'; '.join(grids)}. "
-        f"Ran on: {where}{time}.")
+        f"{'Grids of equal size' if len(points) == 1 else 'Grids'} per batch size: {'; '.join(grids)}"
+        + (" (the largest grid at any batch size: each starts at the spec's grid and grows until it brackets its "
+           "optimum, the bracketing table says where)" if study.bracket_cells else "")
+        + f". Ran on: {where}{time}.")
 
 
 def status_table(study: StudyResults):
@@ -415,12 +421,25 @@ def throughput_view(benches: list[dict], assumed: dict | None = None):
 
 # ------------------------------------------------------------------------------ sections
 
+def where_it_runs(study: StudyResults) -> str:
+    """Where a study's runs are made, and by which rules they are judged, from its spec."""
+    from kfaclab.results import judged_v3
+
+    rules = "judged by rules version 3 (the verdicts chapter)" if judged_v3.is_v3(study) else \
+        "judged by the same rules as the miniature"
+    device = str((study.spec.get("fixed") or {}).get("device", "auto"))
+    if device.startswith("cpu"):
+        return f"it runs on a CPU, cell by cell (`scripts/run-miniature3.sh` for the version-3 studies), {rules}" \
+            if judged_v3.is_v3(study) else f"it runs on a CPU, {rules}"
+    return f"it runs in borrowed GPU windows (the Reproduce chapter says how), {rules}"
+
+
 def _not_yet(study: StudyResults) -> list:
     failed = int((study.runs["status"] == "failed").sum())
     items = [Markdown(f"None of the `{study.name}` study's {len(study.runs)} runs has completed yet"
                       + (f" ({failed} failed: listed below with their status)" if failed else "")
-                      + ": it runs in borrowed GPU windows (the Reproduce chapter says how), and this section fills "
-                      "in as they land, judged by the same rules as the miniature."), HTML(status_table(study).to_html())]
+                      + f": {where_it_runs(study)}, and this section fills in as they land."),
+             HTML(status_table(study).to_html())]
     return items + ([finished_runs_view(study)] if failed else [])
 
 

@@ -82,6 +82,9 @@ def test_a_finished_set_gives_every_verdict_and_the_versions_table(judged_copies
     d = {v.claim: v for v in vs}
     assert [p["budget"] for p in d["e"].parts] == ["epochs", "iterations"]
     assert len(d["d"].parts) == 4
+    # (b) shows each optimizer's efficiency with its own interval, not one optimizer's with another's
+    b = judged_v3.summary(d["b"])
+    assert b.startswith("SGD 0.368 [") and "; K-FAC 0.335 [" in b
     old, old_left = v2.ready_verdicts(miniature)
     table = judged_v3.versions_table(old, old_left, vs, left)
     assert len(table) == 10 and not table["version 3 (miniature3)"].str.contains("waiting").any()

@@ -132,7 +132,7 @@ def versions_table(v2: list[Verdict], v2_waiting: dict, v3: list[Verdict], v3_wa
 
         def cell(v, left, version):
             if v is not None:
-                return f"{v.outcome}: {_number(v)}"
+                return f"{v.outcome}: {summary(v)}"
             n = left.get(key)
             if n is None:
                 return "–"
@@ -141,6 +141,24 @@ def versions_table(v2: list[Verdict], v2_waiting: dict, v3: list[Verdict], v3_wa
         rows.append({"claim": f"({key}) {statement}", "versions 1-2 (miniature)": cell(by2.get(key), v2_waiting, 2),
                      "version 3 (miniature3)": cell(by3.get(key), v3_waiting, 3)})
     return pd.DataFrame(rows)
+
+
+def summary(v: Verdict) -> str:
+    """A verdict's number with its interval; for a claim judged in parts ((b) per optimizer, (d)
+    and (e) per budget), each part's."""
+    if v.estimate is not None or not v.parts:
+        return _number(v)
+    out = []
+    for p in v.parts:
+        value = next((p[k] for k in ("efficiency", "slope", "difference") if p.get(k) is not None), None)
+        label = " ".join(str(x) for x in (NAMES.get(p.get("optimizer"), p.get("optimizer")), p.get("budget")) if x)
+        if value is None:
+            out.append(f"{label}: {p.get('outcome', '–')}")
+            continue
+        lo, hi = p.get("interval", (None, None))
+        iv = f" [{lo:.3g}, {hi:.3g}]" if lo is not None else ""
+        out.append(f"{label} {value:.3g}{iv}")
+    return "; ".join(out)
 
 
 def bracket_lines(j: Judged) -> str:
