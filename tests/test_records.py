@@ -189,12 +189,16 @@ def test_an_impossible_record_is_refused_by_every_reader(study_copy, kind, tmp_p
                 "runs": [{"name": path.stem, "run_id": good["run_id"], "status": good["status"],
                           "files": {f: hashlib.sha256(d).hexdigest() for f, d in files.items()}}]}
     archive = tmp_path / "harvest.tar.gz"
-    with tarfile.open(archive, "w:gz") as tar:
-        for name, data in [("manifest.json", json.dumps(manifest).encode())] + \
-                [(f"smoke/{f}", d) for f, d in files.items()]:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+
+    def pack():
+        with tarfile.open(archive, "w:gz") as tar:
+            for name, data in [("manifest.json", json.dumps(manifest).encode())] + \
+                    [(f"smoke/{f}", d) for f, d in files.items()]:
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+    pack()
     target = tmp_path / "target"
     shutil.copytree(study_copy, target)
     (target / path.name).unlink()
@@ -204,10 +208,5 @@ def test_an_impossible_record_is_refused_by_every_reader(study_copy, kind, tmp_p
     # the same archive with the good record merges
     files[f"{path.stem}.json"] = json.dumps(good).encode()
     manifest["runs"][0]["files"][f"{path.stem}.json"] = hashlib.sha256(files[f"{path.stem}.json"]).hexdigest()
-    with tarfile.open(archive, "w:gz") as tar:
-        for name, data in [("manifest.json", json.dumps(manifest).encode())] + \
-                [(f"smoke/{f}", d) for f, d in files.items()]:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+    pack()
     check_archive(archive, target)

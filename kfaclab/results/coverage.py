@@ -11,6 +11,11 @@ evaluations (the population median of the quantized crossing is the quantized no
 accuracies are the noise-free means. Each statistic of the verdicts (kfaclab.results.statistics)
 is computed on the truth and on the noisy study with its interval, and `coverage` counts how
 often the interval holds the truth.
+
+The noise spans what the `miniature` study measured, and more: there the seed-to-seed standard
+deviation of a configuration's log crossing (50% target) has a median of 0.07 for SGD and 0.06
+for K-FAC (90th percentiles 0.11 and 0.14), and that of its final accuracy 0.22 and 0.28 points
+(90th percentiles 0.36 and 0.53); the simulation draws them from 0.05-0.25 and 0.2-0.8 points.
 """
 
 from __future__ import annotations

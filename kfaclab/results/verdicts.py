@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from kfaclab.results.published import published
-from kfaclab.results.scaling import fit_steps_curve, fit_steps_rows
+from kfaclab.results.scaling import fit_steps_curve
 from kfaclab.results.study import FINISHED, StudyResults
 
 REPRODUCED, CONTRADICTED = "reproduced", "contradicted"
@@ -438,14 +438,11 @@ def claim_k(results: StudyResults, pair_verdicts: dict, prediction: dict | None 
 def fit_b_crit_rows(bs, steps: np.ndarray) -> np.ndarray:
     """B_crit of S(B) = S_min (1 + B_crit / B) fitted to every row of `steps` (replicates x batch
     sizes) at once (`fit_steps_rows`). NaN where a row has fewer than three finite steps or its
-    B_crit is not identified (at the search's edge, or beyond the largest batch size the row has)."""
-    b = np.asarray(bs, float)
-    steps = np.atleast_2d(np.asarray(steps, float))
-    fit = fit_steps_rows(b, steps)
-    ok = np.isfinite(steps) & (steps > 0)
-    largest = np.where(ok, b, -np.inf).max(axis=1)
-    bad = (fit["count"] < 3) | fit["at_edge"] | (fit["b_crit"] > largest)
-    return np.where(bad, np.nan, fit["b_crit"])
+    B_crit is not identified (at the search's edge, or beyond the largest batch size the row has).
+    The same function as rules version 3's (kfaclab.results.statistics.b_crit)."""
+    from kfaclab.results.statistics import b_crit
+
+    return b_crit(bs, steps)
 
 
 # ------------------------------------------------------------------------------ robustness claims

@@ -268,7 +268,7 @@ def width_rows(results: StudyResults, opt: str, bs, n: int = N_BOOT, seed: int =
     return np.stack(rows, axis=1), censored
 
 
-def width_table(results: StudyResults) -> "pd.DataFrame":
+def width_table(results: StudyResults):
     """Per optimizer and batch size: the width of the good region (log2 of the effective learning
     rate), whether it is censored, its 90% interval, and K-FAC's share of clipped steps."""
     import pandas as pd
