@@ -2,6 +2,7 @@
 the statistics on steps to target are defined as before, so their point estimates must agree;
 only the intervals, the robustness measure and the studies judged change."""
 
+import json
 import math
 import shutil
 import subprocess
@@ -121,3 +122,14 @@ def test_widths_of_the_miniature_are_finite_and_censoring_is_reported(miniature)
     assert table["censored"].dtype == bool and table["censored"].any()
     assert ((table["low"] <= table["width (log2 effective lr)"]) & (table["width (log2 effective lr)"] <=
                                                                      table["high"])).all()
+
+
+def test_the_width_chart_shows_the_verdicts_statistic_with_its_study(miniature):
+    from kfaclab import plots
+
+    table = v3.width_table(miniature)
+    spec = plots.width_chart(miniature, table).to_dict()
+    assert "miniature" in json.dumps(spec["title"]) and "rules version 3" in json.dumps(spec["title"])
+    data = next(iter(spec["datasets"].values()))
+    assert len(data) == len(table) and {"width", "low", "high", "kind"} <= set(data[0])
+    assert {d["kind"] for d in data} <= {"bracketed", "censored (a lower bound)"}
