@@ -226,3 +226,22 @@ def test_a_run_uses_and_records_the_scaled_cadence(tiny_dataset):
     assert o["kl_clip_steps"] == 16 and 0 <= o["kl_clip_bound_share"] <= 1
     assert 0 < o["effective_lr_geomean"] <= 0.05 + 1e-12
     assert validate_record(r) == []
+
+
+def test_run_id_reads_the_fields_as_to_dict_gives_them():
+    """run_id hashes the fields without copying them; the hash must be the one of to_dict's
+    values (tuples as lists, later fields left out at their defaults), or every recorded run
+    would stop matching its spec."""
+    import hashlib
+
+    from kfaclab.train.config import LATER_FIELDS, LOCATION_FIELDS
+
+    def reference(c):
+        d = {k: v for k, v in c.to_dict().items()
+             if k not in LOCATION_FIELDS and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+    for c in (cfg(), cfg(targets=(0.5, 0.6), lr_milestones=(0.3, 0.9), hparams={"lr": 0.1, "momentum": 0.9}),
+              cfg(precision="bf16", channels_last=True, micro_batch=16, output="x.json", cache_dir="/tmp"),
+              cfg(batch_schedule="abs", budget="epochs", budget_value=2.0, schedule_options={"patience": 3})):
+        assert c.run_id() == reference(c)

@@ -199,8 +199,8 @@ def make_run(recipe: dict, opt_name: str, point: dict, batch_size: int, seed: in
     d = {**recipe["fixed"], **cfg_over, **recipe["budget"], **recipe["scaling"], "optimizer": opt_name, "hparams": hp,
          "batch_size": batch_size, "targets": recipe["targets"], "seed": seed}
     cfg = RunConfig.from_dict(d, where=f"{where}: {key} {_describe(point)} batch {batch_size}")
-    return Run(_run_name(opt_name, batch_size, point, seed, cfg.run_id(), cfg.batch_schedule), cfg.run_id(), cfg,
-               point)
+    run_id = cfg.run_id()
+    return Run(_run_name(opt_name, batch_size, point, seed, run_id, cfg.batch_schedule), run_id, cfg, point)
 
 
 def _bracket(value, optimizers, bad) -> dict:
