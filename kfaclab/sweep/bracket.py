@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from kfaclab.sweep.grid_axes import WIDTH_AXIS, next_value, scale_of
-from kfaclab.sweep.spec import Run, Study, load_study, make_run
+from kfaclab.sweep.spec import Run, RunList, Study, load_study, make_run
 from kfaclab.train.record import read_record
 
 REGION_TOLERANCE = 0.01  # "within one point" of the best final accuracy
@@ -55,7 +55,7 @@ def grow(study: Study) -> Study:
     if not study.bracket:
         return study
     reader = _Records(study.directory)
-    runs = list(study.runs)
+    new: list = []
     cells: dict = {}
     for run in study.runs:
         if run.config.batch_schedule == "fixed":
@@ -63,8 +63,9 @@ def grow(study: Study) -> Study:
     report = {}
     for (opt, b), cell in cells.items():
         added, status = _grow_cell(study, opt, b, cell, reader)
-        runs += added
+        new += added
         report[(opt, b)] = status
+    runs = study.runs + new if isinstance(study.runs, RunList) else list(study.runs) + new
     return dataclasses.replace(study, runs=runs, bracket_cells=report)
 
 

@@ -27,7 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -39,7 +39,7 @@ from kfaclab.interrupts import catch_interrupts, restore_signals  # noqa: F401 (
 from kfaclab.errors import UsageError
 from kfaclab.sweep.bracket import grow
 from kfaclab.sweep.lock import study_lock
-from kfaclab.sweep.spec import Run, Study
+from kfaclab.sweep.spec import Run, RunList, Study
 from kfaclab.train.record import check_writable_folder, read_record, write_atomic
 
 TRAIN_SIZES = {"cifar10": 50000, "cifar10-jpeg": 50000, "svhn": 73257, "synthetic": 5000}
@@ -338,10 +338,17 @@ def in_rounds(study: Study, limit: int | None, one_round) -> Summary:
 def _sweep(study: Study, workers, gpus, runs_per_gpu, threads, retry_failed, only, limit, progress,
            kernel_per_run) -> Summary:
     _clean_partials(study.directory)
-    pending, done, failed = plan_runs(study, retry_failed, only, limit)
+    tally = {"done": 0, "failed": 0}
+    if isinstance(study.runs, RunList):  # a large spec: its runs are made as the sweep reaches them
+        pending = _pending_as_made(study, retry_failed, only, limit, tally)
+        total = None
+    else:
+        pending, tally["done"], tally["failed"] = plan_runs(study, retry_failed, only, limit)
+        total = len(pending)
+        pending = iter(pending)
     slots = worker_slots(workers, gpus, runs_per_gpu)
     threads = threads or default_threads(len(slots))
-    summary = Summary(skipped_done=done, skipped_failed=failed)
+    summary = Summary()
     free: queue.Queue = queue.Queue()
     pool_workers = [Worker(threads, gpu, kernel_per_run) for gpu in slots]
     for w in pool_workers:
@@ -358,28 +365,43 @@ def _sweep(study: Study, workers, gpus, runs_per_gpu, threads, retry_failed, onl
             free.put(w)
 
     t0 = time.perf_counter()
-    bar = tqdm(total=len(pending), unit="run", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=total, unit="run", disable=not progress, dynamic_ncols=True)
     previous = catch_interrupts()
     pool = ThreadPoolExecutor(max_workers=len(slots))
-    futures, counted = [], set()
+    futures, counted, in_flight = [], set(), set()
     disk_full = None
+
+    def feed() -> None:
+        """Hand the pool the next pending run: it holds a few more than it has workers, never the
+        whole plan, so a sweep of a million runs starts its first at once."""
+        run = None if stopping.is_set() else next(pending, None)
+        if run is not None:
+            fut = pool.submit(job, run)
+            futures.append(fut)
+            in_flight.add(fut)
+
     try:
-        futures = [pool.submit(job, r) for r in pending]
-        for fut in as_completed(futures):
-            counted.add(fut)
-            if fut.cancelled():  # not started: the sweep is stopping (a full disk)
-                continue
-            out = fut.result()
-            if out is None:
-                continue
-            summary.outcomes.append(out)
-            bar.update(1)
-            bar.set_postfix(failed=summary.count("failed"), diverged=summary.count("diverged"))
-            if out.infrastructure == "disk" and disk_full is None:
-                disk_full = out  # no new run onto a full disk; the ones in flight end as they can
-                stopping.set()
-                for f in futures:
-                    f.cancel()
+        for _ in range(2 * len(slots)):
+            feed()
+        while in_flight:
+            finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                in_flight.discard(fut)
+                counted.add(fut)
+                if fut.cancelled():  # not started: the sweep is stopping (a full disk)
+                    continue
+                out = fut.result()
+                if out is None:
+                    continue
+                summary.outcomes.append(out)
+                bar.update(1)
+                bar.set_postfix(failed=summary.count("failed"), diverged=summary.count("diverged"))
+                if out.infrastructure == "disk" and disk_full is None:
+                    disk_full = out  # no new run onto a full disk; the ones in flight end as they can
+                    stopping.set()
+                    for f in in_flight:
+                        f.cancel()
+                feed()
     except KeyboardInterrupt:
         summary.interrupted = True
         stopping.set()
@@ -398,12 +420,34 @@ def _sweep(study: Study, workers, gpus, runs_per_gpu, threads, retry_failed, onl
         bar.close()
         restore_signals(previous)
         summary.wall_seconds = time.perf_counter() - t0
+        summary.skipped_done, summary.skipped_failed = tally["done"], tally["failed"]
     if disk_full is not None:
         done = summary.count("completed") + summary.count("diverged")
         raise UsageError(f"the disk holding {study.directory} is full (run {disk_full.run.name}: "
                          f"{_disk_words(disk_full.error)}); the sweep stopped after {done} runs finished. Free space "
                          "and run it again: finished runs are kept, and the stopped ones are not marked failed")
     return summary
+
+
+def _pending_as_made(study: Study, retry_failed: bool, only, limit, tally: dict):
+    """plan_runs for a large spec (RunList), one run at a time: each run is made, and its state
+    read, only when the sweep is ready for it; `tally` counts the runs passed over."""
+    import fnmatch
+
+    given = 0
+    for run in study.runs:
+        if limit is not None and given >= limit:
+            return
+        if only and not fnmatch.fnmatchcase(run.name, only):
+            continue
+        state = run_state(study.directory, run, repair=True)
+        if state == "done":
+            tally["done"] += 1
+        elif state == "failed" and not retry_failed:
+            tally["failed"] += 1
+        else:
+            given += 1
+            yield run
 
 
 def _disk_words(error: str | None) -> str:
@@ -432,6 +476,8 @@ def dry_run(study: Study, retry_failed: bool = False, only: str | None = None, l
     finished runs, time at their measured seconds per example."""
     from kfaclab.train.budget import total_iterations
 
+    if isinstance(study.runs, RunList) and not only:
+        return _dry_run_large(study, retry_failed, limit)
     pending, done, failed = plan_runs(study, retry_failed, only, limit, repair=False)
     rates = _measured_rates(study)
     lines = [f"study {study.name}: {len(study.runs)} runs; {len(pending)} to run, {done} done, "
@@ -491,6 +537,62 @@ def dry_run(study: Study, retry_failed: bool = False, only: str | None = None, l
     else:
         lines.append("estimated time: unknown until some runs of this study have finished "
                      "(run a few with --limit N, then --dry-run again)")
+    return "\n".join(lines)
+
+
+def _dry_run_large(study: Study, retry_failed: bool, limit: int | None) -> str:
+    """The dry run of a large spec (RunList) without making its runs: the study folder is listed
+    once, a run is made only where a file has its name (to read its state), and the others are
+    counted per (optimizer, batch size) from the spec, whose budget fixes their iterations. One
+    line per (optimizer, batch size), not per run."""
+    from kfaclab.sweep.spec import make_run, run_name_stem
+    from kfaclab.train.budget import total_iterations
+
+    runs: RunList = study.runs
+    stems = {}
+    for p in study.directory.glob("*.json"):
+        name = p.name[:-len(".failed.json")] if p.name.endswith(".failed.json") else p.stem
+        stems.setdefault(name.rsplit("-", 1)[0], []).append(name)
+    groups: dict = {}  # (optimizer, batch size) -> [runs to make, iterations of one]
+    done = failed = 0
+    iterations_of: dict = {}
+    made = 0
+    for opt, point, b, seed in runs.keys():
+        state = "pending"
+        stem = run_name_stem(runs.recipe, opt, point, b, seed)
+        if stem in stems:  # a file of that name: make the run to read its state
+            run = make_run(runs.recipe, opt, point, b, seed)
+            made += 1
+            state = run_state(study.directory, run, repair=False)
+        if state == "done":
+            done += 1
+            continue
+        if state == "failed" and not retry_failed:
+            failed += 1
+            continue
+        key = (opt, b, tuple((k, v) for k, v in point.items() if k in runs.config_axes))
+        if key not in iterations_of:  # the budget depends on the batch size (and any config axis)
+            c = make_run(runs.recipe, opt, point, b, seed).config
+            made += 1
+            n_train = c.train_subset or TRAIN_SIZES.get(c.dataset)
+            iterations_of[key] = total_iterations(c.budget, c.budget_value, c.batch_size, n_train // c.batch_size,
+                                                  c.rule_b0, c.rule_e0) if n_train else None
+        g = groups.setdefault((opt, b), [0, 0])
+        g[0] += 1
+        g[1] += iterations_of[key] or 0
+    pending = sum(g[0] for g in groups.values()) + len(runs.extra)
+    if limit is not None:
+        pending = min(pending, limit)
+    lines = [f"study {study.name}: {len(runs):,} runs; {pending:,} to run, {done:,} done, {failed:,} failed "
+             f"(skipped{'' if retry_failed else '; --retry-failed re-runs them'}); a large spec: runs are made as "
+             f"they are reached ({made:,} made for this answer), one line per optimizer and batch size"]
+    total_it = total_ex = 0
+    for (opt, b), (n, iters) in sorted(groups.items()):
+        lines.append(f"  {opt} batch {b}: {n:,} runs to run, {iters:,} iterations, {iters * b:,} examples")
+        total_it += iters
+        total_ex += iters * b
+    lines.append(f"total: {pending:,} runs, {total_it:,} iterations, {total_ex:,} examples "
+                 f"({total_ex / max(1, _typical_train_size(study)):,.0f} epochs of the training split)")
     return "\n".join(lines)
 
 

@@ -31,7 +31,8 @@ and empty grids are one-line errors naming the key and the file, never silently 
 from __future__ import annotations
 
 import dataclasses
-import itertools
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,7 +133,6 @@ def parse_study(spec, path: Path) -> Study:
     from kfaclab.optim import OPTIMIZERS
 
     config_fields = {f.name for f in dataclasses.fields(RunConfig)} - OWNED
-    runs: list[Run] = []
     recipe = {"where": where, "fixed": fixed, "budget": budget_fields, "scaling": scaling, "targets": targets,
               "seeds": seeds, "batch_sizes": batch_sizes, "optimizers": {}}
     for opt_name, opt_spec in optimizers.items():
@@ -158,16 +158,15 @@ def parse_study(spec, path: Path) -> Study:
                         f"{opt_name} takes {', '.join(OPTIMIZERS[opt_name].defaults)}")
         for k, values in grid.items():
             _list(values, f"{key}.grid.{k}", bad, object)
-        axes = list(grid)
         recipe["optimizers"][opt_name] = {"fixed": opt_fixed, "grid": grid}
-        for point in itertools.product(*(grid[k] for k in axes)):
-            point = dict(zip(axes, point))
-            for b in batch_sizes:
-                for seed in seeds:
-                    runs.append(make_run(recipe, opt_name, point, b, seed))
-    ids = [r.run_id for r in runs]
-    if len(set(ids)) != len(ids):
-        bad("optimizers", "two runs resolve to the same config (a grid repeats a value?)")
+    runs = RunList(recipe)
+    if len(runs) <= EAGER_RUNS:
+        runs = list(runs)  # every run made (and so every grid point checked) now, as it always was
+        ids = [r.run_id for r in runs]
+        if len(set(ids)) != len(ids):
+            bad("optimizers", "two runs resolve to the same config (a grid repeats a value?)")
+    else:
+        runs.check_axes()
     throughput = _throughput(spec["throughput"], optimizers, bad) if "throughput" in spec else None
     # Raced from each run's history by kfaclab.results: not part of a run's config, so adding
     # them leaves every run id as it was.
@@ -180,6 +179,81 @@ def parse_study(spec, path: Path) -> Study:
     bracket = _bracket(spec["bracket"], optimizers, bad) if "bracket" in spec else None
     return Study(name, path, description, runs, throughput, [float(t) for t in loss_targets], list(first), bracket,
                  recipe)
+
+
+# Up to this many runs a spec is expanded when it is loaded; beyond, its runs are made when asked
+# (RunList), so that a dry run of a million runs, or a sweep's first run, does not wait for all.
+EAGER_RUNS = 50_000
+
+
+class RunList(Sequence):
+    """A spec's runs in their order (optimizer, grid point, batch size, seed), each made when it
+    is asked for; `keys()` walks them without making any. Runs added later (bracketing) follow."""
+
+    def __init__(self, recipe: dict, extra: tuple = ()):
+        self.recipe = recipe
+        self.extra = tuple(extra)
+        self.per_point = len(recipe["batch_sizes"]) * len(recipe["seeds"])
+        self.blocks = []  # (optimizer, axes, values per axis, runs in the block)
+        for opt, spec in recipe["optimizers"].items():
+            axes = list(spec["grid"])
+            values = [list(spec["grid"][a]) for a in axes]
+            self.blocks.append((opt, axes, values, math.prod(len(v) for v in values) * self.per_point))
+        self.base = sum(b[3] for b in self.blocks)
+        # Grid axes that are run settings (train_subset, ...): they can change a run's budget.
+        config_fields = {f.name for f in dataclasses.fields(RunConfig)} - OWNED
+        self.config_axes = {a for _, axes, _, _ in self.blocks for a in axes if a in config_fields}
+
+    def __len__(self) -> int:
+        return self.base + len(self.extra)
+
+    def key(self, i: int) -> tuple:
+        """(optimizer, grid point, batch size, seed) of run i of the spec's own runs."""
+        for opt, axes, values, size in self.blocks:
+            if i < size:
+                p, rest = divmod(i, self.per_point)
+                b, s = divmod(rest, len(self.recipe["seeds"]))
+                point = {}
+                for a, vals in zip(reversed(axes), reversed(values)):  # the last axis varies fastest
+                    p, j = divmod(p, len(vals))
+                    point[a] = vals[j]
+                point = {a: point[a] for a in axes}
+                return opt, point, self.recipe["batch_sizes"][b], self.recipe["seeds"][s]
+            i -= size
+        raise IndexError(i)
+
+    def keys(self):
+        for i in range(self.base):
+            yield self.key(i)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        if i >= self.base:
+            return self.extra[i - self.base]
+        return make_run(self.recipe, *self.key(i))
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+    def __add__(self, more) -> "RunList":
+        return RunList(self.recipe, self.extra + tuple(more))
+
+    def check_axes(self) -> None:
+        """Each grid value of each optimizer once, with the other axes at their first value: a
+        bad value is a one-line error at load time, without making every run."""
+        for opt, axes, values, _ in self.blocks:
+            first = {a: v[0] for a, v in zip(axes, values)}
+            for a, vals in zip(axes, values):
+                for v in vals:
+                    make_run(self.recipe, opt, {**first, a: v}, self.recipe["batch_sizes"][0], self.recipe["seeds"][0])
+            for b in self.recipe["batch_sizes"]:
+                make_run(self.recipe, opt, first, b, self.recipe["seeds"][0])
 
 
 def make_run(recipe: dict, opt_name: str, point: dict, batch_size: int, seed: int) -> Run:
@@ -312,6 +386,14 @@ def _lr_scaling(value, bad) -> dict:
     if "base_batch_size" in value:
         out["lr_base_batch_size"] = value["base_batch_size"]
     return out
+
+
+def run_name_stem(recipe: dict, opt_name: str, point: dict, batch_size: int, seed: int) -> str:
+    """A run's name without its id (the part after the last '-'), from the spec alone: what a
+    large spec's dry run matches against the files in the folder before making any run."""
+    schedule = point.get("batch_schedule", recipe["optimizers"][opt_name]["fixed"].get(
+        "batch_schedule", recipe["fixed"].get("batch_schedule", "fixed")))
+    return _run_name(opt_name, batch_size, point, seed, "", schedule)[:-1]
 
 
 def _describe(point: dict) -> str:
