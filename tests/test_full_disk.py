@@ -167,3 +167,42 @@ def test_a_machine_failure_is_not_sticky(tmp_path):
     assert run_state(d, run) == "failed"
     os.unlink(marker)
     assert run_state(d, run) == "pending"
+
+
+def test_a_harvest_whose_out_fills_up_stops_and_keeps_its_last_archive(small_fs, tmp_path, monkeypatch):
+    """$OUT full after the first run: the harvest stops in its report ("cannot write the archive"),
+    the archive it wrote last is whole and holds the runs before, and nothing is counted twice."""
+    import tarfile
+
+    import yaml
+
+    from kfaclab.sweep import harvest as hv
+
+    spec = {"name": "full", "fixed": {"dataset": "synthetic", "model": "mlp:16", "train_subset": 512,
+                                      "test_subset": 200, "resolution": 8, "augment": False, "min_evals": 3,
+                                      "device": "cpu"},
+            "batch_sizes": [32, 64], "budget": {"epochs": 1}, "seeds": [0],
+            "optimizers": {"sgd": {"grid": {"lr": [0.01, 0.03, 0.1]}}}}
+    d = tmp_path / "full"
+    d.mkdir()
+    (d / "study.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    out = small_fs(2048)
+    real = hv.Harvest._pack
+    packs = []
+
+    def pack_then_fill(self):
+        real(self)
+        packs.append(1)
+        if len(packs) == 1:
+            fill(out)  # the first archive is written; then $OUT is full
+
+    monkeypatch.setattr(hv.Harvest, "_pack", pack_then_fill)
+    opts = hv.Options(out=out, deadline_s=600, margin_s=1.0, bench="never", smoke=False, work=tmp_path / "work",
+                      progress=False)
+    harvest = hv.Harvest(load_study(d / "study.yaml"), opts)
+    harvest.run()
+    report = harvest.report  # the one in memory: the file on the full $OUT may be the last one that fitted
+    assert "cannot write the archive" in report["runs"]["stopped"]
+    with tarfile.open(out / "harvest-full.tar.gz") as tar:
+        manifest = json.loads(tar.extractfile("manifest.json").read())
+    assert len(manifest["runs"]) == 1 and len(report["runs"]["finished"]) == 1

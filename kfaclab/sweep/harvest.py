@@ -390,7 +390,15 @@ class Harvest:
         self.report["phases"][name] = round(self.opts.clock() - t0, 2)
 
     def write_report(self):
-        write_atomic(self.report_file, self.report)
+        """The report, atomically; on a full $OUT the last one written stands (the harvest then
+        stops: see the runs phase) and this says so once, instead of killing a runs thread."""
+        try:
+            write_atomic(self.report_file, self.report)
+        except OSError as e:
+            if getattr(self, "_report_unwritten", None) is None:
+                self._report_unwritten = f"{e.strerror or e}"
+                self.say(f"cannot write the report to {self.report_file} ({self._report_unwritten}); the last one "
+                         "written stands")
 
     def say(self, text):
         if self.opts.progress:
@@ -642,11 +650,12 @@ class Harvest:
                         if out.status != "failed":
                             predict.observe(run, out.wall_seconds)
                         self.finished.append((run, out.status))
-                        runs_report["finished"].append(entry)
                         try:
                             self._pack()
+                            runs_report["finished"].append(entry)
                         except OSError as e:  # $OUT is full: the last archive written stands
                             self.finished.pop()
+                            runs_report["interrupted"].append({**entry, "machine": "disk"})
                             runs_report["stopped"] = (f"cannot write the archive ({e.strerror or e}); it holds the "
                                                       "runs before this one")
                             self.say(f"stopping: {runs_report['stopped']}")
