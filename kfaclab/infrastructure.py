@@ -30,8 +30,8 @@ def kind_of(error: str | None) -> str | None:
         return None
     if any(w in error for w in DISK_WORDS):
         return "disk"
+    if any(w in error for w in DEATH_WORDS):  # a death says "out of memory, or killed": its cause is unknown
+        return "killed"
     if any(w in error for w in MEMORY_WORDS):
         return "memory"
-    if any(w in error for w in DEATH_WORDS):
-        return "killed"
     return None
