@@ -37,3 +37,20 @@ def test_the_percentile_interval_of_the_minimum_fails(monkeypatch, replicates):
     c = coverage(studies=100, n=300, seed=1, replicates="configs" if replicates == "configs" else None)
     worst = min(c.items(), key=lambda kv: kv[1]["covered"])
     assert worst[1]["covered"] < 0.80, f"the percentile interval covers every statistic (worst {worst})"
+
+
+def test_the_books_committed_measurement_is_the_one_its_script_makes_and_passes():
+    """runs/coverage/coverage.json (the verdicts page's table) holds the settings of
+    coverage.MEASUREMENTS, every statistic, and version 3's method at 85% or more."""
+    import json
+    from pathlib import Path
+
+    from kfaclab.results.coverage import MEASUREMENTS
+
+    path = Path(__file__).resolve().parents[1] / "runs" / "coverage" / "coverage.json"
+    measured = json.loads(path.read_text())["methods"]
+    assert {k: m["settings"] for k, m in measured.items()} == MEASUREMENTS
+    v3 = measured["version 3: pooled seeds, hull"]["coverage"]
+    assert set(v3) == STATISTICS and all(c["covered"] >= 0.85 for c in v3.values())
+    assert min(c["covered"] for c in measured["versions 1-2: configurations and seeds, percentile"]["coverage"]
+               .values()) < 0.80
