@@ -8,7 +8,6 @@ its optimum on an edge adds runs, which the verdict then waits for.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,7 +129,7 @@ def versions_table(v2: list[Verdict], v2_waiting: dict, v3: list[Verdict], v3_wa
         if key == "f":
             continue  # ABS/ABSA: the abs study, version 2's rule in both
 
-        def cell(v, left, version):
+        def cell(v, left):
             if v is not None:
                 return f"{v.outcome}: {summary(v)}"
             n = left.get(key)
@@ -138,8 +137,8 @@ def versions_table(v2: list[Verdict], v2_waiting: dict, v3: list[Verdict], v3_wa
                 return "–"
             return "budget studies missing" if n < 0 else f"waiting: {n} runs to go"
 
-        rows.append({"claim": f"({key}) {statement}", "versions 1-2 (miniature)": cell(by2.get(key), v2_waiting, 2),
-                     "version 3 (miniature3)": cell(by3.get(key), v3_waiting, 3)})
+        rows.append({"claim": f"({key}) {statement}", "versions 1-2 (miniature)": cell(by2.get(key), v2_waiting),
+                     "version 3 (miniature3)": cell(by3.get(key), v3_waiting)})
     return pd.DataFrame(rows)
 
 
@@ -177,6 +176,3 @@ def bracket_lines(j: Judged) -> str:
                    + (f"; on an edge at the limit: {'; '.join(edges)}" if edges else ""))
     return "\n".join(f"- {line}" for line in out)
 
-
-def finite(v) -> bool:
-    return v is not None and isinstance(v, float) and math.isfinite(v)
