@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make book   creates .venv, installs requirements.txt, builds the book into _build/html
-#   make test   the same venv plus requirements-dev.txt, then the whole test suite
+#   make test   the same venv plus requirements-dev.txt, the linter (ruff, configured in
+#               pyproject.toml), then the whole test suite
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -26,6 +27,7 @@ book: $(VENV)/.deps
 	@echo "The book is built: open file://$(CURDIR)/_build/html/index.html"
 
 test: $(VENV)/.dev-deps
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest tests
 
 clean:

@@ -25,9 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from kfaclab.data import load_dataset
+from kfaclab.errors import UsageError
 from kfaclab.models import build_model
 from kfaclab.optim import OPTIMIZERS, build_optimizer
-from kfaclab.errors import UsageError
 from kfaclab.train.config import RunConfig
 from kfaclab.train.loop import make_loaders, resolve_device
 from kfaclab.train.record import environment
@@ -96,7 +96,7 @@ def run_bench(cfg: RunConfig, optimizers=("sgd",), steps: int = 20, warmup: int 
             opt = e["opt"]
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            e["seconds"] += _timed(lambda: [opt.step(*premade[i % len(premade)]) for i in range(amortize)], device)
+            e["seconds"] += _timed(lambda: [opt.step(*premade[i % len(premade)]) for i in range(amortize)], device)  # noqa: B023 (called in this iteration)
             if device.type == "cuda":
                 e["peak"] = max(e["peak"], torch.cuda.max_memory_allocated(device))
         if progress:
@@ -112,7 +112,7 @@ def run_bench(cfg: RunConfig, optimizers=("sgd",), steps: int = 20, warmup: int 
         if hasattr(opt, "phase_seconds"):  # K-FAC: where its amortized step goes, in a pass of its own
             opt.profile = True           # (timing each phase waits for the device, so not above)
             opt.phase_seconds = dict.fromkeys(opt.phase_seconds, 0.0)
-            profiled = _timed(lambda: [opt.step(*premade[i % len(premade)]) for i in range(amortize)], device)
+            profiled = _timed(lambda: [opt.step(*premade[i % len(premade)]) for i in range(amortize)], device)  # noqa: B023 (called in this iteration)
             opt.profile = False
             phases = {k: v / amortize for k, v in opt.phase_seconds.items()}
             phases["other"] = max(0.0, profiled / amortize - sum(phases.values()))  # Python and bookkeeping
@@ -123,13 +123,14 @@ def run_bench(cfg: RunConfig, optimizers=("sgd",), steps: int = 20, warmup: int 
         t_pre, t_load, t_data = [], [], []
         for r in range(rounds):
             for i in range(steps):
-                t_pre.append(_timed(lambda: opt.step(*premade[i % len(premade)]), device))
-                t_load.append(_timed(lambda: opt.step(*next(stream)), device))
+                t_pre.append(_timed(lambda: opt.step(*premade[i % len(premade)]), device))  # noqa: B023 (called in this iteration)
+                t_load.append(_timed(lambda: opt.step(*next(stream)), device))  # noqa: B023 (called in this iteration)
                 t_data.append(_timed(lambda: next(stream), device))
             if progress:
                 print(f"  {label}: medians, round {r + 1}/{rounds} done", flush=True)
         pre, load, data = (statistics.median(t) for t in (t_pre, t_load, t_data))
-        results.append({"optimizer": label, "amortized_step_s": amortized, "phases_s": phases, "propagations_per_step": props,
+        results.append({"optimizer": label, "amortized_step_s": amortized, "phases_s": phases,
+                        "propagations_per_step": props,
                         "peak_memory_bytes": peak, "step_premade_s": pre, "step_loader_s": load, "loader_only_s": data,
                         "overhead_step_diff": load / pre - 1.0, "overhead_loader_share": data / pre})
     base = results[0]["amortized_step_s"]
@@ -154,10 +155,12 @@ def format_table(b: dict) -> str:
              f"data={b['dataset']} device={b['device']} threads={b['threads']} "
              f"(amortized: mean of {b.get('amortize_rounds', 1)} interleaved blocks of {b['amortize']} steps; "
              f"others: medians of {b['steps']} steps)",
-             f"{'optimizer':<{w}} {'amortized ms':>13} {'vs first':>9} {'props/step':>11} {'median ms':>10} {'w/ loader ms':>13} "
+             f"{'optimizer':<{w}} {'amortized ms':>13} {'vs first':>9} {'props/step':>11} {'median ms':>10} "
+             f"{'w/ loader ms':>13} "
              f"{'loader ms':>10} {'data overhead':>14} {'loader/step':>12}"]
     for r in b["results"]:
-        lines.append(f"{r['optimizer']:<{w}} {1e3 * r['amortized_step_s']:>13.2f} {r['ratio_to_first']:>8.2f}x {r['propagations_per_step']:>11.0f} "
+        lines.append(f"{r['optimizer']:<{w}} {1e3 * r['amortized_step_s']:>13.2f} {r['ratio_to_first']:>8.2f}x "
+                     f"{r['propagations_per_step']:>11.0f} "
                      f"{1e3 * r['step_premade_s']:>10.2f} {1e3 * r['step_loader_s']:>13.2f} "
                      f"{1e3 * r['loader_only_s']:>10.3f} {100 * r['overhead_step_diff']:>+13.1f}% "
                      f"{100 * r['overhead_loader_share']:>11.1f}%")
@@ -170,7 +173,8 @@ def format_table(b: dict) -> str:
             lines.append(f"{r['optimizer']:<{w}} " + " ".join(
                 f"{1e3 * r['phases_s'][n]:>{max(9, len(n))}.2f}" for n in names))
     lines.append("vs first = amortized step time / the first optimizer's; props/step = propagations per step "
-                 "(forward+backward over n examples = 2n; a Hessian-vector product over S = 2|S|); data overhead = median step with loader / "
+                 "(forward+backward over n examples = 2n; a Hessian-vector product over S = 2|S|); "
+                 "data overhead = median step with loader / "
                  "median step on pre-made batches - 1; loader/step = loader alone / median step")
     return "\n".join(lines)
 

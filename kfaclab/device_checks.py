@@ -209,7 +209,7 @@ def check_bf16(device):
     with _no_tf32():
         _, _, fp32 = _train(device, torch.float32, "kfac", hp, steps=4)
         _, opt, bf16 = _train(device, torch.float32, "kfac", hp, steps=4, precision="bf16")
-    dtypes = {str(layer.A.dtype) for layer in opt.layers.values()} | {str(layer.G.dtype) for layer in opt.layers.values()}
+    dtypes = {str(f.dtype) for layer in opt.layers.values() for f in (layer.A, layer.G)}
     err = max(abs(a - b) / abs(b) for a, b in zip(bf16, fp32))
     return (err if dtypes == {"torch.float32"} else float("inf")), 5e-2, \
         f"4 K-FAC steps under bf16 autocast: loss relative to fp32's; factors {', '.join(sorted(dtypes))}"

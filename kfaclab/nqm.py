@@ -292,7 +292,10 @@ MOMENTUM_CHOICES = (0.0, 0.5, 0.9, 0.99)
 TUNED = "tuned"
 
 
-def curve_table(decays=(0.5, 1.0, 1.5), powers=(0.0, 0.25, 0.5, 0.75, 1.0), batch_sizes=2.0 ** np.arange(0, 21),
+CURVE_BATCH_SIZES = 2.0 ** np.arange(0, 21)  # the chapter's grid: batch sizes 1 to 2^20
+
+
+def curve_table(decays=(0.5, 1.0, 1.5), powers=(0.0, 0.25, 0.5, 0.75, 1.0), batch_sizes=CURVE_BATCH_SIZES,
                 target_fraction: float = STUDY_TARGET_FRACTION, progress: bool = False) -> tuple:
     """The chapter's precomputed grid: tuned steps to target for every spectrum decay,
     preconditioning power and momentum (each of MOMENTUM_CHOICES, and the best of them, "tuned"),

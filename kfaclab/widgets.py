@@ -21,7 +21,13 @@ from IPython.display import display
 
 from kfaclab.errors import UsageError
 from kfaclab.plots import goal_label, heatmap_axes
-from kfaclab.results import BUDGET_TYPES, accuracy_at_budget, load_results, steps_to_target, with_ideal_scaling
+from kfaclab.results import (
+    BUDGET_TYPES,
+    accuracy_at_budget,
+    load_results,
+    steps_to_target,
+    with_ideal_scaling,
+)
 from kfaclab.results.robustness import seed_medians
 
 

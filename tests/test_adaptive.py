@@ -18,7 +18,6 @@ from kfaclab.train import adaptive as ad
 from kfaclab.train.adversarial import fgsm, with_adversarial
 from kfaclab.train.schedule import LRSchedule
 
-
 # --------------------------------------------------------------------------- Hessian
 
 
@@ -224,7 +223,8 @@ def _mlp(seed=0):
 
 @pytest.mark.parametrize("name,hp", [
     ("sgd", {"lr": 0.1, "momentum": 0.9}),
-    ("kfac", {"lr": 0.1, "fisher_type": "exact", "cov_update_freq": 1, "inv_update_freq": 1, "factor_dtype": "float64"}),
+    ("kfac", {"lr": 0.1, "fisher_type": "exact", "cov_update_freq": 1, "inv_update_freq": 1,
+              "factor_dtype": "float64"}),
     ("kfac", {"lr": 0.1, "fisher_type": "empirical", "cov_update_freq": 1, "inv_update_freq": 2,
               "factor_dtype": "float64", "inverse_method": "inverse"}),
 ])
@@ -424,7 +424,12 @@ def adaptive_study(tmp_path_factory):
 
 def test_adaptive_results_tables(adaptive_study):
     from kfaclab.results import load_results
-    from kfaclab.results.adaptive import best_configurations, comparison, final_sharpness, trajectories
+    from kfaclab.results.adaptive import (
+        best_configurations,
+        comparison,
+        final_sharpness,
+        trajectories,
+    )
 
     res = load_results(adaptive_study)
     assert set(res.runs["optimizer"]) == {"sgd", "sgd+abs", "sgd+absa"}  # never mixed with the fixed runs
@@ -474,7 +479,9 @@ def test_adaptive_results_tables(adaptive_study):
 
 
 def test_adaptive_charts_bind_their_controls(adaptive_study):
-    from test_plots import params as bound  # the bound Vega-Lite parameters of a chart spec
+    from test_plots import (
+        params as bound,  # the bound Vega-Lite parameters of a chart spec
+    )
 
     from kfaclab import plots
     from kfaclab.results import load_results

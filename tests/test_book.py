@@ -9,8 +9,8 @@ Set KFACLAB_SCREENSHOTS=DIR to keep a full-page screenshot of each chapter.
 """
 
 import functools
-import importlib.util
 import http.server
+import importlib.util
 import os
 import subprocess
 import sys

@@ -3,7 +3,13 @@ import math
 import pytest
 
 from kfaclab.errors import UsageError
-from kfaclab.train import LRSchedule, evaluation_iterations, scaled_lr, stopping_rule_epochs, total_iterations
+from kfaclab.train import (
+    LRSchedule,
+    evaluation_iterations,
+    scaled_lr,
+    stopping_rule_epochs,
+    total_iterations,
+)
 
 
 @pytest.mark.parametrize("b,epochs", [(128, 100), (256, 200), (512, 300), (1024, 400), (8192, 700), (32768, 900)])

@@ -4,11 +4,17 @@ and its load balancing against the optimizer's own layer assignment."""
 import pytest
 import torch.nn.functional as F
 
-from kfaclab.comm_model import Machine, balanced_loads, eig_flops, kfac_step_seconds, ring_allreduce_seconds
+from kfaclab.comm_model import (
+    Machine,
+    balanced_loads,
+    eig_flops,
+    kfac_step_seconds,
+    ring_allreduce_seconds,
+)
 from kfaclab.models import build_model
 from kfaclab.optim import build_optimizer
 from kfaclab.optim import kfac_layers as kl
-from kfaclab.optim.kfac import assign_owners
+from kfaclab.optim.kfac_distributed import assign_owners
 
 FAST = Machine(bandwidth=1e9, latency=0.0, flops=1e12)
 

@@ -12,7 +12,6 @@ from kfaclab.data.loader import crop_and_flip
 from kfaclab.data.split import Split
 from kfaclab.errors import DataUnavailable, UsageError
 
-
 # --------------------------------------------------------------------------- sources
 
 def _png(rgb):

@@ -16,7 +16,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from kfaclab.data import CIFAR10_CLASSES, cache, default_cifar10_archive, integrity, load_dataset
+from kfaclab.data import (
+    CIFAR10_CLASSES,
+    cache,
+    default_cifar10_archive,
+    integrity,
+    load_dataset,
+)
 from kfaclab.data.integrity import DataIntegrityError
 from kfaclab.data.split import Split
 from kfaclab.errors import UsageError

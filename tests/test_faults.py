@@ -17,7 +17,8 @@ import pytest
 from kfaclab.errors import UsageError
 from kfaclab.sweep import load_study
 from kfaclab.sweep.lock import LOCK_NAME, study_lock
-from kfaclab.sweep.runner import plan_runs, run_state, sweep
+from kfaclab.sweep.runner import sweep
+from kfaclab.sweep.state import plan_runs, run_state
 
 ROOT = Path(__file__).resolve().parents[1]
 

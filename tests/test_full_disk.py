@@ -17,9 +17,8 @@ import pytest
 
 from kfaclab import infrastructure
 from kfaclab.sweep import load_study
-from kfaclab.sweep.runner import run_state
-from kfaclab.train import RunConfig, train, validate_record
-from kfaclab.train import loop, record
+from kfaclab.sweep.state import run_state
+from kfaclab.train import RunConfig, loop, record, train, validate_record
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -148,7 +147,8 @@ def test_a_sweep_on_a_full_disk_stops_in_one_line_and_resumes(small_fs):
     ("OSError: [Errno 28] No space left on device", "disk"), ("no room for the record in /x (No space left on "
                                                               "device: 1 bytes needed)", "disk"),
     ("RuntimeError: DefaultCPUAllocator: can't allocate memory: you tried... MemoryError", "memory"),
-    ("the kernel died (out of memory, or killed): ...", "killed"), ("the worker process died (exit status -9)", "killed"),
+    ("the kernel died (out of memory, or killed): ...", "killed"),
+    ("the worker process died (exit status -9)", "killed"),
     ("ValueError: batch size 64 is larger than the 40 training examples", None), (None, None),
 ])
 def test_what_the_machine_did_is_told_from_what_the_run_did(error, kind):

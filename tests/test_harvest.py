@@ -19,10 +19,14 @@ import yaml
 
 from kfaclab.errors import UsageError
 from kfaclab.results.device_bench import load_benches, step_table
-from kfaclab.sweep import load_study
+from kfaclab.sweep import estimate as sweep_estimate
 from kfaclab.sweep import harvest as hv
+from kfaclab.sweep import load_study
+from kfaclab.sweep.estimate import dry_run
+from kfaclab.sweep.harvest_order import grid_rank
 from kfaclab.sweep.merge import merge
-from kfaclab.sweep.runner import dry_run, run_state
+from kfaclab.sweep.state import run_state
+from kfaclab.train.budget import run_iterations
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,7 +75,7 @@ def test_teaching_order_runs_each_grid_centre_first_then_spreads_out(tmp_path):
     assert all(set(r.grid_point.values()) <= {0.03, 0.5, 0.1} for r in first_round)  # the centres
     assert all(r.grid_point["lr"] == 0.03 for r in first_round)
     # Then the four edge midpoints of each grid, corners last.
-    rank = hv.grid_rank(study)
+    rank = grid_rank(study)
     assert [rank[r.name] for r in order] == sorted(rank[r.name] for r in order)
     corners = [r for r in order if rank[r.name] == 1.0]
     assert len(corners) == 2 * 3 * 4 and order[-len(corners):] == corners
@@ -104,7 +108,7 @@ def test_the_optimizers_a_study_compares_first_finish_before_the_others_start(tm
 def test_what_is_left_is_estimated_from_the_studys_bench_with_runs_sharing_the_device(tmp_path):
     spec = write_spec(tmp_path / "left")
     study = load_study(spec)
-    assert hv.remaining_estimate(study, study.runs) is None  # no bench: the spec's model or nothing
+    assert sweep_estimate.remaining_estimate(study, study.runs) is None  # no bench: the spec's model or nothing
     bench = {"kind": "kfaclab.harvest-bench", "created": "2026-11-27T10:00:00+00:00", "environment": {"gpu": "H200"},
              "step_times": [{"batch_size": b, "results": [{"optimizer": "sgd", "amortized_step_s": 0.01},
                                                          {"optimizer": "kfac", "amortized_step_s": 0.02}]}
@@ -117,12 +121,12 @@ def test_what_is_left_is_estimated_from_the_studys_bench_with_runs_sharing_the_d
     def by_hand(sharing):
         total = 0.0
         for r in study.runs:
-            iters, evals = hv.run_iterations(r)
+            iters, evals = run_iterations(r.config)
             step = 0.01 if r.config.optimizer == "sgd" else 0.02
             total += (iters * step + evals * (200 / 128 * 0.01 / 3)) * sharing + 3.0
         return total / sharing
 
-    est = hv.remaining_estimate(study, study.runs, sharing=2, window_s=10)
+    est = sweep_estimate.remaining_estimate(study, study.runs, sharing=2, window_s=10)
     assert f"{by_hand(2) / 60:.1f} min on H200 with 2 runs sharing it" in est
     assert "not yet corrected" in est and f"about {math.ceil(by_hand(2) / 10)} borrowed-GPU window(s)" in est
     # The dry run says the same, with one run at a time where neither the spec nor the bench
@@ -139,15 +143,15 @@ def test_predictor_interpolates_the_bench_and_learns_from_finished_runs(tmp_path
                                         {"optimizer": "kfac", "amortized_step_s": 0.08, "peak_memory_bytes": 5e8}]}],
         "throughput": None}
     p = hv.Predictor(study, 1, bench)
-    assert hv._interp_loglog({32: 0.01, 128: 0.04}, 64) == pytest.approx(0.02)  # slope 1 in log-log
-    assert hv._interp_loglog({32: 0.01, 128: 0.04}, 256) == pytest.approx(0.08)  # continued beyond
+    assert sweep_estimate._interp_loglog({32: 0.01, 128: 0.04}, 64) == pytest.approx(0.02)  # slope 1 in log-log
+    assert sweep_estimate._interp_loglog({32: 0.01, 128: 0.04}, 256) == pytest.approx(0.08)  # continued beyond
     run = next(r for r in study.runs if r.config.optimizer == "kfac" and r.config.batch_size == 64)
-    iters, evals = hv.run_iterations(run)
+    iters, evals = run_iterations(run.config)
     assert iters == 2 * (512 // 64) * 2  # rule: (log2(64/32) + 1) x 2 epochs
-    step = hv._interp_loglog({32: 0.04, 128: 0.08}, 64)
+    step = sweep_estimate._interp_loglog({32: 0.04, 128: 0.08}, 64)
     evaluation = 200 / 128 * 0.04 / 3
-    assert p.base(run) == pytest.approx(iters * step + evals * evaluation + hv.STEP_OVERHEAD_S)
-    assert p.memory(run) == pytest.approx(2e8 + (5e8 - 2e8) * (64 - 32) / 96 + hv.CONTEXT_BYTES)
+    assert p.base(run) == pytest.approx(iters * step + evals * evaluation + sweep_estimate.STEP_OVERHEAD_S)
+    assert p.memory(run) == pytest.approx(2e8 + (5e8 - 2e8) * (64 - 32) / 96 + sweep_estimate.CONTEXT_BYTES)
     # Two runs that took twice their prediction: later predictions double.
     p.observe(run, 2 * p.base(run))
     p.observe(run, 2 * p.base(run))
@@ -155,7 +159,8 @@ def test_predictor_interpolates_the_bench_and_learns_from_finished_runs(tmp_path
     # Sharing the device: the measured slowdown of the optimizer scales the time.
     shared = hv.Predictor(study, 4, {**bench, "throughput": {"alone": [], "rows": [
         {"runs": 4, "per_run": [{"optimizer": "kfac", "slowdown": 3.0}, {"optimizer": "sgd", "slowdown": 2.0}]}]}})
-    assert shared.base(run) - hv.STEP_OVERHEAD_S == pytest.approx(3 * (p.base(run) - hv.STEP_OVERHEAD_S))
+    overhead = sweep_estimate.STEP_OVERHEAD_S
+    assert shared.base(run) - overhead == pytest.approx(3 * (p.base(run) - overhead))
 
 
 # ------------------------------------------------------------------------------ the rehearsal
@@ -197,7 +202,8 @@ def test_rehearsal_deadline_cut_archive_merge_and_a_second_harvest_that_runs_exa
         monkeypatch.setattr(hv.Harvest, phase, clock.pausing(getattr(hv.Harvest, phase)))
     out1 = tmp_path / "out1"
     # 36 runs of about half a second each here; the runs phase gets about 7 s.
-    opts = hv.Options(out=out1, deadline_s=8.0, margin_s=1.0, smoke_limit_s=600, bench_batch_sizes=(32, 128), bench_steps=8,
+    opts = hv.Options(out=out1, deadline_s=8.0, margin_s=1.0, smoke_limit_s=600, bench_batch_sizes=(32, 128),
+                      bench_steps=8,
                       work=tmp_path / "work1", progress=False, clock=clock)
     harvest = hv.Harvest(study, opts)
     assert harvest.run() == 0
@@ -238,7 +244,7 @@ def test_rehearsal_deadline_cut_archive_merge_and_a_second_harvest_that_runs_exa
     assert list((spec.parent / "bench").glob("*.json"))
     # What is left, by the harvest's model corrected by the merged runs' wall times.
     left = [r for r in study.runs if run_state(spec.parent, r) == "pending"]
-    assert f"corrected by {n1} finished runs" in hv.remaining_estimate(study, left, sharing=1)
+    assert f"corrected by {n1} finished runs" in sweep_estimate.remaining_estimate(study, left, sharing=1)
     # The merged bench is what the book's tables read: each optimizer at each batch size, on the
     # device the environment names.
     benches = load_benches(tmp_path)
@@ -270,7 +276,8 @@ def test_rehearsal_deadline_cut_archive_merge_and_a_second_harvest_that_runs_exa
     # A third harvest finds nothing to do.
     p = run_harvest_cli(spec, tmp_path / "out3", tmp_path / "work3", "--no-smoke")
     assert p.returncode == 0, p.stderr
-    assert json.loads((tmp_path / "out3" / "harvest-rehearsal-report.json").read_text())["runs"]["pending_at_start"] == 0
+    report = json.loads((tmp_path / "out3" / "harvest-rehearsal-report.json").read_text())
+    assert report["runs"]["pending_at_start"] == 0
 
 
 def test_a_failing_smoke_check_stops_the_harvest_with_a_report(tmp_path):
@@ -418,7 +425,7 @@ def _write(path, data):
 
 
 def test_merged_runs_are_not_run_again_by_a_sweep(one_archive, tmp_path):
-    from kfaclab.sweep.runner import plan_runs
+    from kfaclab.sweep.state import plan_runs
 
     spec, data = one_archive
     target = write_spec(tmp_path / "rehearsal", yaml.safe_load(spec.read_text()))

@@ -3,8 +3,8 @@ from torch.func, and dense Kronecker solves."""
 
 import copy
 
-import pytest
 import numpy as np
+import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -13,7 +13,7 @@ from torch.func import functional_call, hessian, jacrev
 from kfaclab.errors import UsageError
 from kfaclab.optim import build_optimizer, resolve_hyperparameters
 from kfaclab.optim import kfac_layers as kl
-from kfaclab.optim.kfac import kl_clip_scale
+from kfaclab.optim.kfac_clip import kl_clip_scale
 
 
 def mlp():
@@ -50,8 +50,9 @@ def our_factors(model, x, y, **hp):
     return {name: (l.A, l.G) for name, l in opt.layers.items()}
 
 
-def curvlinops_factors(model, x, y, fisher_type, loss=nn.CrossEntropyLoss()):
+def curvlinops_factors(model, x, y, fisher_type, loss=None):
     curvlinops = pytest.importorskip("curvlinops")
+    loss = nn.CrossEntropyLoss() if loss is None else loss
     params = [p for p in model.parameters()]
     op = curvlinops.KFACLinearOperator(model, loss, params, [(x, y)], fisher_type=fisher_type,
                                        separate_weight_and_bias=False, check_deterministic=False)
@@ -561,7 +562,7 @@ def test_both_inverse_methods_follow_the_damping_schedule(method):
     for t in range(8):
         opt.step(x, y)
         damping = opt.damping_at(t)
-        for name, layer in opt.layers.items():
+        for layer in opt.layers.values():
             v = kl.gradient_matrix(layer.module)  # the step-t gradient, preconditioned
             A, G = layer.A, layer.G
             if method == "inverse":

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from kfaclab.sweep import spec as spec_module
-from kfaclab.sweep.runner import _pending_as_made, dry_run, sweep
+from kfaclab.sweep.estimate import dry_run
+from kfaclab.sweep.runner import _pending_as_made, sweep
 from kfaclab.sweep.spec import RunList, load_study
 
 ROOT = Path(__file__).resolve().parents[1]

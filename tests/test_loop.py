@@ -95,7 +95,7 @@ def test_interrupt_and_failure_write_a_record(tiny_dataset, tmp_path, monkeypatc
 
     for exc, status in ((KeyboardInterrupt(), "interrupted"), (RuntimeError("out of memory"), "failed")):
         calls.clear()
-        monkeypatch.setattr(SGD, "step", lambda self, x, y: flaky(self, x, y, exc))
+        monkeypatch.setattr(SGD, "step", lambda self, x, y, exc=exc: flaky(self, x, y, exc))
         out = tmp_path / f"{status}.json"
         with pytest.raises(type(exc)):
             train(cfg(output=str(out)), dataset=tiny_dataset, progress=False)

@@ -37,7 +37,11 @@ def test_the_wheel_holds_the_package_its_template_and_the_console_command(wheel)
         names = set(z.namelist())
         entry = next(n for n in names if n.endswith("entry_points.txt"))
         assert "kfaclab = kfaclab.cli:main" in z.read(entry).decode()
-    assert "kfaclab/templates/experiment.ipynb" in names and "kfaclab/cli.py" in names
+    assert "kfaclab/templates/experiment.ipynb" in names and "kfaclab/cli/__init__.py" in names
+    # every subpackage travels, with each of its modules
+    source = ROOT
+    modules = {str(p.relative_to(source)) for p in (source / "kfaclab").rglob("*.py")}
+    assert modules <= names
     assert not any(n.startswith(("tests/", "book/", "runs/")) for n in names)
 
 

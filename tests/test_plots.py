@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from kfaclab import plots
-from kfaclab.results import load_results
+from kfaclab.plots.style import _seed_dash
+from kfaclab.results import UNITS, load_results
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +54,7 @@ def test_scaling_chart_binds_target_and_unit(results):
     assert '"type": "log"' in text and "strokeDash" in text  # log-log, with the ideal line dotted
     assert data_rows(spec) > 0
     data = plots.scaling_data(results)
-    assert set(data["optimizer"]) == {"sgd", "kfac"} and set(data["unit"]) == set(plots.UNITS)
+    assert set(data["optimizer"]) == {"sgd", "kfac"} and set(data["unit"]) == set(UNITS)
 
 
 def test_heatmaps_bind_batch_size_select_and_budget(results):
@@ -152,7 +153,7 @@ def test_series_that_share_a_colour_differ_in_line_style_in_the_legend(results):
 
 
 def test_runs_differing_only_in_seed_get_their_own_line_style():
-    dash = plots._seed_dash([2, 0, 1, 0]).to_dict()
+    dash = _seed_dash([2, 0, 1, 0]).to_dict()
     assert dash["field"] == "seed" and dash["scale"]["domain"] == [0, 1, 2] and "legend" in dash
     assert len({tuple(r) for r in dash["scale"]["range"]}) == 3
 

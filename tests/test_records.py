@@ -11,7 +11,9 @@ import pytest
 
 from kfaclab.results import load_results, status_counts
 from kfaclab.sweep import load_study
-from kfaclab.sweep.runner import dry_run, plan_runs, sweep
+from kfaclab.sweep.estimate import dry_run
+from kfaclab.sweep.runner import sweep
+from kfaclab.sweep.state import plan_runs
 from kfaclab.train.record import read_record, validate_record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -168,8 +170,8 @@ def test_an_impossible_record_is_refused_by_every_reader(study_copy, kind, tmp_p
     harvest-merge (check_archive refuses the archive)."""
     import tarfile
 
-    from kfaclab.sweep.merge import check_archive
     from kfaclab.errors import UsageError
+    from kfaclab.sweep.merge import check_archive
 
     path = sorted(study_copy.glob("sgd-*.json"))[0]
     good = json.loads(path.read_text())

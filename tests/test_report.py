@@ -15,7 +15,12 @@ import pytest
 import yaml
 
 from kfaclab import report
-from kfaclab.results import critical_batch_size, default_budget, load_results, steps_to_target
+from kfaclab.results import (
+    critical_batch_size,
+    default_budget,
+    load_results,
+    steps_to_target,
+)
 from kfaclab.results.device_bench import load_benches, step_table, throughput_table
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,9 +5,19 @@ import json
 import numpy as np
 import pytest
 
-from kfaclab.results import (accuracy_at_budget, critical_batch_size, default_budget, fit_steps_curve,
-                             high_accuracy_region, load_results, noise_scale_by_run, status_counts, steps_curve,
-                             steps_to_target, with_ideal_scaling)
+from kfaclab.results import (
+    accuracy_at_budget,
+    critical_batch_size,
+    default_budget,
+    fit_steps_curve,
+    high_accuracy_region,
+    load_results,
+    noise_scale_by_run,
+    status_counts,
+    steps_curve,
+    steps_to_target,
+    with_ideal_scaling,
+)
 from kfaclab.train import RunConfig, validate_record
 from kfaclab.train.targets import race_to_targets
 
@@ -22,7 +32,8 @@ def make_record(optimizer, batch_size, hparams, curve, status="completed", targe
     history = []
     for i, (it, acc) in enumerate(curve):
         h = {"iteration": it, "epoch": it / spe, "examples": it * batch_size, "seconds": 0.01 * it,
-             "propagations": 2 * it * batch_size, "lr": None if it == 0 else 0.1, "train_loss": None if it == 0 else 1.0,
+             "propagations": 2 * it * batch_size, "lr": None if it == 0 else 0.1,
+             "train_loss": None if it == 0 else 1.0,
              "test_loss": 2.0 - acc, "test_accuracy": acc}
         if noise is not None:
             h["noise"] = {"b_small": batch_size, "b_big": 4 * batch_size, "small_sq": 1.0, "big_sq": 0.5,
@@ -57,7 +68,8 @@ def write_study(directory, records):
     directory.mkdir(parents=True, exist_ok=True)
     for i, rec in enumerate(records):
         c = rec["config"]
-        name = f"{c['optimizer']}-b{c['batch_size']}-" + "-".join(f"{k}{v:g}" for k, v in c["hparams"].items()) + f"-{i}"
+        values = "-".join(f"{k}{v:g}" for k, v in c["hparams"].items())
+        name = f"{c['optimizer']}-b{c['batch_size']}-{values}-{i}"
         (directory / f"{name}.json").write_text(json.dumps(rec))
     return directory
 
@@ -170,7 +182,8 @@ def test_accuracy_at_budgets_and_the_high_accuracy_region(constructed):
     # Best overall 0.55: within 0.05 -> b32: 0.55, 0.52 (2 of 4); b64: 0.51, 0.5 (2 of 4)
     assert region.loc[("sgd", 32), "in_region"] == 2 and region.loc[("sgd", 32), "share"] == 0.5
     assert region.loc[("sgd", 64), "in_region"] == 2 and region.loc[("sgd", 64), "reference"] == 0.55
-    per_batch = high_accuracy_region(ep, tolerance=0.005, relative_to="batch_size").set_index(["optimizer", "batch_size"])
+    per_batch = high_accuracy_region(ep, tolerance=0.005, relative_to="batch_size")
+    per_batch = per_batch.set_index(["optimizer", "batch_size"])
     assert per_batch.loc[("sgd", 64), "reference"] == 0.51 and per_batch.loc[("sgd", 64), "in_region"] == 1
     rule = accuracy_at_budget(constructed, "rule").set_index("name")
     assert rule[rule["status"] == "diverged"]["accuracy"].isna().all()  # no final accuracy for diverged runs
@@ -209,7 +222,7 @@ def _seeded_runs(crossings):
         for seed, it in enumerate(its):
             row = {"name": f"sgd-lr{lr}-m{mom}-s{seed}", "status": "completed", "optimizer": "sgd", "batch_size": 64,
                    "seed": seed, "hp_lr": lr, "hp_momentum": mom}
-            for unit, field in (("iterations", "iteration"), ("epochs", "epoch"), ("examples", "examples"),
+            for _unit, field in (("iterations", "iteration"), ("epochs", "epoch"), ("examples", "examples"),
                                 ("seconds", "seconds"), ("propagations", "propagations")):
                 scale = {"iteration": 1, "epoch": 0.01, "examples": 64, "seconds": 0.5, "propagations": 128}[field]
                 row[f"{field}_to_0.5"] = None if it is None else it * scale

@@ -9,8 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kfaclab.results.intervals import interval, monte_carlo_error, pooled_mean_replicates, pooled_step_replicates
-from kfaclab.results.verdicts import CONTRADICTED, NOT_RESOLVED, REPRODUCED
+from kfaclab.results.claims import CONTRADICTED, NOT_RESOLVED, REPRODUCED
+from kfaclab.results.intervals import (
+    interval,
+    monte_carlo_error,
+    pooled_mean_replicates,
+    pooled_step_replicates,
+)
 from kfaclab.results.verdicts_v3 import decide
 from kfaclab.results.width import widths
 from kfaclab.train.record import rules_in_force

@@ -15,7 +15,9 @@ import yaml
 
 from kfaclab.errors import UsageError
 from kfaclab.sweep import load_study
-from kfaclab.sweep.runner import dry_run, sweep, template_path
+from kfaclab.sweep.estimate import dry_run
+from kfaclab.sweep.runner import sweep
+from kfaclab.sweep.worker import template_path
 from kfaclab.train import validate_record
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +59,8 @@ BAD_SPECS = [
     ({"optimizers": {"sgd": {}}}, "optimizers.sgd: is empty: give its grid"),
     ({"fixed": {"dataset": "synthetic", "model": "resnet99", "device": "cpu"}}, "model is not valid: unknown model"),
     ({"fixed": {"dataset": "synthetic", "model": "mlp:0", "device": "cpu"}}, "model is not valid: bad MLP widths"),
-    ({"fixed": {"dataset": "mnist", "model": "mlp:16", "device": "cpu"}}, "unknown dataset 'mnist'; choose from cifar10"),
+    ({"fixed": {"dataset": "mnist", "model": "mlp:16", "device": "cpu"}},
+     "unknown dataset 'mnist'; choose from cifar10"),
     ({"fixed": {"dataset": "synthetic", "model": "mlp:16", "train_subset": 9000, "device": "cpu"}},
      "train_subset 9,000 is more than the 5,000 training images of synthetic"),
     ({"fixed": {"dataset": "cifar10-jpeg", "model": "mlp:16", "test_subset": 10001, "device": "cpu"}},
@@ -240,7 +243,7 @@ def test_dry_run_of_each_preset_prints_run_count_and_cost(preset):
 
 
 def test_dry_run_cost_model_separates_per_step_and_per_example_time():
-    from kfaclab.sweep.runner import _fit_cost
+    from kfaclab.sweep.estimate import _fit_cost
 
     # K-FAC-like: 10 ms of preconditioning per step plus 50 us per example
     points = [(it, it * b, 0.01 * it + 5e-5 * it * b) for it, b in [(3000, 32), (1500, 128), (300, 2048)]]

@@ -7,12 +7,11 @@ import subprocess
 import sys
 
 import pytest
+from test_sweep import forty_image_fixed, records, smoke_spec
 
 from kfaclab.sweep import load_study
 from kfaclab.sweep.lock import LOCK_NAME
 from kfaclab.train import validate_record
-
-from test_sweep import forty_image_fixed, records, smoke_spec
 
 ray = pytest.importorskip("ray", reason="Ray is not installed here (pip install -r requirements-dev.txt brings it)")
 

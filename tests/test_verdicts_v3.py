@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from test_verdicts import both, curve, study
 
 from kfaclab.results import judged_v3, load_results
 from kfaclab.results import verdicts as v2
 from kfaclab.results import verdicts_v3 as v3
-from test_verdicts import both, curve, study
+from kfaclab.results.claims import CONTRADICTED, NOT_RESOLVED, REPRODUCED
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,7 +42,7 @@ def test_point_estimates_equal_version_2s(miniature):
         assert lo <= p["efficiency"] <= hi
 
 
-@pytest.mark.parametrize("kfac_b_crit,expected", [(2000, v2.CONTRADICTED), (100, v2.REPRODUCED)])
+@pytest.mark.parametrize("kfac_b_crit,expected", [(2000, CONTRADICTED), (100, REPRODUCED)])
 def test_claim_a_reaches_both_outcomes(kfac_b_crit, expected):
     res = study(both(curve(1000, 300), curve(1000, kfac_b_crit)), noise=0.03)
     assert v3.steps_verdicts(res, n=300, claims="a")["a"].outcome == expected
@@ -50,13 +51,14 @@ def test_claim_a_reaches_both_outcomes(kfac_b_crit, expected):
 def test_claim_h_and_g_read_the_ends():
     res = study(both(curve(1000, 300), curve(1500, 300)), noise=0.02)  # K-FAC 1.5x slower everywhere
     out = v3.steps_verdicts(res, n=300, claims="gh")
-    assert out["h"].outcome == v2.REPRODUCED and out["h"].estimate == pytest.approx(math.log2(1.5), abs=0.03)  # seed noise 2%
-    assert out["g"].outcome == v2.REPRODUCED
+    # seed noise 2%
+    assert out["h"].outcome == REPRODUCED and out["h"].estimate == pytest.approx(math.log2(1.5), abs=0.03)
+    assert out["g"].outcome == REPRODUCED
 
 
 def test_noise_leaves_it_open():
     res = study(both(curve(1000, 300), curve(1000, 300)), noise=0.4)
-    assert v3.steps_verdicts(res, n=300, claims="h")["h"].outcome == v2.NOT_RESOLVED
+    assert v3.steps_verdicts(res, n=300, claims="h")["h"].outcome == NOT_RESOLVED
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +88,7 @@ def test_a_finished_set_gives_every_verdict_and_the_versions_table(judged_copies
     # (b) shows each optimizer's efficiency with its own interval, not one optimizer's with another's
     b = judged_v3.summary(d["b"])
     assert b.startswith("SGD 0.368 [") and "; K-FAC 0.335 [" in b
-    old, old_left = v2.ready_verdicts(miniature)
+    old, old_left = v2.ready_verdicts(miniature, prediction={"c": 4.85, "i": -0.42, "j": 5.27})
     table = judged_v3.versions_table(old, old_left, vs, left)
     assert len(table) == 10 and not table["version 3 (miniature3)"].str.contains("waiting").any()
 

@@ -13,15 +13,17 @@ STUDIES = ("cpu", "abs", "sharpness", "noise", "miniature", "gpu", "miniature3",
 
 
 def _write_data(app, config):
+    from kfaclab.nqm import study_prediction
     from kfaclab.results import load_results
     from kfaclab.results.export import write_csv
 
     root = Path(app.confdir)
     static = Path(app.outdir).parent / "data-static"
+    prediction = study_prediction()  # claim (k)'s NQM prediction, passed to the verdicts
     for name in STUDIES:
         folder = root / "runs" / name
         if (folder / "study.yaml").exists():
-            write_csv(load_results(folder), static / "data")
+            write_csv(load_results(folder), static / "data", prediction)
     config.html_static_path.append(str(static))
 
 

@@ -11,7 +11,6 @@
 
 from pathlib import Path
 
-
 # Vega-embed's inputs, spaced and labelled so that they read as controls of the chart above;
 # table cells with room between their numbers, wrapping within the column.
 CSS = """
@@ -28,7 +27,8 @@ CSS = """
 /* prose cells (the verdict tables): whole words, in a table exactly as wide as its column (a
    fixed layout, so a long token breaks inside its cell instead of widening the table) */
 .cell_output table.kfaclab-verdicts { table-layout: fixed; width: 100%; }
-.cell_output table.kfaclab-verdicts th, .cell_output table.kfaclab-verdicts td { overflow-wrap: break-word; min-width: 0; }
+.cell_output table.kfaclab-verdicts th,
+.cell_output table.kfaclab-verdicts td { overflow-wrap: break-word; min-width: 0; }
 """
 
 

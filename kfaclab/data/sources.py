@@ -151,7 +151,8 @@ def read_imagefolder(path: Path):
     except (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError) as e:
         detail = " ".join(str(e).split())  # tarfile's message spans lines; the error is one
         raise DataIntegrityError(f"cannot read '{path}' as an image folder or tar archive ({type(e).__name__}: "
-                                 f"{detail}); the file is damaged or not an archive: check it or copy it again") from None
+                                 f"{detail}); the file is damaged or not an archive: check it or copy it "
+                                 "again") from None
     if len(prefixes) > 1:
         raise UsageError(f"'{path}' holds several train/test roots {sorted('/'.join(p) for p in prefixes)}; keep one")
     with_images = {(split, cls) for (split, cls, _) in found}

@@ -21,7 +21,7 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, n: int, seed: int = 0) -> "Split":
+    def subset(self, n: int, seed: int = 0) -> Split:
         """A class-stratified random subset of n examples (the same n and seed give the same subset).
 
         Stratified so that a small CPU preset keeps every class at its share of the data.

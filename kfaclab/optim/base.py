@@ -9,7 +9,7 @@ Hessian-vector products for TRCG). It reports work done as counters, among them
 from __future__ import annotations
 
 import contextlib
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn

@@ -106,7 +106,8 @@ def _window_correlation(x, xp, rows, cols, dh, dw, size) -> torch.Tensor:
     out = x.new_zeros(size)
     if dh[0] > dh[1] or dw[0] > dw[1]:
         return out
-    band = xp[:, :, rows[0] + dh[0] + kh - 1:rows[1] + dh[1] + kh - 1, cols[0] + dw[0] + kw - 1:cols[1] + dw[1] + kw - 1]
+    band = xp[:, :, rows[0] + dh[0] + kh - 1:rows[1] + dh[1] + kh - 1,
+              cols[0] + dw[0] + kw - 1:cols[1] + dw[1] + kw - 1]
     if rows[1] - rows[0] == cols[1] - cols[0] == 1:  # one pixel: a product over the examples
         part = torch.einsum("bi,bjuv->ijuv", x[:, :, rows[0], cols[0]], band)
     else:

@@ -1,7 +1,9 @@
 """K-FAC (Martens & Grosse 2015; KFC for convolutions, Grosse & Martens 2016) as a
 preconditioner that rewrites the gradients of Linear and Conv2d layers, composed with torch's
 SGD (momentum, weight decay), which then steps. Other parameters (BatchNorm, ...) keep their
-plain gradient. The layer math lives in `kfac_layers`.
+plain gradient. The layer math lives in `kfac_layers`, the work spread over ranks and time
+(statistics averaged, decompositions owned, stale inverses, fallbacks) in `kfac_distributed`, and
+the KL clip's scale and statistics in `kfac_clip`.
 
 Schedule of the extra work: factors (running averages with decay `stat_decay`) every
 `cov_update_freq` steps (T_cov), decompositions every `inv_update_freq` steps (T_inv),
@@ -19,9 +21,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from kfaclab.distributed import SINGLE
 from kfaclab.optim import kfac_layers as kl
-from kfaclab.distributed import SINGLE, all_reduce_mean_, broadcast_
 from kfaclab.optim.base import TrainingOptimizer
+from kfaclab.optim.kfac_clip import KLClip, kl_clip_scale
+from kfaclab.optim.kfac_distributed import Distributed, all_finite
 
 FISHER_TYPES = ("mc", "empirical", "exact")
 INVERSE_METHODS = ("eigen", "inverse")
@@ -60,7 +64,7 @@ class _Layer:
         self.rows_G: list = []
 
 
-class KFAC(TrainingOptimizer):
+class KFAC(KLClip, Distributed, TrainingOptimizer):
     name = "kfac"
     defaults = {
         "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": False,
@@ -157,16 +161,8 @@ class KFAC(TrainingOptimizer):
         # on every device (one small copy per factor update).
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(h["seed"])
-        for name, layer in self.layers.items():
+        for layer in self.layers.values():
             layer.module.register_forward_hook(self._forward_hook(layer))
-
-    def attach_distributed(self, ctx) -> None:
-        """Data parallelism: factors are averaged over ranks, decompositions replicated or
-        distributed; MC Fisher labels are drawn from a stream per rank."""
-        self.ctx = ctx
-        if ctx.active:
-            self.generator.manual_seed(self.hyperparameters["seed"] + 1_000_003 * ctx.rank)
-        self._owners = assign_owners({n: (l.module) for n, l in self.layers.items()}, ctx.world_size)
 
     # ------------------------------------------------------------------ hooks
 
@@ -422,137 +418,6 @@ class KFAC(TrainingOptimizer):
                 layer.G.lerp_(G, 1 - decay)
         self.counters["factor_updates"] += 1
 
-    def _average_factors_over_ranks(self):
-        """This step's factors averaged over ranks in one all-reduce: for every layer, in a fixed
-        order, A and G (zeros where this rank has none) and a count of the ranks that had them."""
-        device = next(iter(self.layers.values())).module.weight.device
-        parts, counts = [], []
-        for layer in self.layers.values():
-            has = layer.batch_A is not None and layer.batch_G is not None
-            da, dg = kl.factor_dims(layer.module)
-            parts += [layer.batch_A if has else torch.zeros(da, da, dtype=self.dtype, device=device),
-                      layer.batch_G if has else torch.zeros(dg, dg, dtype=self.dtype, device=device)]
-            counts.append(float(has))
-        count = torch.tensor(counts, dtype=self.dtype, device=device)
-        t0 = time.perf_counter()
-        all_reduce_mean_([count] + parts, self.ctx)  # means; x world size gives sums
-        self.timings["communication_s"] += time.perf_counter() - t0
-        for i, layer in enumerate(self.layers.values()):
-            ranks = float(count[i]) * self.ctx.world_size
-            if ranks < 0.5:
-                layer.batch_A = layer.batch_G = None
-                continue
-            scale = self.ctx.world_size / ranks  # the mean over the ranks that had the layer
-            layer.batch_A, layer.batch_G = parts[2 * i] * scale, parts[2 * i + 1] * scale
-
-    # ------------------------------------------------------------------ decompositions
-
-    def _decompose_all(self, damping: float):
-        """Decompose the running factors. Under data parallelism with the `distributed`
-        strategy each rank decomposes the layers it owns and the owners broadcast; with
-        `stale_inverses`, an inverse step installs the decompositions computed in the background
-        since the previous one and starts the next, so steps use decompositions one update old
-        (the first inverse step computes in the foreground: there is nothing older to use)."""
-        names = [n for n, l in self.layers.items() if l.A is not None]
-        if not self.hyperparameters["stale_inverses"] or self._first_inverse(names):
-            self._install(self._share(self._compute(self._mine(names), damping), names))
-        else:
-            if self._pending is not None:
-                t0 = time.perf_counter()
-                results = self._pending.result()  # waiting here is decomposition time not hidden
-                self.timings["decomposition_s"] += time.perf_counter() - t0
-                self._install(self._share(results, self._pending_names))
-            snapshot = {n: (self.layers[n].A.clone(), self.layers[n].G.clone()) for n in self._mine(names)}
-            self._pending_names = names
-            self._pending = self._background().submit(self._compute_from, snapshot, damping)
-        self.counters["inverse_updates"] += 1
-
-    def _first_inverse(self, names) -> bool:
-        return all(self.layers[n].decomposition is None for n in names) and self._pending is None
-
-    def _mine(self, names) -> list[str]:
-        if self.hyperparameters["inverse_strategy"] == "replicated" or not self.ctx.active:
-            return list(names)
-        return [n for n in names if self._owners[n] == self.ctx.rank]
-
-    def _compute(self, names, damping) -> dict:
-        t0 = time.perf_counter()
-        out = self._compute_from({n: (self.layers[n].A, self.layers[n].G) for n in names}, damping)
-        self.timings["decomposition_s"] += time.perf_counter() - t0
-        return out
-
-    def _compute_from(self, factors: dict, damping) -> dict:
-        return {n: self._decompose(A, G, damping) for n, (A, G) in factors.items()}
-
-    def _background(self):
-        if getattr(self, "_executor", None) is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kfac-inverses")
-        return self._executor
-
-    def _share(self, results: dict, names) -> dict:
-        """With the distributed strategy, every layer's decomposition from its owner, one
-        broadcast per owner (a flag per layer says whether its decomposition failed)."""
-        if self.hyperparameters["inverse_strategy"] == "replicated" or not self.ctx.active:
-            return results
-        keys = ("QA", "dA", "QG", "dG") if self.hyperparameters["inverse_method"] == "eigen" else ("A_inv", "G_inv")
-        shared = {}
-        for owner in range(self.ctx.world_size):
-            owned = [n for n in names if self._owners[n] == owner]
-            if not owned:
-                continue
-            tensors, flags = [], []
-            for n in owned:
-                mine = results.get(n) if owner == self.ctx.rank else None
-                flags.append(float(mine is not None))
-                for k, shape in zip(keys, self._decomposition_shapes(n, keys)):
-                    tensors.append(mine[k] if mine is not None else
-                                   torch.zeros(shape, dtype=self.dtype, device=self.layers[n].A.device))
-            flag = torch.tensor(flags, dtype=self.dtype, device=tensors[0].device)
-            t0 = time.perf_counter()
-            broadcast_([flag] + tensors, owner, self.ctx)
-            self.timings["communication_s"] += time.perf_counter() - t0
-            for i, n in enumerate(owned):
-                part = tensors[i * len(keys):(i + 1) * len(keys)]
-                shared[n] = dict(zip(keys, part)) if float(flag[i]) == 1.0 else None
-        return shared
-
-    def _decomposition_shapes(self, name, keys):
-        da, dg = self.layers[name].A.shape[0], self.layers[name].G.shape[0]
-        sizes = {"QA": (da, da), "dA": (da,), "QG": (dg, dg), "dG": (dg,), "A_inv": (da, da), "G_inv": (dg, dg)}
-        return [sizes[k] for k in keys]
-
-    def _install(self, results: dict):
-        for n, d in results.items():
-            self.layers[n].decomposition = d
-
-    def _decompose(self, A, G, damping):
-        """Decompose in the factor dtype; on failure (non-finite input or output, or an
-        eigensolver error) retry in float64 with jitter; if that fails too, return None:
-        the layer keeps its plain gradient until the next successful decomposition."""
-        for attempt in range(2):
-            try:
-                if attempt:
-                    A, G = _jittered(A), _jittered(G)
-                d = self._decompose_once(A, G, damping)
-                if all(all_finite(v) for v in d.values()):
-                    return {k: v.to(self.dtype) for k, v in d.items()}
-            except (RuntimeError, ValueError):  # torch.linalg.LinAlgError is a RuntimeError
-                pass
-        self.counters["decomposition_failures"] += 1
-        return None
-
-    def _decompose_once(self, A, G, damping):
-        if not (all_finite(A) and all_finite(G)):
-            raise ValueError("non-finite factor")
-        if self.hyperparameters["inverse_method"] == "eigen":
-            dA, QA = torch.linalg.eigh(A)
-            dG, QG = torch.linalg.eigh(G)
-            # Factors are PSD; round-off can give tiny negative eigenvalues.
-            return {"QA": QA, "dA": dA.clamp_(min=0), "QG": QG, "dG": dG.clamp_(min=0)}
-        A_inv, G_inv = kl.damped_inverses(A, G, damping)
-        return {"A_inv": A_inv, "G_inv": G_inv}
 
     # ------------------------------------------------------------------ preconditioning
 
@@ -589,34 +454,6 @@ class KFAC(TrainingOptimizer):
         self._kl_scale = nu
         self._count_clip(nu)
 
-    def _count_clip(self, nu: torch.Tensor) -> None:
-        """Adds this step's nu to the clip statistics (on nu's device: no transfer per step)."""
-        nu = nu.to(torch.float64)
-        lr = float(self.lr)
-        eff = nu * lr
-        row = torch.stack([(nu < 1).to(torch.float64), torch.ones_like(nu), nu, eff,
-                           torch.log2(eff) if lr > 0 else torch.zeros_like(nu),
-                           torch.ones_like(nu) if lr > 0 else torch.zeros_like(nu)])
-        self._clip_sums = row if self._clip_sums is None else self._clip_sums + row
-
-    def clip_statistics(self) -> dict:
-        """How the KL clip acted over the run (book/verdicts.md, version 3): the share of
-        preconditioned steps on which it bound (nu < 1), the mean nu, the mean effective learning
-        rate lr x nu, and its geometric mean (over steps with lr > 0; the robustness widths are
-        measured in log2 of it). None where no step was preconditioned."""
-        if self._clip_sums is None:
-            return {"kl_clip_steps": 0, "kl_clip_bound_share": None, "kl_scale_mean": None,
-                    "effective_lr_mean": None, "effective_lr_geomean": None}
-        bound, steps, nu, eff, log_eff, with_lr = (float(v) for v in self._clip_sums.cpu())
-
-        def finite(v):  # a record holds no infinity or NaN (an overflowing run's sums can be)
-            return v if v is not None and math.isfinite(v) else None
-
-        geo = 2 ** (log_eff / with_lr) if with_lr and math.isfinite(log_eff) and abs(log_eff / with_lr) < 1000 else None
-        return {"kl_clip_steps": int(steps), "kl_clip_bound_share": finite(bound / steps),
-                "kl_scale_mean": finite(nu / steps), "effective_lr_mean": finite(eff / steps),
-                "effective_lr_geomean": finite(geo)}
-
     def report(self) -> dict:
         return {**super().report(), **self.clip_statistics()}
 
@@ -636,11 +473,6 @@ class KFAC(TrainingOptimizer):
             A = torch.cat([A, A.new_ones(A.shape[0], 1)], 1)
         layer.rows_A, layer.rows_G = [], []
         return A, G
-
-    @property
-    def last_kl_scale(self) -> float:
-        """The KL clipping factor nu of the last step (1.0: not clipped)."""
-        return float(self._kl_scale)
 
     # ------------------------------------------------------------------ state
 
@@ -664,44 +496,5 @@ class KFAC(TrainingOptimizer):
         self._clip_sums = None if sums is None else sums.clone()
 
 
-def kl_clip_scale(vg, lr: float, kl_clip: float):
-    """Ba et al.'s KL clipping: scale the preconditioned update by
-    nu = min(1, sqrt(kl_clip / (lr^2 sum_layers <P, V>))), bounding the update's KL change
-    (1 where <P, V> is not positive). A float for a float, a 0-d tensor on vg's device for a tensor."""
-    if not isinstance(vg, torch.Tensor):
-        return float(kl_clip_scale(torch.tensor(float(vg), dtype=torch.float64), lr, kl_clip))
-    one = torch.ones_like(vg)
-    if kl_clip <= 0:
-        return one
-    nu = (kl_clip / (lr**2 * vg.clamp(min=torch.finfo(vg.dtype).tiny))).sqrt().clamp(max=1.0)
-    return torch.where(vg > 0, nu, one)
-
-
-def all_finite(t: torch.Tensor) -> bool:
-    """Whether every entry is finite, from the sum: a NaN or an infinity anywhere makes the sum
-    NaN or infinite. One pass and no temporary, where isfinite().all() takes three passes and a
-    mask as large as the factor (3 ms a step on a 3073x3073 factor). A sum that overflows from
-    finite entries (beyond 3e38) also reads as not finite: such a factor is no use either."""
-    return bool(torch.isfinite(t.sum()))
-
-
-def _jittered(M):
-    M = M.double()
-    scale = float(M.diagonal().abs().mean()) if torch.isfinite(M).all() else 1.0
-    return M + max(scale, 1e-12) * 1e-6 * torch.eye(M.shape[0], dtype=M.dtype, device=M.device)
-
-
 def _clone(t):
     return None if t is None else t.clone()
-
-
-def assign_owners(modules: dict, world_size: int) -> dict:
-    """Each layer's rank for the distributed decompositions, balanced by cost (an
-    eigendecomposition of a d x d factor costs ~ d^3): largest first, to the least loaded rank."""
-    load = [0.0] * world_size
-    owners = {}
-    for name, module in sorted(modules.items(), key=lambda kv: -sum(d ** 3 for d in kl.factor_dims(kv[1]))):
-        rank = min(range(world_size), key=lambda r: (load[r], r))
-        owners[name] = rank
-        load[rank] += sum(d ** 3 for d in kl.factor_dims(module))
-    return owners

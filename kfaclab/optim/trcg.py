@@ -262,7 +262,8 @@ class TRCG(TrainingOptimizer):
         accepted = rho > h["eta2"]
         if not accepted:
             self._set_params(x0)
-        self.last = {"rho": rho, "f0": f0, "f1": f1, "predicted_decrease": predicted, "step_norm": float(result.step.norm()),
+        self.last = {"rho": rho, "f0": f0, "f1": f1, "predicted_decrease": predicted,
+                     "step_norm": float(result.step.norm()),
                      "radius": self.radius, "cg_iterations": result.iterations, "accepted": accepted}
         self.radius = update_radius(self.radius, rho, result.hits_boundary, h)
         c = self.counters

@@ -34,7 +34,8 @@ def best_configurations(results: StudyResults) -> pd.DataFrame:
             if best is None or acc.mean() > best[1]["final_accuracy"].astype(float).mean():
                 best = (point if isinstance(point, tuple) else (point,), pg)
         point, pg = best
-        row = {"method": m, "base_optimizer": pg["base_optimizer"].iloc[0], "batch_schedule": pg["batch_schedule"].iloc[0],
+        row = {"method": m, "base_optimizer": pg["base_optimizer"].iloc[0],
+               "batch_schedule": pg["batch_schedule"].iloc[0],
                "base_batch_size": int(pg["batch_size"].iloc[0]), "seeds": len(pg),
                "final_accuracy": float(pg["final_accuracy"].mean()),
                "final_accuracy_std": float(pg["final_accuracy"].std(ddof=1)) if len(pg) > 1 else np.nan,
@@ -84,7 +85,7 @@ def comparison(results: StudyResults, baseline_schedule: str = "fixed") -> pd.Da
         col = f"iteration_to_{r['target']:g}"
 
         def at_best(method):
-            its = best_runs[method][col].astype(float) if col in best_runs[method] else pd.Series(dtype=float)
+            its = best_runs[method][col].astype(float) if col in best_runs[method] else pd.Series(dtype=float)  # noqa: B023 (called in this iteration)
             return float(its.mean()) if len(its) and its.notna().all() else np.nan
 
         row["iterations_to_target_best_config"] = at_best(m)

@@ -4,7 +4,8 @@
 grid point), `<study>-evaluations.csv` (one row per evaluation of a finished run),
 `<study>-steps-to-target.csv` (Shallue's rule per optimizer, batch size and target, accuracy
 and training-loss targets) and, where the
-runs some verdict compares have all finished, `<study>-verdicts.csv` (book/verdicts.md). Every file is written atomically.
+runs some verdict compares have all finished, `<study>-verdicts.csv` (book/verdicts.md). Every
+file is written atomically.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from kfaclab.results.study import StudyResults
 from kfaclab.train.record import write_bytes_atomic
 
 
-def tables(results: StudyResults) -> dict:
-    from kfaclab.results.verdicts import verdict_table
+def tables(results: StudyResults, prediction: dict | None = None) -> dict:
+    from kfaclab.results.verdict_display import verdict_table
 
     steps = steps_to_target(results)
     if results.loss_targets:  # the training-loss targets, in the same table (its `kind` column)
@@ -27,7 +28,7 @@ def tables(results: StudyResults) -> dict:
     out = {"runs": results.runs, "evaluations": results.evals, "steps-to-target": steps}
     # A verdict is drawn only once the runs it compares have all finished (book/verdicts.md),
     # under the rules that judge the study: version 3 for its studies, versions 1-2 otherwise.
-    vs = _ready(results)
+    vs = _ready(results, prediction)
     if vs:
         out["verdicts"] = verdict_table(vs)
     if results.bracket_cells:
@@ -53,21 +54,21 @@ def _any_ready(results: StudyResults) -> bool:
     return bool(ready_claims(results)[0])
 
 
-def _ready(results: StudyResults) -> list:
+def _ready(results: StudyResults, prediction: dict | None = None) -> list:
     from kfaclab.results import judged_v3
     from kfaclab.results.verdicts import ready_verdicts
 
     if judged_v3.is_v3(results):
         j = judged_v3.judged_for(results)
         return judged_v3.ready_verdicts(j, claims=_claims_of(results, j))[0]
-    return ready_verdicts(results)[0]
+    return ready_verdicts(results, prediction=prediction)[0]
 
 
-def write_csv(results: StudyResults, directory) -> list[Path]:
+def write_csv(results: StudyResults, directory, prediction: dict | None = None) -> list[Path]:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, frame in tables(results).items():
+    for name, frame in tables(results, prediction).items():
         path = directory / f"{results.name}-{name}.csv"
         write_bytes_atomic(path, frame.to_csv(index=False).encode())
         written.append(path)

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from kfaclab.results.claims import CLAIM_OPTIMIZERS, CLAIMS, NAMES, Verdict
 from kfaclab.results.study import StudyResults, load_results
-from kfaclab.results.verdicts import CLAIMS, CLAIM_OPTIMIZERS, NAMES, Verdict, _number, verdict_display
+from kfaclab.results.verdict_display import _number, verdict_display
 from kfaclab.results.verdicts_v3 import verdicts_v3
 
 # The studies of version 3: role -> folder under runs/.
@@ -132,7 +133,7 @@ def versions_table(v2: list[Verdict], v2_waiting: dict, v3: list[Verdict], v3_wa
         def cell(v, left):
             if v is not None:
                 return f"{v.outcome}: {summary(v)}"
-            n = left.get(key)
+            n = left.get(key)  # noqa: B023 (called in this iteration)
             if n is None:
                 return "–"
             return "budget studies missing" if n < 0 else f"waiting: {n} runs to go"
@@ -175,4 +176,3 @@ def bracket_lines(j: Judged) -> str:
                    f"their optimum, {states.count('running')} have runs still to come, {grew} grew"
                    + (f"; on an edge at the limit: {'; '.join(edges)}" if edges else ""))
     return "\n".join(f"- {line}" for line in out)
-

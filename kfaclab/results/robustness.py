@@ -100,7 +100,8 @@ def high_accuracy_region(table: pd.DataFrame, tolerance: float = 0.01, relative_
             best = overall if relative_to == "optimizer" else gb["accuracy"].max()
             inside = (gb["accuracy"] >= best - tolerance).sum() if np.isfinite(best) else 0
             rows.append({"optimizer": opt, "budget_type": btype, "budget": gb["budget"].iloc[0],
-                         "batch_size": int(b), "grid_points": len(gb), "with_accuracy": int(gb["accuracy"].notna().sum()),
+                         "batch_size": int(b), "grid_points": len(gb),
+                         "with_accuracy": int(gb["accuracy"].notna().sum()),
                          "best_accuracy": gb["accuracy"].max(), "reference": best, "tolerance": tolerance,
                          "in_region": int(inside), "share": inside / len(gb)})
     return pd.DataFrame(rows)

@@ -20,6 +20,7 @@ import pandas as pd
 from kfaclab.errors import UsageError
 from kfaclab.train.record import read_record
 
+
 def method(cfg: dict) -> str:
     """The label a run is compared under: its optimizer, with its batch-size schedule when that
     is adaptive ("sgd+abs", "kfac+absa"), so that adaptive runs never mix with fixed-batch runs of
@@ -124,12 +125,11 @@ def _planned(run) -> dict:
     that budgets read across a study (the robustness chapter's common epoch and iteration
     budgets) do not move as a partly run study fills in. Empty where the dataset's size is not
     known without loading it."""
-    from kfaclab.sweep.harvest import run_iterations
-    from kfaclab.sweep.runner import TRAIN_SIZES
+    from kfaclab.train.budget import TRAIN_SIZES, run_iterations
 
     c = run.config
     n_train = c.train_subset or TRAIN_SIZES.get(c.dataset)
-    iters, _ = run_iterations(run)
+    iters, _ = run_iterations(c)
     if not iters:
         return {}
     return {"planned_iterations": iters, "planned_epochs": iters / (n_train // c.batch_size)}

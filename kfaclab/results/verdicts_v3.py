@@ -21,12 +21,35 @@ import warnings
 
 import numpy as np
 
-from kfaclab.results.intervals import (LEVEL, N_BOOT, interval, mean_replicates, missing_share, monte_carlo_error,
-                                       step_replicates)
-from kfaclab.results.statistics import b_crit, log2_ratio, slopes, steps_statistics, width_statistics
+from kfaclab.results.bootstrap import cells, primary_target
+from kfaclab.results.claims import (
+    B_CRIT_PAIRS,
+    CONTRADICTED,
+    NAMES,
+    NOT_RESOLVED,
+    REPRODUCED,
+    Verdict,
+    _verdict,
+)
+from kfaclab.results.claims_adaptive import claim_f
+from kfaclab.results.claims_critical_batch import claim_k
+from kfaclab.results.intervals import (
+    LEVEL,
+    N_BOOT,
+    interval,
+    mean_replicates,
+    missing_share,
+    monte_carlo_error,
+    step_replicates,
+)
+from kfaclab.results.statistics import (
+    b_crit,
+    log2_ratio,
+    slopes,
+    steps_statistics,
+    width_statistics,
+)
 from kfaclab.results.study import FINISHED, StudyResults
-from kfaclab.results.verdicts import (B_CRIT_PAIRS, CONTRADICTED, NAMES, NOT_RESOLVED, REPRODUCED, Verdict, _verdict,
-                                      cells, claim_f, claim_k, primary_target)
 from kfaclab.results.width import widths
 
 VERSION = 3
@@ -116,12 +139,13 @@ def steps_verdicts(results: StudyResults, n: int = N_BOOT, seed: int = SEED, cla
         base = f"target {target:g}, batch sizes {bs[0]} to {bs[-1]}" if bs else f"target {target:g}"
         if "a" in claims:
             out["a"] = _statistic_or_not("a", results, stats, "a", "slope of log2(K-FAC/SGD steps) per doubling",
-                                         "slope per doubling of log2(K-FAC steps / SGD steps): contradicted below -0.1, "
-                                         "reproduced above -0.1", dict(below=-0.1, above=-0.1), _join(base, flag))
+                                         "slope per doubling of log2(K-FAC steps / SGD steps): contradicted below "
+                                         "-0.1, reproduced above -0.1", dict(below=-0.1, above=-0.1), _join(base, flag))
         if "g" in claims:
             out["g"] = _statistic_or_not("g", results, stats, "g", f"log2(K-FAC/SGD steps) at batch {bs[0]}",
                                          "log2(K-FAC steps / SGD steps) at the smallest batch size: contradicted below "
-                                         "log2(0.8), reproduced above", dict(below=math.log2(0.8), above=math.log2(0.8)),
+                                         "log2(0.8), reproduced above",
+                                         dict(below=math.log2(0.8), above=math.log2(0.8)),
                                          _join(base, flag))
         if "h" in claims:
             out["h"] = _statistic_or_not("h", results, stats, "h", "log2(K-FAC/SGD steps) at the largest batch size "
@@ -242,7 +266,8 @@ def width_cells(results: StudyResults) -> dict:
             xm = np.nanmean(x, axis=1)
         xm = np.where(np.isfinite(xm), xm, np.log2(lr))  # a configuration without a run: its nominal rate
         out[(opt, int(b))] = {"lr": lr, "other": np.array([c[1] for c in configs]), "x": xm, "acc": acc,
-                              "other_axis": other_axis, "finished": bool(g["status"].isin(FINISHED + ("failed",)).all())}
+                              "other_axis": other_axis,
+                              "finished": bool(g["status"].isin(FINISHED + ("failed",)).all())}
     return out
 
 
@@ -296,7 +321,8 @@ def robustness_verdicts(epochs: StudyResults | None, iterations: StudyResults | 
     for budget, res, want in (("epochs", epochs, "down"), ("iterations", iterations, "up")):
         if res is None:
             continue
-        bs = sorted({b for (o, b) in width_cells(res) if o == "sgd"} & {b for (o, b) in width_cells(res) if o == "kfac"})
+        cells = width_cells(res)
+        bs = sorted({b for (o, b) in cells if o == "sgd"} & {b for (o, b) in cells if o == "kfac"})
         if len(bs) < 3:
             continue
         w_s, cens_s = width_rows(res, "sgd", bs, n, seed)

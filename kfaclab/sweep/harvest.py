@@ -29,33 +29,33 @@ archive and adds its runs to the study; a later harvest or sweep then skips them
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import io
 import json
-import math
 import shutil
-import statistics
-import tarfile
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 from kfaclab.errors import UsageError
-from kfaclab.sweep.runner import (TRAIN_SIZES, Worker, _clean_partials, catch_interrupts, default_threads,
-                                  execute_run, restore_signals, run_state, worker_slots)
+from kfaclab.interrupts import catch_interrupts, restore_signals
+from kfaclab.sweep.archive import now, pack
 from kfaclab.sweep.bracket import load_grown
+from kfaclab.sweep.estimate import Predictor
+from kfaclab.sweep.harvest_bench import (
+    bench_summary,
+    release_device_memory,
+    run_harvest_bench,
+)
+from kfaclab.sweep.harvest_order import teaching_order
+from kfaclab.sweep.runner import worker_slots
 from kfaclab.sweep.spec import Run, Study
-from kfaclab.train.record import check_writable_folder, write_atomic, write_bytes_atomic
+from kfaclab.sweep.state import clean_partials, run_state
+from kfaclab.sweep.worker import Worker, default_threads, execute_run
+from kfaclab.train.record import check_writable_folder, write_atomic
 
-ARCHIVE_KIND = "kfaclab.harvest"
-ARCHIVE_VERSION = 1
 FINISHED = ("completed", "diverged", "failed")
 SAFETY = 1.2  # a run starts only if 1.2 x its predicted duration fits before the deadline
-STEP_OVERHEAD_S = 3.0  # per run before any measurement: papermill, set-up, evaluations
-CONTEXT_BYTES = 1.0e9  # a process's CUDA context and allocator slack, beside its run's own peak
 
 
 @dataclass
@@ -83,276 +83,7 @@ class Options:
     clock: object = time.monotonic
 
 
-# ------------------------------------------------------------------------------ ordering
-
-def grid_rank(study: Study) -> dict[str, float]:
-    """Each run's distance from the centre of its optimizer's grid (0 = the centre), with every
-    axis scaled to [0, 1] by its position in the spec's list of values. Best configurations of
-    a well-centred grid lie near its middle, so the centre is the one configuration to run first."""
-    axes: dict[str, dict[str, list]] = {}
-    for r in study.runs:
-        label = _label(r)
-        for k, v in r.grid_point.items():
-            values = axes.setdefault(label, {}).setdefault(k, [])
-            if v not in values:
-                values.append(v)
-    rank = {}
-    for r in study.runs:
-        dist = 0.0
-        for k, v in r.grid_point.items():
-            values = axes[_label(r)][k]
-            dist += abs(values.index(v) - (len(values) - 1) / 2) / max(len(values) - 1, 1)
-        rank[r.name] = dist
-    return rank
-
-
-def teaching_order(study: Study, runs: list[Run], predict) -> list[Run]:
-    """What to run first: the runs of the spec's `harvest_first` optimizers before any other's
-    (the comparison the study is for finishes first: a verdict waits for every run of the
-    optimizers it compares); within each of those two tiers, rounds by distance from the grid's
-    centre, one configuration per optimizer, batch size and seed in each round (where several
-    are equally central, they take turns), so round 0 gives every batch size's steps to target a
-    first value; seed 0 before others within a round, and within that the runs predicted
-    cheapest first, so that a deadline cuts off few minutes of work. Ties keep the spec's order."""
-    first = set(study.harvest_first)
-    tier = {r.name: int(bool(first) and r.config.optimizer not in first) for r in study.runs}
-    rank = grid_rank(study)
-    levels = sorted(set(rank.values()))
-    position = {r.name: i for i, r in enumerate(study.runs)}
-    turn, seen = {}, {}
-    for r in study.runs:  # the how-many-th equally central configuration of its group
-        group = (_label(r), r.config.batch_size, r.config.seed, rank[r.name])
-        turn[r.name] = seen.get(group, 0)
-        seen[group] = turn[r.name] + 1
-    return sorted(runs, key=lambda r: (tier[r.name], levels.index(rank[r.name]), turn[r.name], r.config.seed,
-                                       predict.base(r) or 0.0, position[r.name]))
-
-
-def _label(run: Run) -> str:
-    c = run.config
-    return c.optimizer if c.batch_schedule == "fixed" else f"{c.optimizer}+{c.batch_schedule}"
-
-
-# ------------------------------------------------------------------------------ prediction
-
-def run_iterations(run: Run) -> tuple[int, int]:
-    """(iterations, evaluations) the run will take, from its config and the dataset's size."""
-    from kfaclab.train.budget import evaluation_iterations, total_iterations
-
-    c = run.config
-    n_train = c.train_subset or TRAIN_SIZES.get(c.dataset)
-    if n_train is None:
-        return 0, 0
-    spe = n_train // c.batch_size
-    iters = total_iterations(c.budget, c.budget_value, c.batch_size, spe, c.rule_b0, c.rule_e0)
-    return iters, len(evaluation_iterations(iters, spe, c.eval_every_epochs, c.min_evals))
-
-
-def _interp_loglog(points: dict[int, float], b: int) -> float:
-    """Interpolate y(B) linearly in log-log between measured batch sizes; beyond them, continue
-    the nearest segment's slope (one point: y proportional to B)."""
-    xs = sorted(points)
-    if len(xs) == 1:
-        return points[xs[0]] * b / xs[0]
-    lx = math.log(b)
-    i = 1
-    while i < len(xs) - 1 and math.log(xs[i]) < lx:
-        i += 1
-    x0, x1 = xs[i - 1], xs[i]
-    y0, y1 = math.log(points[x0]), math.log(points[x1])
-    slope = (y1 - y0) / (math.log(x1) - math.log(x0))
-    return math.exp(y0 + slope * (lx - math.log(x0)))
-
-
-class Predictor:
-    """Predicted seconds (and peak GPU bytes) of a run: iterations x the bench's amortized step
-    time at its batch size x the measured slowdown of `sharing` runs on one device, plus its
-    evaluations and a fixed overhead; without a bench, the spec's throughput model. Finished
-    runs correct it: predictions are scaled by the median of actual/predicted so far."""
-
-    def __init__(self, study: Study, sharing: int, bench: dict | None = None):
-        self.study, self.sharing, self.bench = study, sharing, bench
-        self.ratios: list[float] = []
-        self.step_s: dict[str, dict[int, float]] = {}
-        self.peak: dict[str, dict[int, float]] = {}
-        self.slowdown: dict[str, float] = {}
-        if bench:
-            from kfaclab.sweep.throughput import slowdown
-
-            for row in bench.get("step_times", []):
-                for r in row["results"]:
-                    self.step_s.setdefault(r["optimizer"], {})[row["batch_size"]] = r["amortized_step_s"]
-                    if r.get("peak_memory_bytes"):
-                        self.peak.setdefault(r["optimizer"], {})[row["batch_size"]] = r["peak_memory_bytes"]
-            tp = bench.get("throughput")
-            for opt in self.step_s:
-                self.slowdown[opt] = slowdown(tp, opt, sharing) if tp else float(sharing)
-
-    def base(self, run: Run) -> float | None:
-        iters, evals = run_iterations(run)
-        c = run.config
-        steps = self.step_s.get(c.optimizer)
-        if steps:
-            step = _interp_loglog(steps, c.batch_size)
-            # An evaluation pass: forward only over the test split, about a third of an SGD step
-            # per example at the largest batch measured.
-            sgd = self.step_s.get("sgd", steps)
-            b_max = max(sgd)
-            n_test = c.test_subset or 10000
-            evaluation = n_test / b_max * sgd[b_max] / 3
-            return (iters * step + evals * evaluation) * self.slowdown.get(c.optimizer, self.sharing) \
-                + STEP_OVERHEAD_S
-        tp = self.study.throughput
-        if tp and c.optimizer in tp["epochs_per_second"]:
-            n_train = c.train_subset or TRAIN_SIZES.get(c.dataset, 1)
-            epochs = iters * c.batch_size / n_train
-            return epochs * tp["runs_sharing"] / tp["epochs_per_second"][c.optimizer] + STEP_OVERHEAD_S
-        return None
-
-    def correction(self) -> float:
-        return min(4.0, max(0.25, statistics.median(self.ratios))) if self.ratios else 1.0
-
-    def __call__(self, run: Run) -> float:
-        base = self.base(run)
-        return (base if base is not None else STEP_OVERHEAD_S) * self.correction()
-
-    def observe(self, run: Run, seconds: float) -> None:
-        base = self.base(run)
-        if base:
-            self.ratios.append(seconds / base)
-
-    def memory(self, run: Run) -> float:
-        """Predicted peak device bytes of the run's process (0 where unmeasured: CPU)."""
-        peaks = self.peak.get(run.config.optimizer)
-        if not peaks:
-            return 0.0
-        xs = sorted(peaks)
-        b = run.config.batch_size
-        if len(xs) == 1:
-            own = peaks[xs[0]] * b / xs[0]
-        else:  # linear in the batch size through the two nearest measured points
-            x0, x1 = (xs[-2], xs[-1]) if b >= xs[-1] else next((xs[i], xs[i + 1]) for i in range(len(xs) - 1)
-                                                                   if b <= xs[i + 1])
-            own = peaks[x0] + (peaks[x1] - peaks[x0]) * (b - x0) / (x1 - x0)
-        return max(own, 0.0) + CONTEXT_BYTES
-
-
-# ------------------------------------------------------------------------------ what is left
-
-WINDOW_RUN_S = 400.0  # seconds of runs in one borrowed-GPU window: scripts/gpu-harvest.sh's 480 s
 # deadline less the smoke check (at most 60 s) and decoding the data
-
-
-def study_bench(study: Study) -> dict | None:
-    """The study's newest harvest bench (runs/<study>/bench/), or None."""
-    newest = None
-    for p in sorted((study.directory / "bench").glob("*.json")):
-        try:
-            b = json.loads(p.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(b, dict) and b.get("kind") == "kfaclab.harvest-bench" and b.get("step_times"):
-            if newest is None or str(b.get("created", "")) >= str(newest.get("created", "")):
-                newest = b
-    return newest
-
-
-def _wall_seconds(record: dict) -> float | None:
-    """A finished run's wall time from its record's timestamps; where they cannot tell (records
-    written with whole seconds), its training and evaluation seconds."""
-    try:
-        wall = (datetime.fromisoformat(record["finished_at"]) - datetime.fromisoformat(record["started_at"])
-                ).total_seconds()
-    except (KeyError, TypeError, ValueError):
-        wall = None
-    if wall and wall > 0:
-        return wall
-    final = record.get("final") or {}
-    inside = (final.get("seconds") or 0.0) + (final.get("eval_seconds") or 0.0)
-    return inside or None
-
-
-def remaining_estimate(study: Study, pending: list[Run], sharing: int | None = None,
-                       window_s: float = WINDOW_RUN_S) -> str | None:
-    """What the pending runs cost on the device of the study's harvest bench, by the model the
-    harvest schedules with (Predictor: the bench's amortized steps and measured slowdown of runs
-    sharing the device), corrected by the study's finished runs (their wall time against the
-    prediction), in minutes and in borrowed-GPU windows. None without a bench."""
-    bench = study_bench(study)
-    if bench is None:
-        return None
-    if sharing is None:
-        sharing = (study.throughput or {}).get("runs_sharing") or max(
-            [r["runs"] for r in ((bench.get("throughput") or {}).get("rows") or [])], default=1)
-    predict = Predictor(study, sharing, bench)
-    observed = 0
-    for r in study.runs:
-        if run_state(study.directory, r) != "done":
-            continue
-        try:
-            rec = json.loads((study.directory / f"{r.name}.json").read_text())
-        except (OSError, ValueError):
-            continue
-        wall = _wall_seconds(rec)
-        if wall and wall > 0:
-            predict.observe(r, wall)
-            observed += 1
-    total = sum(predict(r) for r in pending) / sharing
-    env = bench.get("environment") or {}
-    device = env.get("gpu") or (f"{env['cpu']} CPU" if env.get("cpu") else "the bench's device")
-    corrected = (f", corrected by {observed} finished run{'s' if observed != 1 else ''} (x{predict.correction():.2f})"
-                 if observed else ", not yet corrected by finished runs")
-    together = "one run at a time" if sharing == 1 else f"{sharing} runs sharing it"
-    return (f"estimated time: {total / 60:.1f} min on {device} with {together}, from the study's "
-            f"bench of {str(bench.get('created', '?'))[:10]} (amortized steps and measured slowdown of runs sharing "
-            f"the device){corrected}: about {math.ceil(total / window_s) if total else 0} borrowed-GPU window(s) of "
-            f"{window_s:.0f} s of runs")
-
-
-# ------------------------------------------------------------------------------ archive
-
-def spec_digest(study: Study) -> str:
-    return hashlib.sha256(study.path.read_bytes()).hexdigest()
-
-
-def run_files(directory: Path, run: Run) -> list[Path]:
-    """What a finished run left: its notebook (when there is one), its record or failure marker."""
-    out = []
-    for suffix in (".ipynb", ".json", ".failed.json"):
-        p = directory / f"{run.name}{suffix}"
-        if p.exists():
-            out.append(p)
-    return out
-
-
-def pack(path: Path, study: Study, stage: Path, finished: list[tuple[Run, str]], bench_file: Path | None,
-         environment: dict) -> None:
-    """Write the archive (atomically): every finished run's files under <study>/, the bench
-    under bench/, and manifest.json with each file's sha256."""
-    entries, runs = [], []
-    for run, status in finished:
-        files = {}
-        for p in run_files(stage, run):
-            data = p.read_bytes()
-            files[p.name] = hashlib.sha256(data).hexdigest()
-            entries.append((f"{study.name}/{p.name}", data))
-        runs.append({"name": run.name, "run_id": run.run_id, "status": status, "files": files})
-    bench = None
-    if bench_file is not None and bench_file.exists():
-        data = bench_file.read_bytes()
-        bench = {"file": f"bench/{bench_file.name}", "sha256": hashlib.sha256(data).hexdigest()}
-        entries.append((bench["file"], data))
-    manifest = {"kind": ARCHIVE_KIND, "version": ARCHIVE_VERSION, "study": study.name,
-                "spec_sha256": spec_digest(study), "created": _now(), "environment": environment,
-                "runs": runs, "bench": bench}
-    entries.append(("manifest.json", (json.dumps(manifest, indent=1) + "\n").encode()))
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in entries:
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(data), int(time.time()), 0o644
-            tar.addfile(info, io.BytesIO(data))
-    write_bytes_atomic(path, buf.getvalue())
 
 
 # ------------------------------------------------------------------------------ the harvest
@@ -378,7 +109,7 @@ class Harvest:
         self.device = self.study.runs[0].config.device
         self.lock = threading.Lock()
         self.report = {"kind": "kfaclab.harvest-report", "study": self.study.name, "spec": str(self.study.path),
-                       "started_at": _now(), "deadline_s": o.deadline_s, "slots": len(self.slots),
+                       "started_at": now(), "deadline_s": o.deadline_s, "slots": len(self.slots),
                        "phases": {}, "status": "running"}
 
     # -------------------------------------------------------------------- helpers
@@ -417,7 +148,7 @@ class Harvest:
         check_writable_folder(o.out, "the harvest", "give --out a writable folder")
         self.stage.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(self.study.path, self.stage / "study.yaml")
-        _clean_partials(self.stage)
+        clean_partials(self.stage)
         staged = load_grown(self.stage / "study.yaml")
         # Bracketing runs come after the spec's own, grown from records the stage has not got.
         if [r.run_id for r in staged.runs] != [r.run_id for r in self.study.runs[:len(staged.runs)]]:
@@ -448,7 +179,7 @@ class Harvest:
             self._phase("runs", t0)
         except KeyboardInterrupt:
             self.report["status"] = "interrupted (what finished before is in the archive)"
-            self.report["finished_at"] = _now()
+            self.report["finished_at"] = now()
             self.write_report()
             self.say("interrupted; the archive holds every run that finished")
             return 130
@@ -458,7 +189,7 @@ class Harvest:
             restore_signals(previous)
         stopped = self.report["runs"].get("stopped")
         self.report["status"] = f"stopped: {stopped}" if stopped else "finished"
-        self.report["finished_at"] = _now()
+        self.report["finished_at"] = now()
         self.write_report()
         return 1 if stopped else 0
 
@@ -491,7 +222,8 @@ class Harvest:
         checks = run_checks(device)
         self.report["smoke"] = {"device": device, "checks": [c.to_dict() for c in checks], "runs": []}
         for c in checks:
-            self.say(f"check {c.name}: {'ok' if c.ok else 'FAILED'} (error {c.error:.2g} <= {c.tolerance:g}?) {c.detail}")
+            self.say(f"check {c.name}: {'ok' if c.ok else 'FAILED'} (error {c.error:.2g} <= {c.tolerance:g}?) "
+                     f"{c.detail}")
         self._with_watchdog(threads, stopping, limit_at)
         for out in outcomes:
             self.report["smoke"]["runs"].append({"name": out.run.name, "status": out.status,
@@ -570,7 +302,7 @@ class Harvest:
         result = run_harvest_bench(self.study, o.bench_batch_sizes, o.bench_steps, self.slots,
                                    o.throughput_runs, o.throughput_seconds, self.say)
         result["environment"] = self.env
-        _release_device_memory()  # the bench's cached blocks belong to the runs now
+        release_device_memory()  # the bench's cached blocks belong to the runs now
         write_atomic(self.bench_file, result)
         self._phase("bench", t0)
         self.report["bench"] = {"ran": True, "file": self.bench_file.name, "summary": bench_summary(result)}
@@ -593,11 +325,13 @@ class Harvest:
         order = teaching_order(self.study, pending, predict)
         budget = self._memory_budget()
         in_flight: dict[str, float] = {}
-        runs_report = {"settled_before": len(settled), "pending_at_start": len(pending), "order": [r.name for r in order],
+        runs_report = {"settled_before": len(settled), "pending_at_start": len(pending),
+                       "order": [r.name for r in order],
                        "finished": [], "interrupted": [], "predicted_total_s": round(sum(predict(r) for r in order), 1),
                        "memory_budget_bytes": budget}
         self.report["runs"] = runs_report
-        self.say(f"runs: {len(settled)} done (or failed) before, {len(pending)} pending; predicted {runs_report['predicted_total_s']:.0f}s "
+        self.say(f"runs: {len(settled)} done (or failed) before, {len(pending)} pending; predicted "
+                 f"{runs_report['predicted_total_s']:.0f}s "
                  f"of work on {len(self.slots)} slot(s); {self.deadline_at - o.clock():.0f}s left")
         if self.finished:
             self._pack()
@@ -699,86 +433,11 @@ class Harvest:
              self.bench_file if self.bench_file.exists() else None, self.env)
 
 
-def _release_device_memory():
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 def _status(directory: Path, run: Run) -> str:
     try:
         return json.loads((directory / f"{run.name}.json").read_text())["status"]
     except (OSError, ValueError, KeyError):
         return "failed"
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-# ------------------------------------------------------------------------------ the bench
-
-def run_harvest_bench(study: Study, batch_sizes, steps: int, slots, throughput_runs, throughput_seconds,
-                      say=print) -> dict:
-    """Amortized step times per optimizer of the study at each batch size (one process, the
-    device alone), then the aggregate throughput of N runs sharing it."""
-    from kfaclab.bench import run_bench
-    from kfaclab.sweep.throughput import measure
-
-    firsts = {}
-    for r in study.runs:
-        if r.config.optimizer not in ("trcg", "strcg"):  # a trust region has no comparable step
-            firsts.setdefault(r.config.optimizer, r)
-    if not firsts:
-        raise UsageError(f"{study.path}: the bench times optimizers with a training step (sgd, kfac); "
-                         "the study has none: run it with --bench never")
-    base = next(iter(firsts.values())).config
-    n_train = base.train_subset or TRAIN_SIZES.get(base.dataset, 0)
-    sizes = [b for b in batch_sizes if b <= n_train] or [min(r.config.batch_size for r in study.runs)]
-    hparams = {}
-    for r in firsts.values():
-        hparams.update(r.config.hparams)
-    step_times, env = [], None
-    for b in sizes:
-        cfg = dataclasses.replace(base, batch_size=b, hparams=hparams)
-        say(f"bench: batch {b}, {', '.join(firsts)}, {steps} steps each")
-        result = run_bench(cfg, list(firsts), steps=5, warmup=5, rounds=1, amortize=steps, amortize_rounds=1,
-                           progress=False)
-        step_times.append({"batch_size": b, "results": result["results"]})
-        env = result.get("environment")
-    n_sharing = len(slots) if not any(slots) else sum(1 for s in slots if s == slots[0])
-    result = {"kind": "kfaclab.harvest-bench", "study": study.name, "created": _now(), "amortized_steps": steps,
-              "model": base.model, "environment": env, "step_times": step_times, "throughput": None}
-    if n_sharing < 2:
-        return result  # one run at a time: nothing shares the device
-    counts = sorted({n for n in list(throughput_runs) + [n_sharing] if 2 <= n <= n_sharing})
-    smallest = min(r.config.batch_size for r in study.runs)
-    configs = []
-    names = list(firsts)
-    for i in range(max(counts + [1])):
-        r = firsts[names[i % len(names)]]
-        configs.append(dataclasses.replace(r.config, batch_size=smallest, output=None).to_dict())
-    say(f"throughput: {', '.join(names)} alone, then {', '.join(map(str, counts)) or 'no'} runs sharing the device, "
-        f"batch {smallest}, {throughput_seconds:g}s each")
-    env = {"CUDA_VISIBLE_DEVICES": slots[0]} if slots and slots[0] is not None else None
-    result["throughput"] = measure(configs, counts, throughput_seconds, env)
-    return result
-
-
-def bench_summary(b: dict) -> list[str]:
-    lines = []
-    for row in b.get("step_times", []):
-        res = {r["optimizer"]: r for r in row["results"]}
-        parts = [f"{o} {1e3 * r['amortized_step_s']:.1f} ms" for o, r in res.items()]
-        if "sgd" in res and "kfac" in res:
-            parts.append(f"kfac/sgd {res['kfac']['amortized_step_s'] / res['sgd']['amortized_step_s']:.2f}x")
-        lines.append(f"batch {row['batch_size']}: " + ", ".join(parts))
-    tp = b.get("throughput") or {}
-    for row in tp.get("alone", []) + tp.get("rows", []):
-        lines.append(f"{row['runs']} run(s) sharing: {row['epochs_per_s']:.3g} epochs/s in all "
-                     f"({', '.join(sorted({p['optimizer'] for p in row['per_run']}))})")
-    return lines
 
 
 def harvest(spec: str | Path, opts: Options) -> int:

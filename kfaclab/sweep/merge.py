@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kfaclab.errors import UsageError
-from kfaclab.sweep.harvest import ARCHIVE_KIND, ARCHIVE_VERSION
-from kfaclab.sweep.runner import run_state
-from kfaclab.sweep.lock import study_lock
+from kfaclab.sweep.archive import ARCHIVE_KIND, ARCHIVE_VERSION
 from kfaclab.sweep.bracket import load_grown
+from kfaclab.sweep.lock import study_lock
+from kfaclab.sweep.state import run_state
 from kfaclab.train.config import RunConfig
 from kfaclab.train.record import validate_record, write_bytes_atomic
 

@@ -35,10 +35,12 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from kfaclab.errors import UsageError
-from kfaclab.sweep.runner import (Summary, _clean_partials, in_rounds, catch_interrupts, check_study_writable, notebook_parameters, plan_runs,
-                                  read_outcome, restore_signals, template_path)
+from kfaclab.interrupts import catch_interrupts, restore_signals
 from kfaclab.sweep.lock import study_lock
+from kfaclab.sweep.runner import Summary, check_study_writable, in_rounds
 from kfaclab.sweep.spec import Run, Study
+from kfaclab.sweep.state import clean_partials, plan_runs
+from kfaclab.sweep.worker import notebook_parameters, read_outcome, template_path
 from kfaclab.train.record import write_bytes_atomic
 
 # Location parameters a spec may give relative to its folder (they do not enter run ids).
@@ -110,7 +112,8 @@ def store_files(directory: Path, run: Run, files: dict) -> None:
 
 
 def sweep_ray(study: Study, address: str | None = None, cpus_per_run: float = 1.0,
-              gpus_per_run: float | None = None, runs_per_gpu: int = 1, threads: int | None = None, retry_failed: bool = False,
+              gpus_per_run: float | None = None, runs_per_gpu: int = 1, threads: int | None = None,
+              retry_failed: bool = False,
               only: str | None = None, limit: int | None = None, progress: bool = True,
               num_cpus: int | None = None) -> Summary:
     ray = import_ray()
@@ -122,7 +125,7 @@ def sweep_ray(study: Study, address: str | None = None, cpus_per_run: float = 1.
 
 def _sweep_ray(ray, study, address, cpus_per_run, gpus_per_run, runs_per_gpu, threads, retry_failed, only, limit,
                progress, num_cpus) -> Summary:
-    _clean_partials(study.directory)
+    clean_partials(study.directory)
     pending, done, failed = plan_runs(study, retry_failed, only, limit)
     summary = Summary(skipped_done=done, skipped_failed=failed)
     if not pending:
@@ -175,4 +178,3 @@ def _sweep_ray(ray, study, address, cpus_per_run, gpus_per_run, runs_per_gpu, th
         if started_here:
             ray.shutdown()
     return summary
-

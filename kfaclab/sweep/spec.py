@@ -241,7 +241,7 @@ class RunList(Sequence):
         for i in range(len(self)):
             yield self[i]
 
-    def __add__(self, more) -> "RunList":
+    def __add__(self, more) -> RunList:
         return RunList(self.recipe, self.extra + tuple(more))
 
     def check_axes(self) -> None:
@@ -427,4 +427,3 @@ def cost_estimate(study: Study, steps_per_epoch) -> dict:
         iters += n
         examples += n * c.batch_size
     return {"runs": len(study.runs), "iterations": iters, "examples": examples}
-

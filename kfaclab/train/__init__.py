@@ -1,6 +1,11 @@
 """The budget-aware training loop and what it records."""
 
-from kfaclab.train.budget import BUDGET_KINDS, evaluation_iterations, stopping_rule_epochs, total_iterations
+from kfaclab.train.budget import (
+    BUDGET_KINDS,
+    evaluation_iterations,
+    stopping_rule_epochs,
+    total_iterations,
+)
 from kfaclab.train.config import RunConfig
 from kfaclab.train.loop import evaluate, make_loaders, plan, resolve_device, train
 from kfaclab.train.record import SCHEMA_VERSION, validate_record, write_atomic

@@ -11,6 +11,8 @@ import math
 from kfaclab.errors import UsageError
 
 BUDGET_KINDS = ("epochs", "iterations", "examples", "rule")
+# Training-set sizes of the datasets, for budgets computed before a run loads its data.
+TRAIN_SIZES = {"cifar10": 50000, "cifar10-jpeg": 50000, "svhn": 73257, "synthetic": 5000}
 
 
 def stopping_rule_epochs(batch_size: int, b0: int = 128, e0: float = 100.0) -> float:
@@ -27,7 +29,8 @@ def rule_ratios(batch_sizes, rule: dict, reference: dict) -> dict[int, float]:
     """How many times more epochs the `reference` stopping rule (e.g. the paper's B0 = 128,
     E0 = 100) gives than `rule` (dicts with b0 and e0), at each batch size both rules define.
     With different B0 the ratio changes with the batch size, so prose quotes its range."""
-    return {int(b): stopping_rule_epochs(b, reference["b0"], reference["e0"]) / stopping_rule_epochs(b, rule["b0"], rule["e0"])
+    return {int(b): stopping_rule_epochs(b, reference["b0"], reference["e0"])
+            / stopping_rule_epochs(b, rule["b0"], rule["e0"])
             for b in batch_sizes if b >= rule["b0"] and b >= reference["b0"]}
 
 
@@ -50,7 +53,8 @@ def total_iterations(kind: str, value: float | None, batch_size: int, steps_per_
     return max(1, math.ceil(value / batch_size))  # examples
 
 
-def evaluation_iterations(total: int, steps_per_epoch: int, every_epochs: float = 1.0, min_evals: int = 20) -> list[int]:
+def evaluation_iterations(total: int, steps_per_epoch: int, every_epochs: float = 1.0,
+                          min_evals: int = 20) -> list[int]:
     """When to evaluate: at 0, at least every `every_epochs` epochs, at least `min_evals` times
     (so a large-batch run with few iterations still has a curve), and at the end."""
     period = max(1, min(int(steps_per_epoch * every_epochs), total // max(1, min_evals)))
@@ -58,3 +62,14 @@ def evaluation_iterations(total: int, steps_per_epoch: int, every_epochs: float 
     if points[-1] != total:
         points.append(total)
     return points
+
+
+def run_iterations(config) -> tuple[int, int]:
+    """(iterations, evaluations) a run of this RunConfig will take, from the dataset's size."""
+    n_train = config.train_subset or TRAIN_SIZES.get(config.dataset)
+    if n_train is None:
+        return 0, 0
+    spe = n_train // config.batch_size
+    iters = total_iterations(config.budget, config.budget_value, config.batch_size, spe, config.rule_b0,
+                             config.rule_e0)
+    return iters, len(evaluation_iterations(iters, spe, config.eval_every_epochs, config.min_evals))

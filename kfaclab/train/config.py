@@ -14,11 +14,12 @@ from dataclasses import dataclass, field
 from kfaclab.errors import UsageError
 from kfaclab.train.adaptive import resolve_options
 from kfaclab.train.budget import BUDGET_KINDS
+from kfaclab.train.schedule import LR_DECAYS, LR_SCALINGS
+
 # (training, test) images of the datasets known by name, to check subsets and batch sizes before
 # any run (kfaclab.data.integrity checks the decoded data against the same counts).
 DATASET_SIZES = {"cifar10": (50000, 10000), "cifar10-jpeg": (50000, 10000), "svhn": (73257, 26032),
                  "synthetic": (5000, 1000)}
-from kfaclab.train.schedule import LR_DECAYS, LR_SCALINGS
 
 # Fields that say where things are, not what is computed: left out of the run id.
 LOCATION_FIELDS = ("output", "cache_dir", "data_root", "data_archive", "download")
@@ -83,7 +84,7 @@ class RunConfig:
     output: str | None = None
 
     @classmethod
-    def from_dict(cls, d: dict, where: str = "config") -> "RunConfig":
+    def from_dict(cls, d: dict, where: str = "config") -> RunConfig:
         """Build from plain data (a spec, a notebook's parameters); unknown keys and wrong
         types are errors naming the key, never silently ignored."""
         names = {f.name for f in dataclasses.fields(cls)}
@@ -194,13 +195,13 @@ class RunConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _type_hints(cls) -> dict:
     """The dataclass's resolved annotations, once (resolving them compiles each annotation)."""
     return typing.get_type_hints(cls)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _field_names(cls) -> tuple:
     return tuple(f.name for f in dataclasses.fields(cls))
 

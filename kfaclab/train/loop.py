@@ -10,7 +10,7 @@ import itertools
 import math
 import time
 from collections import OrderedDict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import torch
 import torch.nn.functional as F
@@ -19,14 +19,28 @@ from tqdm.auto import tqdm
 from kfaclab.data import DeviceLoader, load_dataset
 from kfaclab.data.loader import downsample
 from kfaclab.data.split import Dataset, Split
-from kfaclab.distributed import SINGLE, Context, all_reduce_sum, device_for, shard_bounds
+from kfaclab.distributed import (
+    SINGLE,
+    Context,
+    all_reduce_sum,
+    device_for,
+    shard_bounds,
+)
 from kfaclab.errors import UsageError
-from kfaclab.models import build_model, count_parameters
-from kfaclab.optim import build_optimizer, hyperparameters_for_run, resolve_hyperparameters
-from kfaclab.train import record as rec
 from kfaclab.hessian import fixed_batch, top_eigenvalue
+from kfaclab.models import build_model, count_parameters
+from kfaclab.optim import (
+    build_optimizer,
+    hyperparameters_for_run,
+    resolve_hyperparameters,
+)
+from kfaclab.train import record as rec
 from kfaclab.train.adaptive import resolve_options, run_adaptive
-from kfaclab.train.budget import evaluation_iterations, stopping_rule_epochs, total_iterations
+from kfaclab.train.budget import (
+    evaluation_iterations,
+    stopping_rule_epochs,
+    total_iterations,
+)
 from kfaclab.train.config import RunConfig
 from kfaclab.train.noise_scale import NOISE_EPOCH_OFFSET
 from kfaclab.train.noise_scale import measure as measure_noise
@@ -195,7 +209,8 @@ def train(cfg: RunConfig, *, dataset: Dataset | None = None, progress: bool = Tr
                               cfg.lr_milestones, cfg.lr_gamma)
     resolved = {
         **p, "train_examples": train_loader.num_examples,
-        "test_examples": int(all_reduce_sum([test_loader.num_examples], ctx, device)[0]), "input_shape": list(train_loader.input_shape),
+        "test_examples": int(all_reduce_sum([test_loader.num_examples], ctx, device)[0]),
+        "input_shape": list(train_loader.input_shape),
         "num_classes": ds.num_classes, "num_parameters": count_parameters(model), "device": str(device),
         "dataset_source": ds.source, "world_size": ctx.world_size,
     }
@@ -389,4 +404,4 @@ def _sync(device):
 def _now() -> str:
     # Milliseconds: a run's wall time (finished_at - started_at) is read back, and short runs
     # would otherwise measure 0 s.
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+    return datetime.now(UTC).isoformat(timespec="milliseconds")

@@ -53,7 +53,8 @@ TARGET_ENTRY = {
 RESOLVED = {
     "iterations": int, "epochs": NUM, "examples": int, "steps_per_epoch": int, "peak_lr": OPT_NUM,
     "warmup_iterations": int, "evaluation_iterations": list, "train_examples": int, "test_examples": int,
-    "input_shape": list, "num_classes": int, "num_parameters": int, "hparams": dict, "device": str, "rule_epochs": OPT_NUM, "dataset_source": str,
+    "input_shape": list, "num_classes": int, "num_parameters": int, "hparams": dict, "device": str,
+    "rule_epochs": OPT_NUM, "dataset_source": str,
 }
 
 

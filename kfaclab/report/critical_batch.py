@@ -1,0 +1,70 @@
+"""The critical-batch tables: S(B) = S_min (1 + B_crit / B) fitted per optimizer, with bootstrap
+intervals, in a table and in words."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from IPython.display import Markdown
+
+from kfaclab.report.study import name
+from kfaclab.results import (
+    critical_batch_size,
+)
+from kfaclab.results.study import StudyResults, complete_cells
+
+
+def fit_table(study: StudyResults, n_boot: int = 200) -> pd.DataFrame:
+    """McCandlish et al.'s S(B) = S_min (1 + B_crit / B) per optimizer and target, fitted to the
+    batch sizes whose grids have finished, with its bootstrap interval over grid points and
+    whether B_crit is identified (inside the batch sizes measured, not at the search's edge)."""
+    done = complete_cells(study)
+    fits = []
+    for opt in study.optimizers():
+        for target in study.targets:
+            try:
+                f = critical_batch_size(done, opt, target, n_boot=n_boot)
+            except ValueError as e:
+                fits.append({"optimizer": opt, "target": target, "identified": False, "note": str(e)})
+                continue
+            lo, hi = f["b_crit_interval"]
+            measured = max(f["batch_sizes"]) if f["batch_sizes"] else 0
+            note = ("not identified: B_crit at the edge of the search" if f["at_edge"] else
+                    "not identified: B_crit beyond the largest batch size measured" if f["b_crit"] > measured else
+                    "")
+            fits.append({"optimizer": opt, "target": target, "B_crit": f["b_crit"],
+                         "68% interval": f"{lo:,.0f}-{hi:,.0f}", "S_min (iterations)": f["s_min"],
+                         "E_min (examples)": f["e_min"], "RMS log residual": f["rms_log_residual"],
+                         "identified": not note, "note": note})
+    return pd.DataFrame(fits).set_index(["optimizer", "target"])
+
+
+def fit_view(fits: pd.DataFrame):
+    return fits.drop(columns="identified").style.format(
+        {"B_crit": "{:,.0f}", "S_min (iterations)": "{:,.0f}", "E_min (examples)": "{:,.0f}",
+         "RMS log residual": "{:.2f}"}, na_rep="-").format_index("{:.0%}", level=1)
+
+
+def b_crit_lines(study: StudyResults, fits: pd.DataFrame) -> Markdown:
+    """Per target, the identified critical batch sizes and each optimizer's over SGD's."""
+    lines = []
+    for target in study.targets:
+        have = [o for o in ("sgd", "adam", "kfac") if (o, target) in fits.index and "B_crit" in fits
+                and np.isfinite(fits.loc[(o, target), "B_crit"])]
+        if "sgd" not in have or len(have) < 2:
+            lines.append(f"- at {target:.0%}: no fit for SGD and another optimizer (a target not reached at 3 or more "
+                         "finished batch sizes);")
+            continue
+        ok = {o: bool(fits.loc[(o, target), "identified"]) for o in have}
+        b = {o: fits.loc[(o, target), "B_crit"] for o in have}
+        found = ", ".join(f"{name(o)} {b[o]:,.0f}" for o in have if ok[o])
+        ratios = "; ".join(f"{name(o)} over SGD {b[o] / b['sgd']:.2f}" for o in have
+                           if o != "sgd" and ok[o] and ok["sgd"])
+        text = f"- at {target:.0%}: {found or 'none identified'}"
+        if ratios:
+            text += f" (ratios: {ratios})"
+        missing = [name(o) for o in have if not ok[o]]
+        if missing:
+            text += f"; not identified for {' and '.join(missing)} (B_crit beyond the batch sizes measured)"
+        lines.append(text + ";")
+    return Markdown(f"Fitted critical batch sizes in the `{study.name}` study:\n\n" + "\n".join(lines))
