@@ -11,8 +11,11 @@ path, and compares
   tables, Markdown, and the Vega-Lite specs of the charts (data included), and
 - every CSV table the book ships (`_static/data/*.csv`).
 
-Only what is volatile by nature is normalised away: the random element ids Altair gives each
-chart, object addresses, and the worktree's own path. Everything else must match exactly.
+Only what is volatile by nature is normalised away: the random element ids that Altair, pandas'
+Styler and kfaclab's own chart renderer give each element, object addresses, the worktree's own
+path, and the wall-clock seconds of the one run the book trains while it builds (the run-record
+chapter: its record's `seconds` fields and its table's `seconds` column). Everything else must
+match exactly.
 
     python scripts/compare-book.py BEFORE [AFTER]     AFTER defaults to the working tree's HEAD
     python scripts/compare-book.py --outputs DIR_A DIR_B   compare two finished builds
@@ -40,9 +43,40 @@ CACHE = Path(tempfile.gettempdir()) / "kfaclab-compare-book"
 # What differs between two builds of the same book for reasons that are not the book's content.
 VOLATILE = (
     (re.compile(r"altair-viz-[0-9a-f]+"), "altair-viz-ID"),  # Altair's random element id
+    (re.compile(r"kfaclab-chart-[0-9a-f]{12}"), "kfaclab-chart-ID"),  # plots.vega's random element id
+    (re.compile(r"\bT_[0-9a-f]{5}(?=[_\"])"), "T_ID"),  # a pandas Styler's random table id
     (re.compile(r"\bview_[0-9]+\b"), "view_N"),  # Vega's per-process view counter
     (re.compile(r"0x[0-9a-f]{6,}"), "0xADDR"),  # object addresses in reprs
 )
+
+
+# Wall-clock seconds measured while the book builds (the run-record chapter trains a run).
+CLOCK_FIELDS = re.compile(r'("(?:eval_)?seconds": )-?[0-9.]+(?:e-?[0-9]+)?')
+CLOCK_COLUMN = "seconds"
+
+
+def _mask_clock_columns(html: str) -> str:
+    """In each HTML table, the cells of a column headed exactly `seconds` become S."""
+    def table(match):
+        text = match.group(0)
+        head = re.search(r"<thead>(.*?)</thead>", text, re.S)
+        if not head:
+            return text
+        headers = [re.sub(r"<[^>]+>", "", h).strip() for h in re.findall(r"<th[^>]*>(.*?)</th>", head.group(1), re.S)]
+        if CLOCK_COLUMN not in headers:
+            return text
+        column = headers.index(CLOCK_COLUMN)
+
+        def row(m):
+            cells = re.findall(r"<t[hd][^>]*>.*?</t[hd]>", m.group(0), re.S)
+            if len(cells) != len(headers):
+                return m.group(0)
+            cells[column] = re.sub(r">.*?<", ">S<", cells[column], count=1, flags=re.S)
+            return "<tr>" + "".join(cells) + "</tr>"
+
+        body = re.sub(r"<tr>.*?</tr>", row, text.split("</thead>", 1)[1], flags=re.S)
+        return text.split("</thead>", 1)[0] + "</thead>" + body
+    return re.sub(r"<table.*?</table>", table, html, flags=re.S)
 
 
 def normalise(text: str, root: str | None = None) -> str:
@@ -50,7 +84,8 @@ def normalise(text: str, root: str | None = None) -> str:
         text = text.replace(root, "<ROOT>")
     for pattern, replacement in VOLATILE:
         text = pattern.sub(replacement, text)
-    return text
+    text = CLOCK_FIELDS.sub(r"\1S", text)
+    return _mask_clock_columns(text)
 
 
 def _text(value) -> str:
@@ -75,7 +110,10 @@ def notebook_outputs(path: Path, root: str | None = None) -> list[str]:
             elif kind == "error":
                 items.append(f"[cell {index} error] {output['ename']}: {output['evalue']}")
             else:
-                for mime, value in sorted(output.get("data", {}).items()):
+                data = dict(output.get("data", {}))
+                if "text/html" in data:  # what the book shows; the plain text is the same table's fallback
+                    data.pop("text/plain", None)
+                for mime, value in sorted(data.items()):
                     items.append(f"[cell {index} {mime}]\n" + normalise(_text(value), root))
     return items
 
@@ -87,8 +125,8 @@ def compare_builds(before: Path, after: Path, roots: tuple[str | None, str | Non
         ("chapter", "jupyter_execute/book/*.ipynb", notebook_outputs),
         ("table", "data-static/data/*.csv", lambda p, root: [normalise(p.read_text(), root)]),
     ):
-        a = {p.relative_to(before): p for p in before.glob(pattern)}
-        b = {p.relative_to(after): p for p in after.glob(pattern)}
+        a = {p.name: p for p in before.glob(pattern)}
+        b = {p.name: p for p in after.glob(pattern)}
         if not a and not b:
             problems.append(f"no {kind}s found in either build ({pattern})")
         for name in sorted(a.keys() - b.keys()):
