@@ -1,4 +1,4 @@
-"""Models by name: CIFAR ResNet-20/32/56, the AlexNet-like C1 net, and MLPs.
+"""Models by name: CIFAR ResNets of any depth 6n+2 and width, the AlexNet-like C1 net, and MLPs.
 
 `build_model(name, input_shape, num_classes)`; the input shape and class count come from
 the dataset, so one name works at any resolution.
@@ -7,6 +7,7 @@ the dataset, so one name works at any resolution.
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 import torch.nn as nn
@@ -14,7 +15,10 @@ import torch.nn.functional as F
 
 from kfaclab.errors import UsageError
 
-MODELS = ("resnet20", "resnet32", "resnet56", "c1", "mlp", "mlp:W1,W2,...")
+MODELS = ("resnet20", "resnet32", "resnet56", "resnetD (D = 6n+2: resnet8, resnet14, ...)",
+          "resnetDxK (K times the channels, e.g. resnet14x0.5)", "c1", "mlp", "mlp:W1,W2,...")
+# resnet<depth>, or resnet<depth>x<width multiplier>: e.g. resnet8, resnet20, resnet14x2, resnet20x0.5
+RESNET = re.compile(r"resnet(\d+)(?:x(\d+(?:\.\d+)?|\.\d+))?")
 
 
 # --------------------------------------------------------------------------- CIFAR ResNet
@@ -45,23 +49,29 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class CifarResNet(nn.Module):
-    """ResNet-(6n+2) for 32x32 images: 3 stages of n blocks with 16/32/64 channels."""
+def resnet_widths(width: float) -> tuple[int, int, int]:
+    """The three stages' channels of a CIFAR ResNet `width` times as wide as He et al.'s 16/32/64."""
+    return tuple(max(1, round(c * width)) for c in (16, 32, 64))
 
-    def __init__(self, depth: int, in_channels: int = 3, num_classes: int = 10):
+
+class CifarResNet(nn.Module):
+    """ResNet-(6n+2) for 32x32 images (any resolution works: the head pools globally): 3 stages
+    of n blocks with 16/32/64 channels, times `width`."""
+
+    def __init__(self, depth: int, in_channels: int = 3, num_classes: int = 10, width: float = 1.0):
         super().__init__()
-        if (depth - 2) % 6:
-            raise UsageError(f"CIFAR ResNet depth must be 6n+2, got {depth}")
+        check_resnet(depth, width)
         n = (depth - 2) // 6
-        self.conv1 = nn.Conv2d(in_channels, 16, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(16)
-        layers, in_planes = [], 16
-        for planes, stride in ((16, 1), (32, 2), (64, 2)):
+        widths = resnet_widths(width)
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        layers, in_planes = [], widths[0]
+        for planes, stride in zip(widths, (1, 2, 2)):
             for i in range(n):
                 layers.append(BasicBlock(in_planes, planes, stride if i == 0 else 1))
                 in_planes = planes
         self.layers = nn.Sequential(*layers)
-        self.fc = nn.Linear(64, num_classes)
+        self.fc = nn.Linear(widths[2], num_classes)
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)
@@ -113,10 +123,29 @@ def _mlp_widths(spec: str):
     return widths
 
 
+def check_resnet(depth: int, width: float) -> None:
+    if depth < 8 or (depth - 2) % 6:
+        raise UsageError(f"a CIFAR ResNet's depth is 6n+2 with n >= 1 (8, 14, 20, 26, 32, ...), got {depth}")
+    if not (0 < width <= 16):
+        raise UsageError(f"a ResNet's width multiplier must be in (0, 16], got {width:g}")
+
+
+def resnet_shape(name: str) -> tuple[int, float] | None:
+    """(depth, width multiplier) of a ResNet name, or None if `name` is not one."""
+    m = RESNET.fullmatch(name)
+    if m is None:
+        return None
+    return int(m.group(1)), float(m.group(2)) if m.group(2) else 1.0
+
+
 def check_model_name(name: str) -> None:
     """A one-line UsageError unless `name` names a model (see MODELS); builds nothing, so specs
     and dry runs check their models before any run starts."""
-    if name in ("resnet20", "resnet32", "resnet56", "c1", "mlp"):
+    if name in ("c1", "mlp"):
+        return
+    shape = resnet_shape(name)
+    if shape is not None:
+        check_resnet(*shape)
         return
     if name.startswith("mlp:"):
         _mlp_widths(name[4:])
@@ -129,8 +158,9 @@ def build_model(name: str, input_shape, num_classes: int) -> nn.Module:
     if num_classes <= 0:
         raise UsageError("num_classes must be positive")
     check_model_name(name)
-    if name.startswith("resnet"):
-        return CifarResNet(int(name[6:]), input_shape[0], num_classes)
+    shape = resnet_shape(name)
+    if shape is not None:
+        return CifarResNet(shape[0], input_shape[0], num_classes, width=shape[1])
     if name == "c1":
         return c1_net(input_shape, num_classes)
     if name == "mlp":

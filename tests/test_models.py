@@ -5,21 +5,42 @@ from kfaclab.errors import UsageError
 from kfaclab.models import build_model, count_parameters
 
 
-def resnet_parameters(n, classes=10, in_ch=3):
+def resnet_parameters(n, classes=10, in_ch=3, widths=(16, 32, 64)):
     """Independent count for the CIFAR ResNet-(6n+2) with option-A shortcuts."""
-    total = in_ch * 16 * 9 + 2 * 16  # stem conv + BN
-    prev = 16
-    for c in (16, 32, 64):
+    total = in_ch * widths[0] * 9 + 2 * widths[0]  # stem conv + BN
+    prev = widths[0]
+    for c in widths:
         for i in range(n):
             total += (prev if i == 0 else c) * c * 9 + c * c * 9 + 2 * 2 * c
         prev = c
-    return total + 64 * classes + classes
+    return total + widths[2] * classes + classes
 
 
-@pytest.mark.parametrize("depth,n", [(20, 3), (32, 5), (56, 9)])
-def test_resnet_parameter_counts(depth, n):
+@pytest.mark.parametrize("depth,n", [(8, 1), (14, 2), (20, 3), (26, 4), (32, 5), (56, 9), (110, 18)])
+def test_resnet_parameter_counts_at_every_depth_6n_plus_2(depth, n):
     model = build_model(f"resnet{depth}", (3, 32, 32), 10)
     assert count_parameters(model) == resnet_parameters(n)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) + 1 == depth  # 6n convolutions in the blocks, the stem, and the head
+
+
+@pytest.mark.parametrize("name,n,widths", [("resnet14x0.5", 2, (8, 16, 32)), ("resnet8x2", 1, (32, 64, 128)),
+                                           ("resnet20x1", 3, (16, 32, 64)), ("resnet8x.25", 1, (4, 8, 16)),
+                                           ("resnet8x0.75", 1, (12, 24, 48))])
+def test_a_width_multiplier_scales_every_stage(name, n, widths):
+    model = build_model(name, (3, 16, 16), 10)
+    assert count_parameters(model) == resnet_parameters(n, widths=widths)
+    assert model(torch.zeros(2, 3, 16, 16)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("name,why", [("resnet10", "6n\\+2"), ("resnet2", "6n\\+2"), ("resnet20x0", "width"),
+                                      ("resnet20x99", "width"), ("resnet20x", "unknown model"),
+                                      ("resnetx2", "unknown model"), ("resnet20x2x", "unknown model")])
+def test_a_bad_resnet_name_says_what_is_wrong(name, why):
+    from kfaclab.models import check_model_name
+
+    with pytest.raises(UsageError, match=why):
+        check_model_name(name)
 
 
 def test_resnet20_is_the_papers_size():
@@ -49,7 +70,7 @@ def test_mlp_widths():
     assert [(l.in_features, l.out_features) for l in linears] == [(48, 32), (32, 16), (16, 5)]
 
 
-@pytest.mark.parametrize("name", ["resnet18", "vgg", "mlp:", "mlp:a,b", "mlp:0", ""])
+@pytest.mark.parametrize("name", ["vgg", "mlp:", "mlp:a,b", "mlp:0", ""])
 def test_unknown_model_names_the_choices(name):
     with pytest.raises(UsageError, match="resnet20|mlp:512,256"):
         build_model(name, (3, 32, 32), 10)

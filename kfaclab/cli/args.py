@@ -83,7 +83,8 @@ def add_data_model_args(p):
     g.add_argument("--resolution", type=positive_int, help="downsample images to R x R (CPU presets)")
     g.add_argument("--no-augment", dest="augment", action="store_false", help="no random crop / flip")
     m = p.add_argument_group("model and optimizer")
-    m.add_argument("--model", default="mlp", help="resnet20 | resnet32 | resnet56 | c1 | mlp | mlp:W1,W2,...")
+    m.add_argument("--model", default="mlp", help="resnetD (any depth 6n+2: resnet8, resnet14, resnet20, ...) | "
+                   "resnetDxK (K x the channels, e.g. resnet14x0.5) | c1 | mlp | mlp:W1,W2,...")
     m.add_argument("--batch-size", type=positive_int, default=128)
     for flag, kind, text in OPTIMIZER_FLAGS:
         m.add_argument(flag, type=kind, help=text)

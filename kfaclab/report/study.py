@@ -8,6 +8,7 @@ import pandas as pd
 from IPython.display import HTML, Markdown
 
 from kfaclab import plots
+from kfaclab.models import resnet_shape
 from kfaclab.results import (
     status_counts,
 )
@@ -27,8 +28,13 @@ def name(opt: str) -> str:
 
 
 def model_name(model: str) -> str:
+    """How prose names a model: "ResNet-20", "ResNet-14 at 0.5x width", "an MLP (mlp:256)"."""
     if model.startswith("mlp"):
         return f"an MLP ({model})"
+    shape = resnet_shape(model)
+    if shape is not None:
+        depth, width = shape
+        return f"ResNet-{depth}" + ("" if width == 1 else f" at {width:g}x width")
     return MODELS.get(model, model)
 
 
