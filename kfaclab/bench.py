@@ -11,6 +11,11 @@ alike:
   - a training step that draws its batch from the device-resident loader (shuffle indices,
     gather, crop, flip, normalise);
   - the loader alone, per batch.
+
+A variant may also set how the step runs: `sgd[precision=bf16;channels_last=true]` is SGD on the
+fast path (bf16 autocast of the forward passes, model and batches in channels-last order; K-FAC's
+factors and decompositions stay in float32). `fast_path_variants` adds that twin to each entry,
+and the table then gives each twin's speed-up over its float32 self.
 """
 
 from __future__ import annotations
@@ -67,6 +72,52 @@ def parse_variant(entry: str) -> tuple[str, str, dict]:
     return entry, name.strip(), overrides
 
 
+# Run-level settings a variant may carry besides its optimizer's hyperparameters.
+RUN_LEVEL = ("precision", "channels_last")
+FAST_PATH = "precision=bf16;channels_last=true"
+
+
+def fast_path_variants(entries: list[str]) -> list[str]:
+    """Each entry followed by its fast-path twin (the same optimizer and hyperparameters, with
+    bf16 autocast and channels-last), unless the entry already sets how it runs."""
+    out = []
+    for entry in entries:
+        out.append(entry)
+        label, name, overrides = parse_variant(entry)
+        if not set(overrides) & set(RUN_LEVEL):
+            inner = ";".join(f"{k}={v}" for k, v in overrides.items())
+            out.append(f"{name}[{inner + ';' if inner else ''}{FAST_PATH}]")
+    return out
+
+
+def _split_run_level(cfg: RunConfig, entry: str, overrides: dict) -> tuple[str, bool, dict]:
+    """(precision, channels_last, the optimizer's own overrides) of a variant."""
+    from kfaclab.train.config import PRECISIONS
+
+    precision = overrides.get("precision", cfg.precision)
+    channels_last = overrides.get("channels_last", cfg.channels_last)
+    if precision not in PRECISIONS:
+        raise UsageError(f"optimizer variant '{entry}': precision must be one of {', '.join(PRECISIONS)}")
+    if not isinstance(channels_last, bool):
+        raise UsageError(f"optimizer variant '{entry}': channels_last must be true or false")
+    return precision, channels_last, {k: v for k, v in overrides.items() if k not in RUN_LEVEL}
+
+
+def _fp32_twin(label: str) -> str:
+    """The label of a fast-path variant's float32 self: its entry without the run-level settings."""
+    _, name, overrides = parse_variant(label)
+    own = {k: v for k, v in overrides.items() if k not in RUN_LEVEL}
+    if len(own) == len(overrides):
+        return label
+    inner = ";".join(f"{k}={v}" for k, v in own.items())
+    return f"{name}[{inner}]" if inner else name
+
+
+def _channels_last(batches, on: bool):
+    for x, y in batches:
+        yield (x.contiguous(memory_format=torch.channels_last) if on and x.dim() == 4 else x), y
+
+
 def run_bench(cfg: RunConfig, optimizers=("sgd",), steps: int = 20, warmup: int = 5, rounds: int = 3,
               amortize: int = 100, amortize_rounds: int = 2, progress: bool = True) -> dict:
     device = resolve_device(cfg.device)
@@ -78,22 +129,30 @@ def run_bench(cfg: RunConfig, optimizers=("sgd",), steps: int = 20, warmup: int 
     entries = []
     for entry in optimizers:
         label, name, overrides = parse_variant(entry)
+        precision, channels_last, overrides = _split_run_level(cfg, entry, overrides)
+        if precision != "fp32" and name in ("trcg", "strcg"):
+            raise UsageError(f"optimizer variant '{entry}': {name} runs in fp32 only")
         torch.manual_seed(cfg.seed)
         model = build_model(cfg.model, loader.input_shape, ds.num_classes).to(device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
         known = OPTIMIZERS[name].defaults  # shared flags (lr, ...) go to every optimizer that has them
         opt = build_optimizer(name, model, F.cross_entropy,
                               {**{k: v for k, v in cfg.hparams.items() if k in known}, **overrides})
+        opt.set_precision(precision)
         opt.attach_training_data(loader)
+        batches = list(_channels_last(premade, channels_last))
         for i in range(warmup):
-            opt.step(*premade[i % len(premade)])
+            opt.step(*batches[i % len(batches)])
         entries.append({"label": label, "opt": opt, "seconds": 0.0, "props0": opt.counters["propagations"],
-                        "peak": 0})
+                        "peak": 0, "premade": batches, "stream": _channels_last(stream, channels_last),
+                        "precision": precision, "channels_last": channels_last})
     # Amortized: blocks of `amortize` consecutive steps (K-FAC's factor and decomposition updates
     # fall inside at their real frequency), the optimizers' blocks interleaved round by round so
     # that drift of the machine hits all alike; the mean over all blocks.
     for r in range(amortize_rounds):
         for e in entries:
-            opt = e["opt"]
+            opt, premade = e["opt"], e["premade"]
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             e["seconds"] += _timed(lambda: [opt.step(*premade[i % len(premade)]) for i in range(amortize)], device)  # noqa: B023 (called in this iteration)
@@ -104,7 +163,7 @@ def run_bench(cfg: RunConfig, optimizers=("sgd",), steps: int = 20, warmup: int 
                 f"{e['label']} {1e3 * e['seconds'] / ((r + 1) * amortize):.1f} ms/step" for e in entries), flush=True)
     results = []
     for e in entries:
-        label, opt = e["label"], e["opt"]
+        label, opt, premade, stream = e["label"], e["opt"], e["premade"], e["stream"]
         n = amortize * amortize_rounds
         amortized = e["seconds"] / n
         props = (opt.counters["propagations"] - e["props0"]) / n
@@ -125,17 +184,23 @@ def run_bench(cfg: RunConfig, optimizers=("sgd",), steps: int = 20, warmup: int 
             for i in range(steps):
                 t_pre.append(_timed(lambda: opt.step(*premade[i % len(premade)]), device))  # noqa: B023 (called in this iteration)
                 t_load.append(_timed(lambda: opt.step(*next(stream)), device))  # noqa: B023 (called in this iteration)
-                t_data.append(_timed(lambda: next(stream), device))
+                t_data.append(_timed(lambda: next(stream), device))  # noqa: B023 (called in this iteration)
             if progress:
                 print(f"  {label}: medians, round {r + 1}/{rounds} done", flush=True)
         pre, load, data = (statistics.median(t) for t in (t_pre, t_load, t_data))
-        results.append({"optimizer": label, "amortized_step_s": amortized, "phases_s": phases,
+        results.append({"optimizer": label, "precision": e["precision"], "channels_last": e["channels_last"],
+                        "amortized_step_s": amortized, "phases_s": phases,
                         "propagations_per_step": props,
                         "peak_memory_bytes": peak, "step_premade_s": pre, "step_loader_s": load, "loader_only_s": data,
                         "overhead_step_diff": load / pre - 1.0, "overhead_loader_share": data / pre})
     base = results[0]["amortized_step_s"]
+    by_label = {r["optimizer"]: r for r in results}
     for r in results:
         r["ratio_to_first"] = r["amortized_step_s"] / base
+        twin = by_label.get(_fp32_twin(r["optimizer"]))
+        # the fast path's speed-up: the float32 self's step time over this one's
+        r["speedup_over_fp32"] = (twin["amortized_step_s"] / r["amortized_step_s"]
+                                  if twin is not None and twin is not r else None)
     return {"model": cfg.model, "batch_size": cfg.batch_size, "dataset": cfg.dataset, "device": str(device),
             "threads": torch.get_num_threads(), "steps": steps * rounds, "warmup": warmup, "amortize": amortize,
             "amortize_rounds": amortize_rounds, "resolution": list(loader.input_shape), "results": results,
@@ -172,11 +237,28 @@ def format_table(b: dict) -> str:
         for r in phased:
             lines.append(f"{r['optimizer']:<{w}} " + " ".join(
                 f"{1e3 * r['phases_s'][n]:>{max(9, len(n))}.2f}" for n in names))
+    lines += fast_path_lines(b)
     lines.append("vs first = amortized step time / the first optimizer's; props/step = propagations per step "
                  "(forward+backward over n examples = 2n; a Hessian-vector product over S = 2|S|); "
                  "data overhead = median step with loader / "
                  "median step on pre-made batches - 1; loader/step = loader alone / median step")
     return "\n".join(lines)
+
+
+def fast_path_lines(b: dict) -> list[str]:
+    """The fast path's speed-up over float32 per optimizer, and K-FAC's step time over SGD's on
+    each path, where the bench timed both."""
+    twins = [r for r in b["results"] if r.get("speedup_over_fp32")]
+    if not twins:
+        return []
+    lines = ["fast path (bf16 autocast, channels-last) over float32, amortized step: " + ", ".join(
+        f"{_fp32_twin(r['optimizer'])} {r['speedup_over_fp32']:.2f}x" for r in twins)]
+    by_label = {r["optimizer"]: r for r in b["results"]}
+    fast = {parse_variant(r["optimizer"])[1]: r for r in twins}
+    if "sgd" in by_label and "kfac" in by_label and {"sgd", "kfac"} <= set(fast):
+        lines.append(f"K-FAC's step over SGD's: float32 {by_label['kfac']['amortized_step_s'] / by_label['sgd']['amortized_step_s']:.2f}x, "  # noqa: E501
+                     f"fast path {fast['kfac']['amortized_step_s'] / fast['sgd']['amortized_step_s']:.2f}x")
+    return lines
 
 
 # ---------------------------------------------------------------------- reading benches back

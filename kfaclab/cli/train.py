@@ -77,6 +77,9 @@ def add_parsers(sub) -> dict:
                    help="steps per block of the amortized step time (a multiple of T_inv)")
     k.add_argument("--amortize-rounds", type=positive_int, default=2,
                    help="blocks per optimizer, interleaved across optimizers (default 2)")
+    k.add_argument("--fast-path", action="store_true",
+                   help="also time each optimizer on the fast path (bf16 autocast, channels-last) beside its "
+                        "float32 self: the same as adding opt[precision=bf16;channels_last=true]")
     k.add_argument("--json", help="also write the results here")
     return {"train": cmd_train, "bench": cmd_bench}
 
@@ -186,7 +189,14 @@ def cmd_bench(args) -> int:
     from kfaclab.bench import parse_variant
 
     optimizers = [o.strip() for o in args.optimizers.split(",") if o.strip()]
+    if args.fast_path:
+        from kfaclab.bench import fast_path_variants
+
+        optimizers = fast_path_variants(optimizers)
     variants = [parse_variant(o) for o in optimizers]
+    from kfaclab.bench import RUN_LEVEL
+
+    variants = [(label, n, {k: v for k, v in extra.items() if k not in RUN_LEVEL}) for label, n, extra in variants]
     known = set().union(*(resolve_hyperparameters(n, extra) for _, n, extra in variants))  # bad names fail here
     if set(cfg.hparams) - known:
         raise UsageError(f"no optimizer of {', '.join(optimizers)} has hyperparameter "
