@@ -30,7 +30,7 @@ LAYERS = [
     {"training and its record": ["kfaclab.train"]},
     {"a study's definition": ["kfaclab.sweep.__init__", "kfaclab.sweep.spec", "kfaclab.sweep.grid_axes",
                               "kfaclab.sweep.bracket"],
-     "measurement": ["kfaclab.bench", "kfaclab.bench_distributed", "kfaclab.device_checks"]},
+     "measurement": ["kfaclab.bench", "kfaclab.bench_distributed", "kfaclab.device_checks", "kfaclab.exactness"]},
     {"running a study": ["kfaclab.sweep"], "results": ["kfaclab.results"]},
     {"the noisy quadratic model": ["kfaclab.nqm"]},
     {"charts": ["kfaclab.plots"]},
