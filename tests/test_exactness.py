@@ -4,6 +4,7 @@ float64 dense math's, and a BatchNorm network's Fisher includes the coupling of 
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 import torch.nn as nn
@@ -84,3 +85,35 @@ def test_the_kfac_step_leaves_batchnorm_to_the_plain_gradient():
             torch.testing.assert_close(step[name], grads[name])
     assert set(ex.preconditioned_names(model)) == {n for n, m in model.named_modules()
                                                     if isinstance(m, (nn.Conv2d, nn.Linear))}
+
+
+def test_a_bad_exactness_file_is_an_error_that_names_it(tmp_path):
+    from kfaclab.errors import UsageError
+    from kfaclab.results.exactness import load_exactness
+
+    for text, says in (("{", "cannot read"), ('{"kind": "other", "version": 1, "rows": []}', "is not a version-1"),
+                       ('{"kind": "kfaclab.exactness", "version": 1, "rows": [{"model": "mlp"}]}', "lacks columns")):
+        path = tmp_path / "e.json"
+        path.write_text(text)
+        with pytest.raises(UsageError, match=says):
+            load_exactness(path)
+
+
+def test_the_committed_measurements_are_what_the_code_computes():
+    """runs/exactness/exactness.json against a recomputation of one of its cases."""
+    from pathlib import Path
+
+    from kfaclab.results.exactness import load_exactness, whole_model_table
+
+    path = Path(__file__).resolve().parents[1] / "runs" / "exactness" / "exactness.json"
+    rows, info = load_exactness(path)
+    assert set(info["models"]) == set(ex.MODELS) and len(rows) == len(rows.drop_duplicates(
+        ["model", "state", "batch_size", "damping", "fisher", "layer"]))
+    assert whole_model_table(rows).notna().all().all()
+    again = pd.DataFrame(ex.measure("mlp", "init", 8, dampings=(1e-2,), fishers=("exact",)))
+    stored = rows[(rows["model"] == "mlp") & (rows["state"] == "init") & (rows["batch_size"] == 8)
+                  & (rows["damping"] == 1e-2) & (rows["fisher"] == "exact")]
+    merged = stored.merge(again, on="layer", suffixes=("", "_again"))
+    assert len(merged) == len(again) > 1
+    assert merged["kfac_cosine"].to_numpy() == pytest.approx(merged["kfac_cosine_again"].to_numpy(), abs=1e-9)
+    assert merged["gradient_cosine"].to_numpy() == pytest.approx(merged["gradient_cosine_again"].to_numpy(), abs=1e-9)

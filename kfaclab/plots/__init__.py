@@ -10,7 +10,8 @@ script's `vegaEmbed`, so a page that serves the bundle itself needs nothing from
 book does both (book/_ext/kfaclab_vega.py); in Jupyter the default renderer needs neither.
 
 Where each chart is drawn: `plots.scaling` (the scaling chapter), `plots.robustness`,
-`plots.critical_batch`, `plots.adaptive`, `plots.phases` (K-FAC's step cost), `plots.nqm`;
+`plots.critical_batch`, `plots.adaptive`, `plots.phases` (K-FAC's step cost), `plots.exactness`,
+`plots.nqm`;
 `plots.style` holds what they share and `plots.vega` the offline rendering. This package
 re-exports each chart, so `from kfaclab import plots; plots.scaling_chart(...)` reads as before.
 """
@@ -22,6 +23,7 @@ from kfaclab.plots.adaptive import (
     sharpness_chart,
 )
 from kfaclab.plots.critical_batch import critical_batch_chart, critical_batch_data
+from kfaclab.plots.exactness import exactness_chart
 from kfaclab.plots.nqm import nqm_against_runs_chart, nqm_against_runs_data, nqm_chart
 from kfaclab.plots.phases import PHASE_ORDER, phase_chart
 from kfaclab.plots.robustness import (
@@ -55,6 +57,7 @@ from kfaclab.plots.vega import (
 )
 
 __all__ = [
+    "exactness_chart",
     "OPTIMIZER_COLORS",
     "UNIT_TITLES",
     "GRID_LABELS",
