@@ -38,7 +38,7 @@ def eig_flops(d: int) -> float:
 
 
 def balanced_loads(costs: list[float], world: int) -> list[float]:
-    """Largest first to the least loaded worker (as kfaclab.optim.kfac.assign_owners does)."""
+    """Largest first to the least loaded worker (as kfaclab.optim.kfac_distributed.assign_owners does)."""
     load = [0.0] * world
     for c in sorted(costs, reverse=True):
         i = min(range(world), key=lambda r: (load[r], r))

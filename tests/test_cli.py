@@ -16,7 +16,8 @@ def run(*args, cwd=ROOT, timeout=300):
 
 
 @pytest.mark.parametrize("args,says", [
-    (["train", "--model", "resnet99"], "unknown model 'resnet99'; choose from resnet20"),
+    (["train", "--model", "vgg11"], "unknown model 'vgg11'; choose from resnet20"),
+    (["train", "--model", "resnet99"], "depth is 6n+2 with n >= 1 (8, 14, 20, 26, 32, ...), got 99"),
     (["train", "--dataset", "mnist"], "unknown dataset 'mnist'; choose from cifar10"),
     (["train", "--optimizer", "adamw"], "unknown optimizer 'adamw'; choose from sgd, kfac, adam"),
     (["train", "--optimizer", "adam", "--hparam", "beta1=1"], "adam hyperparameter beta1 must be in [0, 1), got 1.0"),

@@ -51,7 +51,7 @@ def test_installed_away_from_the_checkout_it_imports_and_runs(wheel, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(site)}
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    r = subprocess.run([sys.executable, "-c", "import kfaclab, kfaclab.sweep.runner as r; "
+    r = subprocess.run([sys.executable, "-c", "import kfaclab, kfaclab.sweep.worker as r; "
                         "print(kfaclab.__file__); print(r.template_path().exists())"],
                        capture_output=True, text=True, env=env, cwd=elsewhere, timeout=300)
     assert r.returncode == 0, r.stderr

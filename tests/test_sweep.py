@@ -57,7 +57,8 @@ BAD_SPECS = [
     ({"optimizers": {}}, "optimizers: is empty"),
     ({"optimizers": {"sgd": None}}, "optimizers.sgd: is empty: give its grid"),
     ({"optimizers": {"sgd": {}}}, "optimizers.sgd: is empty: give its grid"),
-    ({"fixed": {"dataset": "synthetic", "model": "resnet99", "device": "cpu"}}, "model is not valid: unknown model"),
+    ({"fixed": {"dataset": "synthetic", "model": "vgg11", "device": "cpu"}}, "model is not valid: unknown model"),
+    ({"fixed": {"dataset": "synthetic", "model": "resnet99", "device": "cpu"}}, "model is not valid: a CIFAR ResNet's"),
     ({"fixed": {"dataset": "synthetic", "model": "mlp:0", "device": "cpu"}}, "model is not valid: bad MLP widths"),
     ({"fixed": {"dataset": "mnist", "model": "mlp:16", "device": "cpu"}},
      "unknown dataset 'mnist'; choose from cifar10"),
@@ -284,11 +285,11 @@ def test_loss_targets_leave_run_ids_as_they_were(tmp_path):
 
 
 def test_dry_run_refuses_a_bad_model_in_one_line_before_anything_runs(tmp_path):
-    path = smoke_spec(tmp_path, fixed={"dataset": "synthetic", "model": "resnet99", "device": "cpu"})
+    path = smoke_spec(tmp_path, fixed={"dataset": "synthetic", "model": "vgg11", "device": "cpu"})
     r = subprocess.run([sys.executable, "-m", "kfaclab", "sweep", str(path), "--dry-run"], capture_output=True,
                        text=True)
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    assert "unknown model 'resnet99'" in r.stderr and not list(path.parent.glob("*.json"))
+    assert "unknown model 'vgg11'" in r.stderr and not list(path.parent.glob("*.json"))
 
 
 def test_the_dataset_sizes_the_specs_are_checked_against_are_the_integrity_counts():
