@@ -11,7 +11,7 @@ from kfaclab.plots.style import DASHED, SOLID, _batch_axis, _series
 STATE_COLORS = {"init": "#1f77b4", "trained": "#d62728"}
 
 
-def exactness_chart(rows: pd.DataFrame, models: dict, width: int = 210, height: int = 200) -> alt.FacetChart:
+def exactness_chart(rows: pd.DataFrame, models: dict, width: int = 180, height: int = 200) -> alt.FacetChart:
     """Whole-model cosines (over all of K-FAC's layers) per model class, with a damping and a
     Fisher (exact or sampled) to choose; solid: K-FAC's step, dashed: the plain gradient."""
     whole = rows[rows["layer"] == "all K-FAC layers"]
