@@ -9,15 +9,18 @@ import pandas as pd
 from kfaclab.plots.style import DASHED, SOLID, _batch_axis, _series
 
 STATE_COLORS = {"init": "#1f77b4", "trained": "#d62728"}
+# Facet headers short enough to sit over their panels (the file's long names go in the subtitle).
+SHORT = {"mlp": "MLP 192-24-10", "resnet-bn": "ResNet-8 (1/4 width), BatchNorm",
+         "resnet-nobn": "ResNet-8 (1/4 width), no BatchNorm"}
 
 
 def exactness_chart(rows: pd.DataFrame, models: dict, width: int = 180, height: int = 200) -> alt.FacetChart:
     """Whole-model cosines (over all of K-FAC's layers) per model class, with a damping and a
     Fisher (exact or sampled) to choose; solid: K-FAC's step, dashed: the plain gradient."""
     whole = rows[rows["layer"] == "all K-FAC layers"]
-    data = pd.concat([whole.assign(step="K-FAC", cosine=whole["kfac_cosine"]),
-                      whole.assign(step="plain gradient", cosine=whole["gradient_cosine"])], ignore_index=True)
-    data["model class"] = data["model"].map(models)
+    data = pd.concat([whole.assign(series="K-FAC", cosine=whole["kfac_cosine"]),  # `series`: the dash (style)
+                      whole.assign(series="plain gradient", cosine=whole["gradient_cosine"])], ignore_index=True)
+    data["model class"] = [SHORT.get(m, m) for m in data["model"]]
     dampings = sorted(float(d) for d in data["damping"].unique())
     damping = alt.param(name="damping", value=dampings[len(dampings) // 2],
                         bind=alt.binding_radio(options=dampings, name="damping "))
@@ -27,15 +30,19 @@ def exactness_chart(rows: pd.DataFrame, models: dict, width: int = 180, height: 
         x=_batch_axis(sorted(data["batch_size"].unique())),
         y=alt.Y("cosine:Q", title="cosine with the exact natural-gradient step", scale=alt.Scale(domain=[0, 1])),
         color=alt.Color("state:N", title="when", scale=alt.Scale(domain=list(STATE_COLORS),
-                                                                range=list(STATE_COLORS.values()))),
+                                                                range=list(STATE_COLORS.values())),
+                        legend=alt.Legend(orient="bottom")),
         strokeDash=_series(["K-FAC", "plain gradient"], [SOLID, DASHED]).title("step"),
-        detail="step:N",
-        tooltip=["model class:N", "state:N", "batch_size:Q", "step:N", alt.Tooltip("cosine:Q", format=".3f"),
+        detail="series:N",
+        tooltip=["model class:N", "state:N", "batch_size:Q", alt.Tooltip("series:N", title="step"),
+                 alt.Tooltip("cosine:Q", format=".3f"),
                  "damping:Q", "fisher:N", "parameters:Q"],
     ).add_params(damping, fisher).transform_filter(
         (alt.datum.damping == damping) & (alt.datum.fisher == fisher)
     ).properties(width=width, height=height)
-    return chart.facet(column=alt.Column("model class:N", title=None, sort=list(models.values()))).properties(
+    order = [SHORT.get(m, m) for m in models]
+    return chart.facet(column=alt.Column("model class:N", title=None, sort=order)).properties(
         title=alt.Title("How exact K-FAC's step is, per model class",
-                        subtitle="runs/exactness: dense float64 Fisher of one batch of the synthetic 8x8 task; "
-                                 "init and after 300 SGD steps"))
+                        subtitle=["runs/exactness: dense float64 Fisher of one batch of the synthetic 8x8 task; "
+                                  "at initialisation and after 300 SGD steps",
+                                  "; ".join(models.values())]))
