@@ -117,3 +117,21 @@ def test_the_committed_measurements_are_what_the_code_computes():
     assert len(merged) == len(again) > 1
     assert merged["kfac_cosine"].to_numpy() == pytest.approx(merged["kfac_cosine_again"].to_numpy(), abs=1e-9)
     assert merged["gradient_cosine"].to_numpy() == pytest.approx(merged["gradient_cosine_again"].to_numpy(), abs=1e-9)
+
+
+def test_the_chart_shows_each_model_class_with_its_damping_and_fisher_to_choose():
+    import itertools
+
+    from kfaclab import plots
+
+    rows = pd.DataFrame([{"model": m, "state": s, "batch_size": b, "damping": d, "fisher": f, "parameters": 10,
+                          "layer": "all K-FAC layers", "kfac_cosine": 0.5, "gradient_cosine": 0.4}
+                         for m, s, b, d, f in itertools.product(ex.MODELS, ("init", "trained"), (8, 32),
+                                                                (1e-3, 1e-2), ("exact", "mc"))])
+    spec = plots.exactness_chart(rows, ex.MODELS).to_dict()
+    assert {p["name"] for p in spec["params"]} == {"damping", "fisher"}
+    assert spec["facet"]["column"]["sort"] == [plots.exactness.SHORT[m] for m in ex.MODELS]
+    assert spec["spec"]["encoding"]["strokeDash"]["field"] == "series"
+    data = next(iter(spec["datasets"].values()))
+    assert {d["series"] for d in data} == {"K-FAC", "plain gradient"} and len(data) == 2 * len(rows)
+    assert "runs/exactness" in spec["title"]["subtitle"][0]
