@@ -90,12 +90,14 @@ def fast_path_variants(entries: list[str]) -> list[str]:
     return out
 
 
-def _split_run_level(cfg: RunConfig, entry: str, overrides: dict) -> tuple[str, bool, dict]:
-    """(precision, channels_last, the optimizer's own overrides) of a variant."""
+def _split_run_level(entry: str, overrides: dict) -> tuple[str, bool, dict]:
+    """(precision, channels_last, the optimizer's own overrides) of a variant. An entry that does not
+    say how it runs runs in float32 without channels-last, whatever the config's `auto` picked
+    here: it is the float32 self its fast-path twin is compared with."""
     from kfaclab.train.config import PRECISIONS
 
-    precision = overrides.get("precision", cfg.precision)
-    channels_last = overrides.get("channels_last", cfg.channels_last)
+    precision = overrides.get("precision", "fp32")
+    channels_last = overrides.get("channels_last", False)
     if precision not in PRECISIONS:
         raise UsageError(f"optimizer variant '{entry}': precision must be one of {', '.join(PRECISIONS)}")
     if not isinstance(channels_last, bool):
@@ -129,7 +131,7 @@ def run_bench(cfg: RunConfig, optimizers=("sgd",), steps: int = 20, warmup: int 
     entries = []
     for entry in optimizers:
         label, name, overrides = parse_variant(entry)
-        precision, channels_last, overrides = _split_run_level(cfg, entry, overrides)
+        precision, channels_last, overrides = _split_run_level(entry, overrides)
         if precision != "fp32" and name in ("trcg", "strcg"):
             raise UsageError(f"optimizer variant '{entry}': {name} runs in fp32 only")
         torch.manual_seed(cfg.seed)

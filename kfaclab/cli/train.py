@@ -58,6 +58,12 @@ def add_parsers(sub) -> dict:
                    help="accumulate gradients over chunks of at most this many examples (large batches)")
     a.add_argument("--measure-top-eigenvalue", action="store_true",
                    help="record the Hessian's top eigenvalue (power iteration, 128 examples) at each evaluation")
+    x = t.add_argument_group("arithmetic")
+    x.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                   help="bf16: autocast of forward passes (state and K-FAC's factors stay float32); auto (default): "
+                        "bf16 for convolutional models where the device has native bf16, else fp32")
+    x.add_argument("--channels-last", default="auto", choices=("auto", "on", "off"),
+                   help="model and batches in channels-last memory order (auto: with auto's bf16)")
     t.add_argument("--nproc", type=positive_int, default=1,
                    help="data-parallel processes on this machine: launches torchrun (gloo on CPUs, NCCL on GPUs); "
                         "for several machines run torchrun yourself")
@@ -130,7 +136,8 @@ def _train_config(args):
                      target_loss=args.target_loss, divergence_factor=args.divergence_factor,
                      noise_scale_batches=args.noise_scale_batches, batch_schedule=args.batch_schedule,
                      schedule_options=dict(args.schedule_option), micro_batch=args.micro_batch,
-                     measure_top_eigenvalue=args.measure_top_eigenvalue, output=args.out)
+                     measure_top_eigenvalue=args.measure_top_eigenvalue, precision=args.precision,
+                     channels_last={"auto": None, "on": True, "off": False}[args.channels_last], output=args.out)
 
 
 def cmd_train(args) -> int:
@@ -184,7 +191,8 @@ def cmd_bench(args) -> int:
     from kfaclab.train.loop import classifier_hyperparameters
     from kfaclab.train.record import write_atomic
 
-    cfg = RunConfig(**_data_fields(args))
+    # the bench's own entries say how each runs (--fast-path adds the bf16 twins): the base is float32
+    cfg = RunConfig(**_data_fields(args), precision="fp32", channels_last=False)
     cfg.validate("arguments")
     from kfaclab.bench import parse_variant
 

@@ -46,19 +46,32 @@ def has_results(study: StudyResults) -> bool:
     return bool(study.runs["status"].isin(["completed", "diverged"]).any())
 
 
-def _hardware(finished: pd.DataFrame, fixed: dict) -> str:
+def _arithmetic(finished: pd.DataFrame) -> list[str]:
+    """How the finished runs computed, from their records: bf16 autocast, channels-last."""
+    if finished.empty or "precision" not in finished:
+        return []
+    how = []
+    for precision in sorted(set(finished["precision"].dropna()) - {"fp32"}):
+        n = int((finished["precision"] == precision).sum())
+        how.append(f"{precision} autocast" + ("" if n == len(finished) else f" in {n:,} of {len(finished):,} runs"))
+    n = int(finished["channels_last"].fillna(False).astype(bool).sum()) if "channels_last" in finished else 0
+    if n:
+        how.append("channels-last" + ("" if n == len(finished) else f" in {n:,} of {len(finished):,} runs"))
+    return how
+
+
+def _hardware(finished: pd.DataFrame) -> str:
     gpus = sorted({str(g) for g in finished["gpu"].dropna()}) if "gpu" in finished else []
     cpus = sorted({str(c) for c in finished["cpu"].dropna()}) if "cpu" in finished else []
+    how = _arithmetic(finished)
     if gpus:
-        how = [f"{fixed['precision']} autocast"] if fixed.get("precision") not in (None, "fp32") else []
-        how += ["channels-last"] if fixed.get("channels_last") else []
         return f"{', '.join(gpus)} GPU" + (f" ({', '.join(how)})" if how else "")
     if not cpus:
         return "unknown hardware"
     cores = sorted({int(c) for c in finished["cpu_count"].dropna()}) if "cpu_count" in finished else []
     threads = sorted({int(t) for t in finished["threads"].dropna()}) if "threads" in finished else []
     detail = ([f"{' or '.join(map(str, cores))} cores"] if cores else []) + (
-        [f"{' or '.join(map(str, threads))} thread{'s' if threads != [1] else ''} per run"] if threads else [])
+        [f"{' or '.join(map(str, threads))} thread{'s' if threads != [1] else ''} per run"] if threads else []) + how
     return f"{', '.join(cpus)} CPU" + (f" ({', '.join(detail)})" if detail else "")
 
 
@@ -107,7 +120,7 @@ def what_ran(study: StudyResults) -> Markdown:
         grids.append(f"{name(opt)} over {label} ({shape})")
     trained = finished["seconds"].dropna() if "seconds" in finished else pd.Series(dtype=float)
     time = f"; {trained.sum() / 60:.0f} minutes of training in all" if len(trained) else ""
-    where = _hardware(finished, fixed) if len(finished) else "nothing yet"
+    where = _hardware(finished) if len(finished) else "nothing yet"
     return Markdown(
         f"The `{study.name}` study (`runs/{study.name}/study.yaml`): {ran}. Data: {data}, "
         + (f"all {n_train:,} training images" if n_train else "the training set")

@@ -203,11 +203,15 @@ def _row(name, run_id, cfg: dict, point: dict, rec: dict | None, marker: dict | 
     status = rec["status"] if rec is not None else ("failed" if marker is not None else "pending")
     row = {"name": name, "run_id": run_id, "status": status, "optimizer": method(cfg),
            "base_optimizer": cfg["optimizer"], "batch_schedule": cfg.get("batch_schedule", "fixed"),
-           "batch_size": cfg["batch_size"], "seed": cfg["seed"], "model": cfg["model"], "dataset": cfg["dataset"]}
+           "batch_size": cfg["batch_size"], "seed": cfg["seed"], "model": cfg["model"], "dataset": cfg["dataset"],
+           # the arithmetic that ran (a record's config holds it resolved; records before it: fp32)
+           "precision": cfg.get("precision", "fp32"), "channels_last": bool(cfg.get("channels_last"))}
     row.update({f"hp_{k}": v for k, v in point.items() if k != "batch_schedule"})
     if rec is not None:
         f, res = rec["final"], rec["resolved"]
-        accs = [h["test_accuracy"] for h in rec["history"]]
+        # the best accuracy of the whole test set: a sequential evaluation's early stops read a prefix
+        n_test = res.get("test_examples")
+        accs = [h["test_accuracy"] for h in rec["history"] if h.get("test_examples", n_test) == n_test]
         row.update(peak_lr=res.get("peak_lr"), planned_iterations=res["iterations"], planned_epochs=res["epochs"],
                    iterations=f["iteration"], epochs=f["epoch"], examples=f["examples"], seconds=f["seconds"],
                    propagations=rec["optimizer"].get("propagations"), final_accuracy=f["test_accuracy"],
@@ -246,6 +250,8 @@ def _eval_rows(row: dict, rec: dict) -> list[dict]:
                                           "train_loss", "test_loss", "test_accuracy")}}
         # Adaptive schedules: the batch size in use; any run: the top eigenvalue where measured.
         e["current_batch_size"] = h.get("batch_size", row["batch_size"])
+        # how much of the test set the evaluation read (sequential evaluation; otherwise all of it)
+        e["test_examples"] = h.get("test_examples", rec["resolved"].get("test_examples"))
         for k in ("adv_ratio", "top_eigenvalue"):
             if h.get(k) is not None:
                 e[k] = h[k]

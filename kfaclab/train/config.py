@@ -15,6 +15,7 @@ from kfaclab.errors import UsageError
 from kfaclab.train.adaptive import resolve_options
 from kfaclab.train.budget import BUDGET_KINDS
 from kfaclab.train.schedule import LR_DECAYS, LR_SCALINGS
+from kfaclab.train.sequential_eval import EVAL_MODES
 
 # (training, test) images of the datasets known by name, to check subsets and batch sizes before
 # any run (kfaclab.data.integrity checks the decoded data against the same counts).
@@ -26,10 +27,12 @@ LOCATION_FIELDS = ("output", "cache_dir", "data_root", "data_archive", "download
 # Fields added after the first runs were recorded, whose default changes nothing: left out of
 # the run id at their default, so that the ids of earlier runs stay valid.
 LATER_FIELDS = {"noise_scale_batches": 0, "nproc": 1, "batch_schedule": "fixed", "schedule_options": {},
-                "micro_batch": None, "measure_top_eigenvalue": False, "precision": "fp32", "channels_last": False}
+                "micro_batch": None, "measure_top_eigenvalue": False, "precision": "fp32", "channels_last": False,
+                "eval_mode": "full"}
 # Arithmetic of the forward passes: fp32, or bf16 autocast (forward and loss in bfloat16 where
 # torch's autocast lists allow it; parameters, gradients, optimizer state and K-FAC's factors
-# and decompositions stay float32).
+# and decompositions stay float32). A config asks for one of these or "auto" (the default),
+# which kfaclab.train.precision turns into one of them when the config is built.
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -70,18 +73,29 @@ class RunConfig:
     eval_every_epochs: float = 1.0
     min_evals: int = 20
     eval_batch_size: int = 1000
+    eval_mode: str = "full"  # full | sequential (the full test set only where it can decide a crossing; see
+    #                         kfaclab.train.sequential_eval)
     targets: tuple[float, ...] = ()
     target_loss: float | None = None
     divergence_factor: float = 10.0  # running loss above this x the initial loss = diverged
     noise_scale_batches: int = 0  # >= 2: measure the gradient noise scale at each evaluation (0: off)
     measure_top_eigenvalue: bool = False  # the Hessian's top eigenvalue at each evaluation (fixed batch of 128)
     # execution
-    precision: str = "fp32"  # fp32 | bf16 (autocast of forward passes; see PRECISIONS)
-    channels_last: bool = False  # model and batches in channels-last memory order (same values)
+    precision: str = "auto"  # auto | fp32 | bf16 (autocast of forward passes; see PRECISIONS); auto: resolved
+    channels_last: bool | None = None  # model and batches in channels-last order (same values); None: with auto
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     nproc: int = 1  # data-parallel processes (torchrun); the global batch is split among them
     output: str | None = None
+
+    def __post_init__(self):
+        # "auto" becomes what runs here and now (kfaclab.train.precision), so that the config, its
+        # id and its record say what ran; an MLP's auto is fp32, so its earlier ids are unchanged.
+        from kfaclab.train.precision import resolve
+
+        if isinstance(self.precision, str) and (self.precision == "auto" or self.channels_last is None):
+            self.precision, self.channels_last = resolve(self.model, self.optimizer, self.device, self.precision,
+                                                         self.channels_last)
 
     @classmethod
     def from_dict(cls, d: dict, where: str = "config") -> RunConfig:
@@ -169,8 +183,12 @@ class RunConfig:
             bad("micro_batch", f"must be positive (or null for no accumulation), got {self.micro_batch}")
         if not self.divergence_factor > 1:
             bad("divergence_factor", "must be > 1")
+        if self.eval_mode not in EVAL_MODES:
+            bad("eval_mode", f"must be one of {', '.join(EVAL_MODES)}, got '{self.eval_mode}'")
+        if self.eval_mode == "sequential" and (self.nproc > 1 or self.batch_schedule != "fixed"):
+            bad("eval_mode", "sequential runs with nproc 1 and a fixed batch schedule only; use eval_mode full")
         if self.precision not in PRECISIONS:
-            bad("precision", f"must be one of {', '.join(PRECISIONS)}, got '{self.precision}'")
+            bad("precision", f"must be one of {', '.join(PRECISIONS)} (or auto), got '{self.precision}'")
         if self.precision != "fp32" and self.optimizer in ("trcg", "strcg"):
             bad("precision", f"must be fp32 for {self.optimizer}: its trust-region ratio and curvature products "
                 "need full precision")

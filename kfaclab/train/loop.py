@@ -45,6 +45,7 @@ from kfaclab.train.config import RunConfig
 from kfaclab.train.noise_scale import NOISE_EPOCH_OFFSET
 from kfaclab.train.noise_scale import measure as measure_noise
 from kfaclab.train.schedule import LRSchedule, scaled_lr
+from kfaclab.train.sequential_eval import evaluate_sequential, interleaved_order, targets_left
 from kfaclab.train.targets import race_to_targets
 
 
@@ -107,6 +108,9 @@ def make_loaders(cfg: RunConfig, ds: Dataset, device, ctx: Context = SINGLE) -> 
     if ctx.active:
         start, stop = shard_bounds(len(test), ctx)
         test = Split(test.images[start:stop], test.labels[start:stop])
+    if cfg.eval_mode == "sequential":  # prefixes of the test set must be fair samples of it
+        order = interleaved_order(test.labels)
+        test = Split(test.images[order], test.labels[order])
     common = dict(mean=mean, std=std, device=device, channels_last=cfg.channels_last)
     return (DeviceLoader(train, cfg.batch_size, shuffle=True, augment=cfg.augment, drop_last=True,
                          seed=cfg.seed, crop_padding=cfg.crop_padding, part=(ctx.rank, ctx.world_size), **common),
@@ -217,7 +221,7 @@ def train(cfg: RunConfig, *, dataset: Dataset | None = None, progress: bool = Tr
     if cfg.output and ctx.is_main:  # the finished run must have room for its record (and notebook)
         rec.check_room(cfg.output, rec.record_size_bound(len(p["evaluation_iterations"])))
     state = _LoopState()
-    record_eval = _evaluator(cfg, model, opt, schedule, train_loader, test_loader, state, ctx, ds)
+    record_eval = _evaluator(cfg, model, opt, schedule, train_loader, test_loader, state, ctx, ds, p["iterations"])
     try:
         if cfg.batch_schedule == "fixed":
             _run(cfg, model, opt, schedule, train_loader, test_loader, p, state, progress and ctx.is_main, ctx,
@@ -266,10 +270,12 @@ class _LoopState:
         self.eval_seconds = 0.0
 
 
-def _evaluator(cfg, model, opt, schedule, train_loader, test_loader, st: _LoopState, ctx: Context, ds):
+def _evaluator(cfg, model, opt, schedule, train_loader, test_loader, st: _LoopState, ctx: Context, ds,
+               last_iteration: int):
     """record_eval(train_loss, extra=None): evaluate on the test split (plus the optional
     measurements), append a history entry (`extra` overrides or adds fields) and return the
-    test accuracy. Its time counts as evaluation, not training."""
+    test accuracy. Its time counts as evaluation, not training. Sequential evaluation reads the
+    whole split at the run's last iteration and wherever a target could be crossed."""
     device = train_loader.device
     spe = len(train_loader)
     eig_batch = fixed_batch(train_loader, min(128, train_loader.num_examples), cfg.seed) \
@@ -279,12 +285,22 @@ def _evaluator(cfg, model, opt, schedule, train_loader, test_loader, st: _LoopSt
         extra = extra or {}
         _sync(device)
         t0 = time.perf_counter()
-        test_loss, test_acc = evaluate(model, test_loader, ctx, opt.autocast_dtype)
+        seen = {}
+        if cfg.eval_mode == "sequential" and st.iteration < last_iteration:
+            left = targets_left(st.history, cfg.targets, cfg.target_loss)
+            can_meet = cfg.target_loss is None or (train_loss is not None and train_loss <= cfg.target_loss)
+            test_loss, test_acc, n = evaluate_sequential(model, test_loader, left[0] if left and can_meet else None,
+                                                         opt.autocast_dtype)
+            seen = {"test_examples": n}
+        else:
+            test_loss, test_acc = evaluate(model, test_loader, ctx, opt.autocast_dtype)
+            if cfg.eval_mode == "sequential":
+                seen = {"test_examples": test_loader.num_examples}
         entry = {
             "iteration": st.iteration, "epoch": st.iteration / spe, "examples": st.examples,
             "seconds": st.train_seconds, "propagations": opt.counters["propagations"],
             "lr": schedule(st.iteration - 1) if st.iteration else None,
-            "train_loss": train_loss, "test_loss": test_loss, "test_accuracy": test_acc, **extra,
+            "train_loss": train_loss, "test_loss": test_loss, "test_accuracy": test_acc, **seen, **extra,
         }
         if cfg.noise_scale_batches:
             batches = itertools.islice(train_loader.epoch(NOISE_EPOCH_OFFSET + len(st.history)),

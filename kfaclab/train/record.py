@@ -85,6 +85,8 @@ def validate_record(rec) -> list[str]:
         problems += _check(h, HISTORY_ENTRY, f"history[{i}]")
         if "noise" in h:
             problems += _check(h["noise"], NOISE_ENTRY, f"history[{i}].noise")
+        if "test_examples" in h:  # sequential evaluation: how much of the test set it read
+            problems += _check(h, {"test_examples": int}, f"history[{i}]")
     if "adaptive" in rec:
         problems += _check(rec["adaptive"], ADAPTIVE, "adaptive")
         for i, e in enumerate(rec["adaptive"].get("epochs", [])):
@@ -126,6 +128,17 @@ def impossible(rec: dict) -> list[str]:
             out.append(f"targets[{i}]: reached at iteration {it:,}, after the run ended at {final['iteration']:,}")
         elif history and it not in evaluated:
             out.append(f"targets[{i}]: reached at iteration {it:,}, where the run did not evaluate")
+    n_test = rec["resolved"].get("test_examples")
+    for i, h in enumerate(history):
+        seen = h.get("test_examples")
+        if isinstance(seen, int) and isinstance(n_test, int) and not 0 < seen <= n_test:
+            out.append(f"history[{i}].test_examples: {seen:,} is not within the {n_test:,} test images")
+    partial = {h["iteration"] for h in history if isinstance(h.get("test_examples"), int)
+               and isinstance(n_test, int) and h["test_examples"] < n_test}
+    for i, t in enumerate(rec["targets"]):  # a crossing is decided on the whole test set
+        if t.get("iteration") in partial:
+            out.append(f"targets[{i}]: reached at iteration {t['iteration']:,}, whose evaluation read only part "
+                       "of the test set")
     budget = rec["resolved"].get("iterations")
     if rec["config"].get("batch_schedule", "fixed") == "fixed" and isinstance(budget, int) \
             and final["iteration"] > budget:
