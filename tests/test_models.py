@@ -74,3 +74,41 @@ def test_mlp_widths():
 def test_unknown_model_names_the_choices(name):
     with pytest.raises(UsageError, match="resnet20|mlp:512,256"):
         build_model(name, (3, 32, 32), 10)
+
+
+@pytest.mark.parametrize("name", ["resnet8", "resnet14x0.5"])
+def test_folding_batchnorm_for_evaluation_keeps_the_function(name):
+    """The folded copy computes what the model computes in eval mode (float64: to rounding), from
+    running statistics that are not the identity, and leaves the model itself as it was."""
+
+    from kfaclab.models import fold_batchnorm
+
+    torch.manual_seed(0)
+    model = build_model(name, (3, 12, 12), 10).double()
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):  # running statistics away from (0, 1)
+            model(torch.randn(32, 3, 12, 12, dtype=torch.float64) * 2 + 0.5)
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):  # and affine parameters away from (1, 0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(16, 3, 12, 12, dtype=torch.float64)
+    folded = fold_batchnorm(model)
+    assert model.training and sum(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules()) == 0
+    with torch.no_grad():
+        expected = model.eval()(x)
+        assert torch.allclose(folded(x), expected, rtol=1e-10, atol=1e-10)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+def test_folding_leaves_other_models_alone_and_keeps_channels_last():
+
+    from kfaclab.models import fold_batchnorm
+
+    for name in ("c1", "mlp:16"):
+        m = build_model(name, (3, 8, 8), 10)
+        assert fold_batchnorm(m) is m
+    m = build_model("resnet8", (3, 8, 8), 10).to(memory_format=torch.channels_last)
+    folded = fold_batchnorm(m)
+    assert folded.layers[0].conv2.weight.is_contiguous(memory_format=torch.channels_last)

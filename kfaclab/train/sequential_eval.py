@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kfaclab.models import fold_batchnorm
+
 EVAL_MODES = ("full", "sequential")
 Z = 4.0
 
@@ -72,12 +74,13 @@ def evaluate_sequential(model, loader, target: float | None, autocast_dtype=None
     here) the first batch only."""
     was_training = model.training
     model.eval()
+    net = fold_batchnorm(model)  # as kfaclab.train.loop.evaluate does
     total = loader.num_examples
     loss_sum, correct, seen = 0.0, 0, 0
     for x, y in loader:
         with torch.autocast(loader.device.type, dtype=autocast_dtype or torch.bfloat16,
                             enabled=autocast_dtype is not None):
-            out = model(x)
+            out = net(x)
         loss_sum += F.cross_entropy(out.to(torch.promote_types(out.dtype, torch.float32)), y,
                                     reduction="sum").double().item()
         correct += int((out.argmax(1) == y).sum())
