@@ -22,18 +22,26 @@ from kfaclab.train.record import rules_in_force
 
 ROOT = Path(__file__).resolve().parents[1]
 # The studies judged under version 3, and the version that judges them.
-JUDGED = {"miniature3": 3, "miniature3-epochs": 3, "miniature3-iterations": 3}
+JUDGED = {"miniature3": 3, "miniature3-epochs": 3, "miniature3-iterations": 3,
+          "resnet-cpu": 3, "resnet-cpu-epochs": 3, "resnet-cpu-iterations": 3}
+# The section that extends version 3 to a set, for the sets added after version 3 itself.
+SECTIONS = {"resnet-cpu": "### Version 3 on the ResNet study"}
 
 
 def _git(*args) -> str:
     return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
 
 
-def _rules_commit(version: int) -> str:
-    """The first commit whose book/verdicts.md states `## Version <version>`."""
-    out = _git("log", "--reverse", "--format=%H", "-S", f"## Version {version}", "--", "book/verdicts.md")
-    assert out, f"no commit adds version {version} of the rules"
+def _rules_commit(version: int, heading: str | None = None) -> str:
+    """The first commit whose book/verdicts.md states `## Version <version>` (or `heading`)."""
+    heading = heading or f"## Version {version}"
+    out = _git("log", "--reverse", "--format=%H", "-S", heading, "--", "book/verdicts.md")
+    assert out, f"no commit adds {heading!r} to the rules"
     return out.splitlines()[0]
+
+
+def _section(study: str) -> str | None:
+    return next((h for name, h in SECTIONS.items() if study == name or study.startswith(name + "-")), None)
 
 
 @pytest.mark.parametrize("study", sorted(JUDGED))
@@ -44,10 +52,13 @@ def test_every_judged_record_came_after_its_rules_and_their_code(study):
         pytest.skip("not a git checkout")
     if _git("rev-parse", "--is-shallow-repository") == "true":
         pytest.skip("a shallow clone has no history to check against")
-    rules = _rules_commit(JUDGED[study])
+    rules = _rules_commit(JUDGED[study], _section(study))
     for path in ("kfaclab/results/verdicts_v3.py", "kfaclab/results/intervals.py", "kfaclab/results/width.py",
-                 "kfaclab/sweep/bracket.py"):
-        _git("cat-file", "-e", f"{rules}:{path}")  # the code was committed with the rules
+                 "kfaclab/sweep/bracket.py", f"runs/{study}/study.yaml"):
+        _git("cat-file", "-e", f"{rules}:{path}")  # the code and the study's spec were committed with the rules
+    if _section(study):  # the set's own code too: the judged set names it, the evaluation it uses
+        assert study in _git("show", f"{rules}:kfaclab/results/judged_v3.py")
+        _git("cat-file", "-e", f"{rules}:kfaclab/train/sequential_eval.py")
     rules_time = int(_git("show", "-s", "--format=%ct", rules))
     records = [p for p in (ROOT / "runs" / study).glob("*.json") if not p.name.endswith(".failed.json")]
     for p in records:

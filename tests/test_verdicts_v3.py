@@ -65,9 +65,12 @@ def test_noise_leaves_it_open():
 def judged_copies(tmp_path_factory):
     """The miniature's records under the names of version 3's three studies (links, not copies),
     each with the miniature's spec renamed: a finished version-3 set with known content."""
-    runs = tmp_path_factory.mktemp("runs")
+    return _linked_set(tmp_path_factory.mktemp("runs"), judged_v3.STUDIES)
+
+
+def _linked_set(runs, names: dict):
     spec = yaml.safe_load((ROOT / "runs" / "miniature" / "study.yaml").read_text())
-    for name in judged_v3.STUDIES.values():
+    for name in names.values():
         d = runs / name
         d.mkdir()
         (d / "study.yaml").write_text(yaml.safe_dump({**spec, "name": name}, sort_keys=False))
@@ -135,3 +138,24 @@ def test_the_width_chart_shows_the_verdicts_statistic_with_its_study(miniature):
     data = next(iter(spec["datasets"].values()))
     assert len(data) == len(table) and {"width", "low", "high", "kind"} <= set(data[0])
     assert {d["kind"] for d in data} <= {"bracketed", "censored (a lower bound)"}
+
+
+def test_the_resnet_set_is_judged_apart_and_shown_in_its_own_column(judged_copies, tmp_path, miniature):
+    """Two version-3 sets side by side: each is loaded, waited for and named by its own studies,
+    and the versions table gives the ResNet set a column of its own."""
+    (tmp_path / "runs").mkdir()
+    runs = _linked_set(tmp_path / "runs", judged_v3.SETS["resnet-cpu"])
+    next((runs / "resnet-cpu-epochs").glob("kfac-b64-*.json")).unlink()
+    assert judged_v3.load_judged(tmp_path / "runs") is None  # no miniature3 there
+    rn = judged_v3.load_judged(runs, "resnet-cpu")
+    assert rn.names == judged_v3.SETS["resnet-cpu"] and judged_v3.set_of(rn.main) == "resnet-cpu"
+    assert judged_v3.judged_for(rn.epochs).names["main"] == "resnet-cpu"
+    vs, left = judged_v3.ready_verdicts(rn, claims="ade")
+    assert [v.claim for v in vs] == ["a"] and left == {"d": 1, "e": 1}
+    assert "runs in resnet-cpu-epochs and resnet-cpu-iterations" in judged_v3.waiting_line(left, rn.names)
+    mini = judged_v3.ready_verdicts(judged_v3.load_judged(judged_copies), claims="a")
+    old, old_left = v2.ready_verdicts(miniature, claims="a")
+    table = judged_v3.versions_table(old, old_left, *mini, resnet=(vs, left))
+    column = dict(zip(table["claim"].str[:3], table["version 3 (resnet-cpu, ResNet-8)"], strict=True))
+    assert column["(a)"].startswith(vs[0].outcome) and column["(d)"] == "waiting: 1 runs to go"
+    assert column["(b)"] == "–"  # not asked for here

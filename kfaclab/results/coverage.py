@@ -1,6 +1,7 @@
 """How often a verdict's interval covers the truth, measured on synthetic studies.
 
-A synthetic study is generated like a real one (rules version 3): SGD and K-FAC on 4 x 4 grids
+A synthetic study is generated like a real one (rules version 3; a `Design` says which: the
+miniature3 study's, by default, or the resnet-cpu study's): SGD and K-FAC on 4 x 4 grids
 (learning rate x a second hyperparameter) at batch sizes 32 to 16,384, three seeds, crossings
 seen only at 40 evaluations per run (so many configurations tie), a budget past which a
 configuration never reaches the target, per-seed noise in the crossings (training noise) and in
@@ -35,9 +36,27 @@ from kfaclab.results.intervals import (
 from kfaclab.results.statistics import steps_statistics, width_statistics
 from kfaclab.results.width import widths
 
-BATCH_SIZES = [32 * 2 ** k for k in range(10)]  # 32 ... 16,384
-N_TRAIN, B0, E0, EVALS, SEEDS = 50_000, 32, 2.0, 40, 3
+N_TRAIN, B0, EVALS, SEEDS = 50_000, 32, 40, 3
 OPTIMIZERS = ("sgd", "kfac")
+
+
+@dataclass(frozen=True)
+class Design:
+    """What a synthetic study is shaped like: its batch sizes, the stopping rule's E0, and each
+    optimizer's grid (learning rates x values of the second axis; one value: the axis is held)."""
+    batch_sizes: tuple
+    e0: float
+    lrs: tuple
+    others: int
+
+
+# miniature3: 4 x 4 grids, batch sizes 32 to 16,384, E0 = 2 epochs.
+MINIATURE3 = Design(tuple(32 * 2 ** k for k in range(10)), 2.0,
+                    tuple(float(v) for v in 0.003 * (10 / 3) ** np.arange(4)), 4)
+# resnet-cpu: three learning rates (the second axis held), batch sizes 32 to 8,192, E0 = 1 epoch.
+RESNET_CPU = Design(tuple(32 * 2 ** k for k in range(9)), 1.0, (0.03, 0.1, 0.3), 1)
+DESIGNS = {"miniature3": MINIATURE3, "resnet-cpu": RESNET_CPU}
+BATCH_SIZES = list(MINIATURE3.batch_sizes)
 
 
 @dataclass
@@ -49,36 +68,39 @@ class Synthetic:
     grid: dict
     true_steps: dict
     true_accuracy: dict
+    design: Design = MINIATURE3
 
 
-def budget_iterations(b: int) -> int:
-    return max(1, round((math.log2(b / B0) + 1) * E0 * (N_TRAIN // b)))
+def budget_iterations(b: int, e0: float = MINIATURE3.e0) -> int:
+    return max(1, round((math.log2(b / B0) + 1) * e0 * (N_TRAIN // b)))
 
 
-def simulate(rng: np.random.Generator) -> Synthetic:
+def simulate(rng: np.random.Generator, design: Design = MINIATURE3) -> Synthetic:
     crossings, accuracy, grid, true_steps, true_acc = {}, {}, {}, {}, {}
+    sizes = design.batch_sizes
     for opt in OPTIMIZERS:
-        lrs = 0.003 * (10 / 3) ** np.arange(4)  # 0.003, 0.01, 0.033, 0.11
-        others = np.arange(4.0)
-        lr, other = np.repeat(lrs, 4), np.tile(others, 4)
+        lrs = np.array(design.lrs)
+        others = np.arange(float(design.others))
+        lr, other = np.repeat(lrs, len(others)), np.tile(others, len(lrs))
         b_crit = math.exp(rng.uniform(math.log(150), math.log(3000)))
         kappa, kappa_u = rng.uniform(0.05, 0.4), rng.uniform(0.02, 0.3)
         sigma = rng.uniform(0.05, 0.25)  # per-seed noise of a crossing (log scale)
         acc_top = rng.uniform(0.48, 0.56)
         k_acc, k_acc_u = rng.uniform(0.002, 0.03), rng.uniform(0.001, 0.02)
         acc_noise = rng.uniform(0.002, 0.008)
-        u_star = rng.uniform(0.5, 2.5)
+        # the second axis's optimum: inside a 4-value grid; near the value a held axis sits at
+        u_star = rng.uniform(0.5, 2.5) if design.others > 1 else rng.uniform(-0.5, 0.5)
         drift = rng.uniform(0.0, 0.5)  # the optimal learning rate moves this much (log2) per doubling
-        for k, b in enumerate(BATCH_SIZES):
-            budget = budget_iterations(b)
+        for k, b in enumerate(sizes):
+            budget = budget_iterations(b, design.e0)
             spacing = max(1, budget // EVALS)
-            s_opt = 0.25 * budget_iterations(BATCH_SIZES[-1]) * (1 + b_crit / b) / (1 + b_crit / BATCH_SIZES[-1])
+            s_opt = 0.25 * budget_iterations(sizes[-1], design.e0) * (1 + b_crit / b) / (1 + b_crit / sizes[-1])
             x = np.log2(lr)
             if opt == "kfac":  # the KL clip caps the effective learning rate
                 cap = math.log2(lrs[1]) + rng.uniform(-0.5, 2.5)
                 x = np.minimum(x, cap + 0.3 * (x - cap))
             x_star = rng.uniform(x.min() + 0.3, x.max() - 0.3) if x.max() - x.min() > 0.6 else x.mean()
-            x_star += drift * (k - 4.5) * 0.1
+            x_star += drift * (k - (len(sizes) - 1) / 2) * 0.1
             dist = kappa * (x - x_star) ** 2 + kappa_u * (other - u_star) ** 2
             T = s_opt * np.exp(dist)
             quant = lambda t: np.where(t <= budget, np.ceil(t / spacing) * spacing, np.inf)  # noqa: B023 (used in this iteration)
@@ -89,13 +111,13 @@ def simulate(rng: np.random.Generator) -> Synthetic:
             true_acc[(opt, b)] = a
             accuracy[(opt, b)] = a[:, None] + acc_noise * rng.standard_normal((len(a), SEEDS))
             grid[(opt, b)] = (lr, other, x)
-    return Synthetic(crossings, accuracy, grid, true_steps, true_acc)
+    return Synthetic(crossings, accuracy, grid, true_steps, true_acc, design)
 
 
 def _steps_rows(syn: Synthetic, opt: str, rng, n: int, method: str) -> np.ndarray:
     """(1 + n, batch sizes): the estimate, then n replicates of steps to target."""
     rows = []
-    for b in BATCH_SIZES:
+    for b in syn.design.batch_sizes:
         v = syn.crossings[(opt, b)]
         est = min_of_medians(v[None])[0]
         if method == "configs":  # rules versions 1 and 2: configurations and seeds resampled
@@ -110,7 +132,7 @@ def _steps_rows(syn: Synthetic, opt: str, rng, n: int, method: str) -> np.ndarra
 
 def _width_rows(syn: Synthetic, opt: str, rng, n: int, method: str) -> np.ndarray:
     rows = []
-    for b in BATCH_SIZES:
+    for b in syn.design.batch_sizes:
         lr, other, x = syn.grid[(opt, b)]
         acc = syn.accuracy[(opt, b)]
         reps = mean_replicates(acc, rng, n, "seeds" if method == "configs" else method)
@@ -120,33 +142,37 @@ def _width_rows(syn: Synthetic, opt: str, rng, n: int, method: str) -> np.ndarra
 
 
 def truth(syn: Synthetic) -> dict:
-    sgd = np.array([[syn.true_steps[("sgd", b)] for b in BATCH_SIZES]])
-    kfac = np.array([[syn.true_steps[("kfac", b)] for b in BATCH_SIZES]])
-    out = {k: float(v[0]) for k, v in steps_statistics(BATCH_SIZES, sgd, kfac).items()}
-    w = {o: np.array([[widths(*syn.grid[(o, b)], syn.true_accuracy[(o, b)][None])[0][0] for b in BATCH_SIZES]])
+    sizes = list(syn.design.batch_sizes)
+    sgd = np.array([[syn.true_steps[("sgd", b)] for b in sizes]])
+    kfac = np.array([[syn.true_steps[("kfac", b)] for b in sizes]])
+    out = {k: float(v[0]) for k, v in steps_statistics(sizes, sgd, kfac).items()}
+    w = {o: np.array([[widths(*syn.grid[(o, b)], syn.true_accuracy[(o, b)][None])[0][0] for b in sizes]])
          for o in OPTIMIZERS}
-    out.update({k: float(v[0]) for k, v in width_statistics(BATCH_SIZES, w["sgd"], w["kfac"]).items()})
+    out.update({k: float(v[0]) for k, v in width_statistics(sizes, w["sgd"], w["kfac"]).items()})
     return out
 
 
 def coverage(studies: int = 200, n: int = 400, seed: int = 0, replicates: str | None = None,
-             interval_method: str | None = None, level: float = 0.90) -> dict:
+             interval_method: str | None = None, level: float = 0.90, design: str = "miniature3") -> dict:
     """Per statistic: {"covered": share of studies whose interval holds the truth, "studies": how
     many studies had the statistic in both truth and estimate, "missing": share of those where
     the interval could not be formed}. replicates: "pooled" (version 3: the grid as run, seed noise
     pooled over each cell's configurations), "seeds" (each configuration's own seeds resampled) or
     "configs" (versions 1 and 2: configurations and seeds resampled; widths then as "seeds").
-    Both default to what the verdicts use (intervals.REPLICATES, intervals.METHOD)."""
+    Both default to what the verdicts use (intervals.REPLICATES, intervals.METHOD). design: a
+    name of DESIGNS, the shape of the studies simulated."""
     replicates = replicates or intervals.REPLICATES
     interval_method = interval_method or intervals.METHOD
     rng = np.random.default_rng(seed)
+    shape = DESIGNS[design]
+    sizes = list(shape.batch_sizes)
     hits: dict = {}
     for _ in range(studies):
-        syn = simulate(rng)
+        syn = simulate(rng, shape)
         true = truth(syn)
-        st = steps_statistics(BATCH_SIZES, _steps_rows(syn, "sgd", rng, n, replicates),
+        st = steps_statistics(sizes, _steps_rows(syn, "sgd", rng, n, replicates),
                               _steps_rows(syn, "kfac", rng, n, replicates))
-        st.update(width_statistics(BATCH_SIZES, _width_rows(syn, "sgd", rng, n, replicates),
+        st.update(width_statistics(sizes, _width_rows(syn, "sgd", rng, n, replicates),
                                    _width_rows(syn, "kfac", rng, n, replicates)))
         for key, rows in st.items():
             t = true.get(key)
@@ -169,6 +195,8 @@ MEASUREMENTS = {
     "versions 1-2: configurations and seeds, percentile": dict(studies=200, n=400, seed=0, replicates="configs",
                                                                interval_method="percentile"),
     "pooled seeds, percentile": dict(studies=200, n=400, seed=0, replicates="pooled", interval_method="percentile"),
+    # the resnet-cpu study's shape (three learning rates, batch sizes 32 to 8,192), measured before its runs
+    "version 3 on the resnet-cpu design: pooled seeds, hull": dict(studies=400, n=400, seed=2, design="resnet-cpu"),
 }
 
 

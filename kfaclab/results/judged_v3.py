@@ -1,13 +1,15 @@
 """The studies rules version 3 judge, which verdicts are ready, and how they are shown.
 
 Version 3 judges a set of studies together (book/verdicts.md): the stopping-rule study for the
-claims on steps to target, and two budget studies for robustness. A verdict waits, as under
+claims on steps to target, and two budget studies for robustness. There are two such sets, one
+per model class: the MLP's (`miniature3`) and the ResNet's (`resnet-cpu`). A verdict waits, as under
 version 2, only for the runs it compares, bracketing's runs included: a grid that finishes with
 its optimum on an edge adds runs, which the verdict then waits for.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,8 +20,14 @@ from kfaclab.results.study import StudyResults, load_results
 from kfaclab.results.verdict_display import _number, verdict_display
 from kfaclab.results.verdicts_v3 import verdicts_v3
 
-# The studies of version 3: role -> folder under runs/.
-STUDIES = {"main": "miniature3", "epochs": "miniature3-epochs", "iterations": "miniature3-iterations"}
+# The sets of studies version 3 judges: set -> role -> folder under runs/.
+SETS = {
+    "miniature3": {"main": "miniature3", "epochs": "miniature3-epochs", "iterations": "miniature3-iterations"},
+    "resnet-cpu": {"main": "resnet-cpu", "epochs": "resnet-cpu-epochs", "iterations": "resnet-cpu-iterations"},
+}
+# What each set's model is, for column headings.
+MODELS = {"miniature3": "MLP 768-256-10", "resnet-cpu": "ResNet-8"}
+STUDIES = SETS["miniature3"]
 ROBUSTNESS = "de"
 
 
@@ -28,29 +36,38 @@ class Judged:
     main: StudyResults
     epochs: StudyResults | None
     iterations: StudyResults | None
+    names: dict = dataclasses.field(default_factory=lambda: dict(STUDIES))  # role -> study name
 
     def studies(self) -> list[StudyResults]:
         return [s for s in (self.main, self.epochs, self.iterations) if s is not None]
 
 
+def set_of(study: StudyResults) -> str | None:
+    """The version-3 set a study belongs to (by its name), or None."""
+    return next((name for name, roles in SETS.items() if study.name in roles.values()), None)
+
+
 def is_v3(study: StudyResults) -> bool:
-    return study.name in STUDIES.values()
+    return set_of(study) is not None
 
 
-def load_judged(runs_dir: str | Path) -> Judged:
-    """The version-3 studies under `runs_dir` (a missing budget study is None)."""
+def load_judged(runs_dir: str | Path, which: str = "miniature3") -> Judged | None:
+    """The version-3 set `which` under `runs_dir` (a missing budget study is None; a set whose
+    main study has no spec there: None)."""
     runs_dir = Path(runs_dir)
+    roles = SETS[which]
 
     def load(role):
-        folder = runs_dir / STUDIES[role]
+        folder = runs_dir / roles[role]
         return load_results(folder) if (folder / "study.yaml").exists() else None
 
-    return Judged(load("main"), load("epochs"), load("iterations"))
+    main = load("main")
+    return None if main is None else Judged(main, load("epochs"), load("iterations"), dict(roles))
 
 
 def judged_for(study: StudyResults) -> Judged:
     """The version-3 set a study belongs to, from its siblings in the same folder."""
-    return load_judged(study.directory.parent)
+    return load_judged(study.directory.parent, set_of(study) or "miniature3")
 
 
 def _left(study: StudyResults | None, opts) -> int:
@@ -88,8 +105,10 @@ def ready_verdicts(j: Judged, prediction: dict | None = None, claims: str = "abc
     return vs, {k: left[k] for k in claims if k in left and left[k] != 0}
 
 
-def waiting_line(left: dict) -> str:
-    """One sentence per group of claims that wait for the same runs."""
+def waiting_line(left: dict, names: dict | None = None) -> str:
+    """One sentence per group of claims that wait for the same runs (`names`: the set's role ->
+    study name; miniature3's by default)."""
+    names = names or STUDIES
     groups: dict = {}
     for key, n in left.items():
         groups.setdefault((n, CLAIM_OPTIMIZERS[key], key in ROBUSTNESS), []).append(f"({key})")
@@ -97,7 +116,7 @@ def waiting_line(left: dict) -> str:
     for (n, opts, robust), keys in groups.items():
         which = keys[0] if len(keys) == 1 else ", ".join(keys[:-1]) + " and " + keys[-1]
         whose = " and ".join(NAMES[o] for o in opts)
-        where = f"{STUDIES['epochs']} and {STUDIES['iterations']}" if robust else STUDIES["main"]
+        where = f"{names['epochs']} and {names['iterations']}" if robust else names["main"]
         lines.append(f"No verdict yet on {which}: " + ("its budget studies have no spec" if n < 0 else
                      f"{n} of {whose}'s runs in {where} have not finished (bracketing may add more)"))
     return "; ".join(lines)
@@ -116,31 +135,36 @@ def chapter_verdicts(study: StudyResults, claims: str, prediction: dict | None =
         html += verdict_display(vs, claims).style.hide(axis="index").set_table_attributes(
             'class="kfaclab-verdicts"').to_html()
     if left:
-        html += f"<p><b>{waiting_line(left)}.</b></p>"
+        html += f"<p><b>{waiting_line(left, j.names)}.</b></p>"
     return HTML(html)
 
 
-def versions_table(v2: list[Verdict], v2_waiting: dict, v3: list[Verdict], v3_waiting: dict) -> pd.DataFrame:
+def versions_table(v2: list[Verdict], v2_waiting: dict, v3: list[Verdict], v3_waiting: dict,
+                   resnet: tuple[list[Verdict], dict] | None = None) -> pd.DataFrame:
     """Each claim under rules versions 1-2 (on the miniature) and version 3 (on miniature3 and its
-    budget studies): outcome with estimate [interval], or what it waits for."""
-    by2 = {v.claim: v for v in v2}
-    by3 = {v.claim: v for v in v3}
+    budget studies; with `resnet` = (verdicts, waiting), also on the resnet-cpu set): outcome with
+    estimate [interval], or what it waits for."""
+    columns = [("versions 1-2 (miniature)", v2, v2_waiting), ("version 3 (miniature3)", v3, v3_waiting)]
+    if resnet is not None:
+        columns.append(("version 3 (resnet-cpu, ResNet-8)", *resnet))
     rows = []
     for key, (statement, _) in CLAIMS.items():
         if key == "f":
             continue  # ABS/ABSA: the abs study, version 2's rule in both
-
-        def cell(v, left):
-            if v is not None:
-                return f"{v.outcome}: {summary(v)}"
-            n = left.get(key)  # noqa: B023 (called in this iteration)
-            if n is None:
-                return "–"
-            return "budget studies missing" if n < 0 else f"waiting: {n} runs to go"
-
-        rows.append({"claim": f"({key}) {statement}", "versions 1-2 (miniature)": cell(by2.get(key), v2_waiting),
-                     "version 3 (miniature3)": cell(by3.get(key), v3_waiting)})
+        row = {"claim": f"({key}) {statement}"}
+        for label, verdicts, left in columns:
+            row[label] = _cell(key, {v.claim: v for v in verdicts}.get(key), left)
+        rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _cell(key: str, v: Verdict | None, left: dict) -> str:
+    if v is not None:
+        return f"{v.outcome}: {summary(v)}"
+    n = left.get(key)
+    if n is None:
+        return "–"
+    return "budget studies missing" if n < 0 else f"waiting: {n} runs to go"
 
 
 def summary(v: Verdict) -> str:
