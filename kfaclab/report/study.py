@@ -149,7 +149,7 @@ def where_it_runs(study: StudyResults) -> str:
         "judged by the same rules as the miniature"
     device = str((study.spec.get("fixed") or {}).get("device", "auto"))
     if device.startswith("cpu"):
-        return f"it runs on a CPU, cell by cell (`scripts/run-miniature3.sh` for the version-3 studies), {rules}" \
+        return f"it runs on a CPU, cell by cell (`scripts/run-v3.sh` for the version-3 studies), {rules}" \
             if judged_v3.is_v3(study) else f"it runs on a CPU, {rules}"
     return f"it runs in borrowed GPU windows (the Reproduce chapter says how), {rules}"
 
