@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -160,7 +161,7 @@ def test_what_ran_is_read_from_the_spec_and_the_records(studies, tmp_path):
     assert "**128 runs**" in text_ and "downsampled to 16x16, no augmentation" in text_
     assert "SGD over learning rate x momentum (4x4); K-FAC over learning rate x damping (4x4)" in text_
     assert "all 50,000 training images and all 10,000 test images" in text_ and "CPU" in text_
-    # A record from a GPU says so, with the spec's precision and layout.
+    # A record from a GPU says so.
     d = shutil.copytree(studies["twin"].directory, tmp_path / "ongpu")
     spec = yaml.safe_load((d / "study.yaml").read_text())
     (d / "study.yaml").write_text(yaml.safe_dump({**spec, "name": "ongpu"}))
@@ -168,9 +169,21 @@ def test_what_ran_is_read_from_the_spec_and_the_records(studies, tmp_path):
     rec = json.loads(rec_path.read_text())
     rec["environment"]["gpu"] = "NVIDIA H100 80GB HBM3"
     rec_path.write_text(json.dumps(rec))
-    study = load_results(d)
-    study.spec["fixed"].update(precision="bf16", channels_last=True)
-    assert "Ran on: NVIDIA H100 80GB HBM3 GPU (bf16 autocast, channels-last)" in report.what_ran(study).data
+    assert "Ran on: NVIDIA H100 80GB HBM3 GPU;" in report.what_ran(load_results(d)).data
+
+
+def test_the_hardware_line_says_how_the_records_computed():
+    """Precision and layout come from the records (what ran), not the spec (which may say auto)."""
+    from kfaclab.report.study import _hardware
+
+    def frame(precisions, layouts, gpu=None):
+        return pd.DataFrame({"precision": precisions, "channels_last": layouts, "gpu": gpu, "cpu": "AMD EPYC",
+                             "cpu_count": 2, "threads": 1})
+    assert _hardware(frame(["bf16"] * 3, [True] * 3)) == \
+        "AMD EPYC CPU (2 cores, 1 thread per run, bf16 autocast, channels-last)"
+    assert _hardware(frame(["fp32"] * 3, [False] * 3)) == "AMD EPYC CPU (2 cores, 1 thread per run)"
+    assert _hardware(frame(["bf16", "fp32", "bf16"], [True, False, False], gpu="H200")) == \
+        "H200 GPU (bf16 autocast in 2 of 3 runs, channels-last in 1 of 3 runs)"
 
 
 # ------------------------------------------------------------------------------ device benches
