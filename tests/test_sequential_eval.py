@@ -124,3 +124,29 @@ def test_a_record_claiming_a_crossing_on_a_partial_read_is_refused(both):
 def test_the_evaluation_mode_is_left_out_of_earlier_run_ids():
     assert RunConfig(model="mlp:16").run_id() == RunConfig(model="mlp:16", eval_mode="full").run_id()
     assert RunConfig(model="mlp:16", eval_mode="sequential").run_id() != RunConfig(model="mlp:16").run_id()
+
+
+def test_the_committed_pilot_pairs_agree():
+    """runs/resnet-pilot-eval: ResNet-8 runs made twice, evaluated fully and sequentially, with
+    the same seed. The pairs must have the same first crossings and final accuracy, and the
+    sequential ones must have read less (what the README and the book quote)."""
+    import json
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "runs" / "resnet-pilot-eval"
+    recs = {}
+    for p in folder.glob("*.json"):
+        r = json.loads(p.read_text())
+        c = r["config"]
+        recs[(c["optimizer"], c["batch_size"], c["eval_mode"])] = r
+    pairs = {(o, b) for o, b, _ in recs}
+    if not pairs:
+        pytest.skip("the pilot's records are not there")
+    for o, b in pairs:
+        full, seq = recs.get((o, b, "full")), recs.get((o, b, "sequential"))
+        if full is None or seq is None:
+            continue  # a pair still running
+        assert [t["iteration"] for t in full["targets"]] == [t["iteration"] for t in seq["targets"]], (o, b)
+        assert full["final"]["test_accuracy"] == seq["final"]["test_accuracy"]
+        read = sum(h["test_examples"] for h in seq["history"])
+        assert read < 0.5 * full["resolved"]["test_examples"] * len(full["history"]), (o, b, read)
