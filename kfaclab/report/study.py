@@ -98,7 +98,8 @@ def what_ran(study: StudyResults) -> Markdown:
     rule = (study.spec.get("budget") or {}).get("rule")
     budget = study.spec.get("budget") or {}
     fixed_budget = next(((k, v) for k, v in budget.items() if k != "rule"), None)
-    budget = (f"stopping rule with B0 = {rule['b0']} and E0 = {rule['e0']} epochs" if rule else
+    e0 = f"{rule['e0']} epoch{'' if rule['e0'] == 1 else 's'}" if rule else ""
+    budget = (f"stopping rule with B0 = {rule['b0']} and E0 = {e0}" if rule else
               f"every run trained to {fixed_budget[1]:g} {fixed_budget[0]}, its schedule ending there" if fixed_budget
               else "fixed budgets")
     scaling = study.spec.get("lr_scaling") or {}
