@@ -108,3 +108,29 @@ def test_native_bf16_follows_the_cpu_when_there_is_no_gpu(monkeypatch):
         monkeypatch.setattr(precision, "_cpu_has_bf16", lambda has=has: has)
         assert precision.native_bf16("cpu") is has and precision.native_bf16("auto") is has
     assert precision.native_bf16("cuda") is False  # asked for but absent: validate/resolve_device say so
+
+
+def test_every_committed_record_rebuilds_to_its_own_id():
+    """A record's config, read back (RunConfig.from_record), names the run it came from: also
+    records made before `auto` existed, whose config lacks precision (a ResNet-20 of
+    runs/gpu-calibration ran in float32 then; auto would make it bf16 now)."""
+    paths = [p for p in (ROOT / "runs").glob("*/*.json") if not p.name.endswith(".failed.json")]
+    checked = 0
+    for path in paths:
+        rec = json.loads(path.read_text())
+        if rec.get("kind") != "kfaclab.run":
+            continue
+        assert RunConfig.from_record(rec["config"]).run_id() == rec["run_id"], path
+        checked += 1
+    assert checked > 1000
+    old = json.loads((ROOT / "runs" / "gpu-calibration" / "sgd-b128-e3.json").read_text())["config"]
+    assert "precision" not in old and RunConfig.from_record(old).precision == "fp32"
+
+
+def test_cli_config_reads_a_record_as_it_ran(tmp_path, bf16_device):
+    bf16_device(True)
+    old = json.loads((ROOT / "runs" / "gpu-calibration" / "sgd-b128-e3.json").read_text())["config"]
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(old))
+    cfg = _train_config(build_parser().parse_args(["train", "--config", str(path)]))
+    assert (cfg.precision, cfg.channels_last) == ("fp32", False)

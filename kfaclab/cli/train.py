@@ -67,7 +67,8 @@ def add_parsers(sub) -> dict:
     t.add_argument("--nproc", type=positive_int, default=1,
                    help="data-parallel processes on this machine: launches torchrun (gloo on CPUs, NCCL on GPUs); "
                         "for several machines run torchrun yourself")
-    t.add_argument("--config", metavar="JSON", help="a RunConfig as JSON (a record's 'config'): replaces the flags "
+    t.add_argument("--config", metavar="JSON", help="a RunConfig as JSON (a record's 'config'; a field it lacks takes "
+                                                  "its value from before that field existed): replaces the flags "
                                                   "above, except --out")
     t.add_argument("--out", help="run record path (default: kfaclab-run-<run id>.json)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -123,7 +124,7 @@ def _train_config(args):
             data = json.loads(Path(args.config).read_text())
         except (OSError, ValueError) as e:
             raise UsageError(f"cannot read the config {args.config}: {e}") from None
-        cfg = RunConfig.from_dict(data, where=args.config)
+        cfg = RunConfig.from_record(data, where=args.config)
         cfg.output = args.out or cfg.output
         return cfg
     return RunConfig(**_data_fields(args), optimizer=args.optimizer, budget=budget, budget_value=value,

@@ -169,7 +169,7 @@ def _check_run(run, status, files: dict, where: str) -> dict:
             raise UsageError(f"{where}: the record's id or status ({rec['run_id']}, {rec['status']}) differs from "
                              "the manifest's")
         try:
-            config_id = RunConfig.from_dict(rec["config"], where=where).run_id()
+            config_id = RunConfig.from_record(rec["config"], where=where).run_id()
         except UsageError as e:
             raise UsageError(f"{where}: the record's config is invalid: {e}") from None
         if config_id != run.run_id:

@@ -34,6 +34,8 @@ LATER_FIELDS = {"noise_scale_batches": 0, "nproc": 1, "batch_schedule": "fixed",
 # and decompositions stay float32). A config asks for one of these or "auto" (the default),
 # which kfaclab.train.precision turns into one of them when the config is built.
 PRECISIONS = ("fp32", "bf16")
+# What a record made before a field existed ran with: the field's value then (RunConfig.from_record).
+RECORD_DEFAULTS = {"precision": "fp32", "channels_last": False}
 
 
 @dataclass
@@ -110,6 +112,13 @@ class RunConfig:
         cfg = cls(**values)
         cfg.validate(where)
         return cfg
+
+    @classmethod
+    def from_record(cls, config: dict, where: str = "record") -> RunConfig:
+        """The config a run record holds. A record writes every field it knew, so a field it lacks
+        came later and took its value of that time: precision fp32 and channels_last false
+        before `auto` existed (a spec that leaves them out means auto instead)."""
+        return cls.from_dict({**RECORD_DEFAULTS, **config}, where)
 
     def validate(self, where: str = "config") -> None:
         def bad(key, msg):

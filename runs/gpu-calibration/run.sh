@@ -7,7 +7,7 @@
 # targets from them (60, 65, 70%).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-common=(--dataset cifar10-jpeg --model resnet20 --batch-size 128 --momentum 0.9 --weight-decay 5e-4 --epochs 3
+common=(--dataset cifar10-jpeg --model resnet20 --batch-size 128 --momentum 0.9 --weight-decay 5e-4 --epochs 3 --precision fp32
         --lr-decay cosine --min-evals 6 --device cpu)
 .venv/bin/python -m kfaclab train "${common[@]}" --optimizer sgd --lr 0.1 --target-acc 0.7 0.75 0.8 \
     --out runs/gpu-calibration/sgd-b128-e3.json
