@@ -269,3 +269,11 @@ def test_the_status_table_never_hides_a_status_that_occurs(studies):
     shown = report.status_table(dataclasses.replace(partial, runs=runs))
     assert int(shown.xs("interrupted", axis=1, level=1).to_numpy().sum()) == 1
     assert int(shown.to_numpy().sum()) == len(runs)  # every run counted once
+
+
+def test_what_ran_says_evaluations_share_of_the_runs_time(studies):
+    study = studies["complete"]
+    done = study.runs[study.runs["status"].isin(["completed", "diverged", "failed"])]
+    share = done["eval_seconds"].sum() / (done["seconds"].sum() + done["eval_seconds"].sum())
+    assert 0 < share < 1
+    assert f"and evaluation took {share:.0%} of the runs' time" in report.what_ran(study).data

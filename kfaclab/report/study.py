@@ -121,6 +121,10 @@ def what_ran(study: StudyResults) -> Markdown:
         grids.append(f"{name(opt)} over {label} ({shape})")
     trained = finished["seconds"].dropna() if "seconds" in finished else pd.Series(dtype=float)
     time = f"; {trained.sum() / 60:.0f} minutes of training in all" if len(trained) else ""
+    evals = finished["eval_seconds"].dropna() if "eval_seconds" in finished else pd.Series(dtype=float)
+    if len(trained) and len(evals) and trained.sum() + evals.sum() > 0:
+        # evaluation's share of the runs' wall time: what the evaluation schedule costs
+        time += f", and evaluation took {evals.sum() / (trained.sum() + evals.sum()):.0%} of the runs' time"
     where = _hardware(finished) if len(finished) else "nothing yet"
     return Markdown(
         f"The `{study.name}` study (`runs/{study.name}/study.yaml`): {ran}. Data: {data}, "

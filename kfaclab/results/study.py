@@ -214,6 +214,7 @@ def _row(name, run_id, cfg: dict, point: dict, rec: dict | None, marker: dict | 
         accs = [h["test_accuracy"] for h in rec["history"] if h.get("test_examples", n_test) == n_test]
         row.update(peak_lr=res.get("peak_lr"), planned_iterations=res["iterations"], planned_epochs=res["epochs"],
                    iterations=f["iteration"], epochs=f["epoch"], examples=f["examples"], seconds=f["seconds"],
+                   eval_seconds=f.get("eval_seconds"),
                    propagations=rec["optimizer"].get("propagations"), final_accuracy=f["test_accuracy"],
                    # K-FAC's KL clip (rules version 3): how often it bound, and the effective rate
                    kl_clip_bound_share=rec["optimizer"].get("kl_clip_bound_share"),
