@@ -91,12 +91,13 @@ class RunConfig:
     output: str | None = None
 
     def __post_init__(self):
-        # "auto" becomes what runs here and now (kfaclab.train.precision), so that the config, its
-        # id and its record say what ran; an MLP's auto is fp32, so its earlier ids are unchanged.
+        # "auto" becomes what runs (kfaclab.train.precision), from the config alone, so that the
+        # config, its id and its record say what ran on any machine; an MLP's auto is fp32, so
+        # its earlier ids are unchanged.
         from kfaclab.train.precision import resolve
 
         if isinstance(self.precision, str) and (self.precision == "auto" or self.channels_last is None):
-            self.precision, self.channels_last = resolve(self.model, self.optimizer, self.device, self.precision,
+            self.precision, self.channels_last = resolve(self.model, self.optimizer, self.precision,
                                                          self.channels_last)
 
     @classmethod

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 import time
 from collections import OrderedDict
 from datetime import UTC, datetime
@@ -44,6 +45,7 @@ from kfaclab.train.budget import (
 from kfaclab.train.config import RunConfig
 from kfaclab.train.noise_scale import NOISE_EPOCH_OFFSET
 from kfaclab.train.noise_scale import measure as measure_noise
+from kfaclab.train.precision import emulation_note
 from kfaclab.train.schedule import LRSchedule, scaled_lr
 from kfaclab.train.sequential_eval import evaluate_sequential, interleaved_order, targets_left
 from kfaclab.train.targets import race_to_targets
@@ -207,6 +209,9 @@ def train(cfg: RunConfig, *, dataset: Dataset | None = None, progress: bool = Tr
     opt.attach_training_data(train_loader)
     opt.set_micro_batch(cfg.micro_batch)
     opt.set_precision(cfg.precision)
+    slow = emulation_note(cfg.precision, device)  # bf16 where the hardware only emulates it
+    if slow and ctx.is_main:
+        print(slow, file=sys.stderr)
     if p["peak_lr"] is None:
         schedule = lambda t: None  # noqa: E731
     else:
@@ -219,6 +224,8 @@ def train(cfg: RunConfig, *, dataset: Dataset | None = None, progress: bool = Tr
         "num_classes": ds.num_classes, "num_parameters": count_parameters(model), "device": str(device),
         "dataset_source": ds.source, "world_size": ctx.world_size,
     }
+    if slow:
+        resolved["arithmetic_note"] = slow
     if cfg.output and ctx.is_main:  # the finished run must have room for its record (and notebook)
         rec.check_room(cfg.output, rec.record_size_bound(len(p["evaluation_iterations"])))
     state = _LoopState()

@@ -3,18 +3,20 @@
 The fast path is bf16 autocast of forward passes plus channels-last memory order; parameters,
 gradients, optimizer state and K-FAC's factors and decompositions stay float32. Where it was
 measured (runs/resnet-pilot/timings.json, `kfaclab bench --fast-path`) it helps convolutional
-models on hardware with native bfloat16 arithmetic: 1.6-2.1x for SGD and 1.3-1.8x for K-FAC on
-the CIFAR ResNets on a Zen 4 CPU (AVX-512 BF16), and bf16 tensor cores on GPUs. So `auto` picks:
-- the fast path for convolutional models (ResNets, C1) on a device with native bf16;
+models: 1.6-2.1x for SGD and 1.3-1.8x for K-FAC on the CIFAR ResNets on a Zen 4 CPU (AVX-512
+BF16), and bf16 tensor cores on GPUs. So `auto` picks:
+- the fast path for convolutional models (ResNets, C1);
 - float32 for MLPs. On the MLP the fast path is 0.97-1.02x at batch 128 and only pays at batches
   of thousands, and the MLP studies' verdicts are judged on float32 records; `precision: bf16`
   asks for it explicitly;
-- float32 for TRCG, whose trust-region ratio needs full precision, and on hardware without
-  native bf16 (where autocast would emulate it, slower than float32).
+- float32 for TRCG, whose trust-region ratio needs full precision.
 
-The choice is made when a RunConfig is built, so the config, its run id and its record all hold
-what actually ran (never "auto"): a spec expanded on a machine without bf16 names other runs
-than on one with it, rather than mixing their arithmetic under one id.
+The choice is made when a RunConfig is built, from the config alone (model and optimizer), so
+the config, its run id and its record all hold what runs (never "auto"), and a spec names the
+same runs on every machine that reads it: a study's records made on this CPU are found by CI, a
+GPU study's by the machine that merges its harvest. A device without native bfloat16 (a CPU
+without AVX-512 BF16 or AMX) still runs such a config, emulating bf16, slower than float32: the
+run says so when it starts (`native_bf16`), and `precision: fp32` is the way out.
 """
 
 from __future__ import annotations
@@ -59,12 +61,21 @@ def native_bf16(device: str) -> bool:
     return _cpu_has_bf16()
 
 
-def resolve(model: str, optimizer: str, device: str, precision: str, channels_last: bool | None) -> tuple[str, bool]:
-    """(precision, channels_last) that run: `auto` and None are decided here (see the module's
-    text); explicit values are kept (an unknown precision too: RunConfig.validate names it)."""
+def resolve(model: str, optimizer: str, precision: str, channels_last: bool | None) -> tuple[str, bool]:
+    """(precision, channels_last) that run: `auto` and None are decided here from the model and
+    the optimizer (see the module's text); explicit values are kept (an unknown precision too:
+    RunConfig.validate names it)."""
     if precision == AUTO:
-        fast = optimizer not in FULL_PRECISION_OPTIMIZERS and convolutional(model) and native_bf16(device)
+        fast = optimizer not in FULL_PRECISION_OPTIMIZERS and convolutional(model)
         precision = "bf16" if fast else "fp32"
         if channels_last is None:
             channels_last = fast
     return precision, bool(channels_last)
+
+
+def emulation_note(precision: str, device) -> str | None:
+    """A one-line note when a bf16 run lands on a device without native bf16 (None otherwise)."""
+    if precision != "bf16" or native_bf16(str(device)):
+        return None
+    return (f"note: bf16 autocast on {device} without native bfloat16 (no AVX-512 BF16 or AMX) is emulated and "
+            "slower than float32; set precision fp32 for speed (a different run id)")
