@@ -25,8 +25,10 @@ CSS = """
 .cell_output table { max-width: 100%; table-layout: auto; font-size: 0.85em; }
 .cell_output table th, .cell_output table td { white-space: normal; min-width: 3.5em; overflow-wrap: anywhere; }
 /* prose cells (the verdict tables): whole words, in a table exactly as wide as its column (a
-   fixed layout, so a long token breaks inside its cell instead of widening the table) */
-.cell_output table.kfaclab-verdicts { table-layout: fixed; width: 100%; }
+   fixed layout, so a long token breaks inside its cell instead of widening the table); as
+   specific as the theme's `.bd-content div.output table { table-layout: auto }`, and later */
+.cell_output table.kfaclab-verdicts,
+.bd-content div.output table.kfaclab-verdicts { table-layout: fixed; width: 100%; }
 .cell_output table.kfaclab-verdicts th,
 .cell_output table.kfaclab-verdicts td { overflow-wrap: break-word; min-width: 0; }
 """
