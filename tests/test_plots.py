@@ -76,8 +76,21 @@ def test_boxplots_region_and_critical_batch_charts_build(results):
     assert params(region)["budget_type_region"]["bind"]["input"] == "radio"
     noise = pd.DataFrame({"optimizer": ["sgd"], "b_simple": [48.0]})
     crit = plots.critical_batch_chart(results, noise_scale=noise, n_boot=10).to_dict()
-    assert params(crit)["target"]["bind"]["input"] == "select"
+    # Two batch sizes give no fit: no target to choose, the first named in the title.
+    assert "target" not in params(crit) and {"name": "target", "value": 0.3} in crit["params"]
+    assert "Critical batch size at test accuracy ≥ ' + format(target, '.0%')" in json.dumps(crit, ensure_ascii=False)
     assert "b_simple" in json.dumps(crit)
+
+
+def test_critical_batch_chart_offers_the_targets_with_a_fit(results, monkeypatch):
+    import kfaclab.plots.critical_batch as cb
+
+    points = pd.DataFrame({"optimizer": "sgd", "target": [0.3, 0.3, 0.5], "batch_size": [32, 64, 32],
+                           "steps": [100.0, 60.0, 400.0]})
+    monkeypatch.setattr(cb, "critical_batch_data", lambda *a, **k: (points, points, pd.DataFrame()))
+    crit = plots.critical_batch_chart(results).to_dict()
+    bind = params(crit)["target"]["bind"]
+    assert bind["input"] == "select" and bind["options"] == [0.3, 0.5] and bind["labels"] == ["30%", "50%"]
 
 
 def test_charts_are_valid_vega_lite_and_carry_their_data(results):
@@ -235,3 +248,53 @@ def test_heatmaps_of_three_optimizers_wrap_two_per_row():
     assert spec["columns"] == 2 and len(spec["concat"]) == 3
     titles = [c["title"] for c in spec["concat"]]
     assert titles == [f"{o}: test accuracy over its grid" for o in miniature.optimizers()]
+
+
+def test_choice_param_binds_an_input_only_where_there_is_a_choice():
+    from kfaclab.plots.style import choice_param
+
+    one = choice_param("target", [0.4, 0.4], "target ").param.to_dict()
+    assert one == {"name": "target", "value": 0.4}  # a fixed value: a select of one would change nothing
+    two = choice_param("budget", ["epochs", "iterations", "epochs"], "budget ", value="iterations",
+                       labels=["E", "I", "E again"], radio=True).param.to_dict()
+    assert two["value"] == "iterations"
+    assert two["bind"] == {"input": "radio", "options": ["epochs", "iterations"], "labels": ["E", "I"],
+                           "name": "budget "}
+    assert choice_param("x", [1, 2], "x ", value=7).param.to_dict()["value"] == 1  # a value the data lacks: the first
+    with pytest.raises(ValueError, match="2 labels for 3 options"):
+        choice_param("x", [1, 2, 3], "x ", labels=["a", "b"])
+    with pytest.raises(ValueError, match="no values"):
+        choice_param("x", [], "x ")
+
+
+def _charts(items):
+    return [i for i in items if isinstance(i, alt.TopLevelMixin)]
+
+
+def test_a_study_with_one_finished_cell_offers_no_input_that_changes_nothing(results):
+    """While one (optimizer, batch size) cell has run, every input on its charts has at least two
+    values, each with data: the book's browser test clicks every value and fails on an input
+    that changes nothing (a select of the one target with a fit, of batch sizes not run)."""
+    import dataclasses
+
+    from kfaclab import report
+
+    runs = results.runs
+    keep = runs[(runs["optimizer"] == "sgd") & (runs["batch_size"] == 32)]
+    one = dataclasses.replace(results, runs=keep.reset_index(drop=True),
+                              evals=results.evals[results.evals["name"].isin(set(keep["name"]))])
+    items = report.scaling_section(one) + report.robustness_section(one) + report.critical_batch_section(one)
+    charts = _charts(items)
+    assert len(charts) >= 4
+    for chart in charts:
+        for name, p in params(chart.to_dict()).items():
+            assert len(p["bind"]["options"]) >= 2, (name, p)
+    heat = params(plots.robustness_heatmaps(one).to_dict())
+    assert "batch" not in heat  # one batch size with accuracies: a fixed value, named in the title
+    # No fit at one batch size: a line says so where the chart would be.
+    crit = [i for i in report.critical_batch_section(one) if not isinstance(i, alt.TopLevelMixin)]
+    assert any("No critical-batch fit" in getattr(i, "data", "") for i in crit)
+    full = params(plots.critical_batch_chart(results, n_boot=10).to_dict())
+    points, _, _ = plots.critical_batch_data(results, n_boot=10)
+    options = full["target"]["bind"]["options"] if "target" in full else []
+    assert set(options) <= set(points["target"]) if len(points) else not options

@@ -6,7 +6,7 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
-from kfaclab.plots.style import _batch_axis, _color, _seed_dash, _title
+from kfaclab.plots.style import _batch_axis, _color, _seed_dash, _title, choice_param
 from kfaclab.results import (
     StudyResults,
 )
@@ -28,10 +28,8 @@ def adaptive_curves_chart(results: StudyResults, width: int = 460, height: int =
     learning rates; a select picks the optimizer, a radio the x axis."""
     data = adaptive_curves_data(results)
     optimizers = list(dict.fromkeys(data["base_optimizer"]))
-    opt = alt.param(name="base_optimizer", value=optimizers[0],
-                    bind=alt.binding_select(options=optimizers, name="optimizer "))
-    axis = alt.param(name="x_axis", value="iteration",
-                     bind=alt.binding_radio(options=["iteration", "epoch"], name="against "))
+    opt = choice_param("base_optimizer", optimizers, "optimizer ")
+    axis = choice_param("x_axis", ["iteration", "epoch"], "against ", radio=True)
     long = data.melt(id_vars=[c for c in data.columns if c not in ("iteration", "epoch")],
                      value_vars=["iteration", "epoch"], var_name="axis", value_name="x")
     return alt.Chart(long).mark_line(point=alt.OverlayMarkDef(size=14)).encode(
@@ -44,8 +42,8 @@ def adaptive_curves_chart(results: StudyResults, width: int = 460, height: int =
                  alt.Tooltip("test_accuracy:Q", format=".3f")],
     ).transform_filter(
         (alt.datum.base_optimizer == opt) & (alt.datum.axis == axis)
-    ).add_params(opt, axis).properties(width=width, height=height,
-                                       title=_title("Test accuracy at each method's best learning rate", results))
+    ).add_params(opt, axis).properties(width=width, height=height, title=_title(
+        alt.ExprRef('base_optimizer + ": test accuracy at each method\'s best learning rate"'), results))
 
 
 def adaptive_trajectory_chart(results: StudyResults, width: int = 460, height: int = 170) -> alt.VConcatChart:
@@ -62,8 +60,7 @@ def adaptive_trajectory_chart(results: StudyResults, width: int = 460, height: i
     t["lr"] = t["lr"].astype(float)
     t["run"] = "lr " + t["lr"].map("{:g}".format) + ", seed " + t["seed"].astype(str)
     methods = list(dict.fromkeys(t["method"]))
-    method = alt.param(name="adaptive_method", value=methods[0],
-                       bind=alt.binding_select(options=methods, name="method "))
+    method = choice_param("adaptive_method", methods, "method ")
     base = alt.Chart(t).transform_filter(alt.datum.method == method).encode(
         x=alt.X("epoch:Q", title="epoch"), color=alt.Color("lr:O", title="learning rate"),
         strokeDash=_seed_dash(t["seed"]), detail="run:N",

@@ -53,7 +53,10 @@ def critical_batch_chart(results: StudyResults, unit: str = "iterations", n_boot
     fitted B_crit with its bootstrap interval (vertical rule and band). With `noise_scale`
     (optimizer, b_simple), the measured gradient noise scale is drawn as a dashed rule."""
     points, curves, fits = critical_batch_data(results, unit, n_boot)
-    target = _target_param(results.targets)
+    # Only the targets with a fit are offered: another would show an empty plot (with none, the
+    # first target stays fixed and the plot shows its axes only).
+    fitted = [t for t in results.targets if len(points) and (points["target"] == t).any()]
+    target = _target_param(fitted or results.targets[:1])
     # The axis spans the batch sizes, and the noise scale where it is drawn: a rule outside
     # the axis would be drawn outside the plot.
     span = list(results.batch_sizes())
@@ -96,7 +99,8 @@ def critical_batch_chart(results: StudyResults, unit: str = "iterations", n_boot
             tooltip=["optimizer:N", alt.Tooltip("b_simple:Q", title="gradient noise scale B_simple", format=",.0f")]))
     return alt.layer(*layers).add_params(target).properties(
         width=width, height=height,
-        title=_title("Critical batch size: S(B) = S_min (1 + B_crit / B)", results,
+        title=_title(alt.ExprRef("'Critical batch size at test accuracy ≥ ' + format(target, '.0%') + "
+                                 "': S(B) = S_min (1 + B_crit / B)'"), results,
                      ["points: measured; solid: the fit; dashed rule and band: fitted B_crit and its 68%",
                       "bootstrap interval over grid points" + ("; dotted rule: the measured noise scale"
                                                                if len(series) > 2 else "")]))

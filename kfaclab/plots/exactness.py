@@ -6,7 +6,7 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
-from kfaclab.plots.style import DASHED, SOLID, _batch_axis, _series
+from kfaclab.plots.style import DASHED, SOLID, _batch_axis, _series, choice_param
 
 STATE_COLORS = {"init": "#1f77b4", "trained": "#d62728"}
 # Facet headers short enough to sit over their panels (the file's long names go in the subtitle).
@@ -22,10 +22,8 @@ def exactness_chart(rows: pd.DataFrame, models: dict, width: int = 180, height: 
                       whole.assign(series="plain gradient", cosine=whole["gradient_cosine"])], ignore_index=True)
     data["model class"] = [SHORT.get(m, m) for m in data["model"]]
     dampings = sorted(float(d) for d in data["damping"].unique())
-    damping = alt.param(name="damping", value=dampings[len(dampings) // 2],
-                        bind=alt.binding_radio(options=dampings, name="damping "))
-    fisher = alt.param(name="fisher", value="exact",
-                       bind=alt.binding_radio(options=sorted(data["fisher"].unique()), name="K-FAC's Fisher "))
+    damping = choice_param("damping", dampings, "damping ", value=dampings[len(dampings) // 2], radio=True)
+    fisher = choice_param("fisher", sorted(data["fisher"].unique()), "K-FAC's Fisher ", value="exact", radio=True)
     chart = alt.Chart(data).mark_line(point=True).encode(
         x=_batch_axis(sorted(data["batch_size"].unique())),
         y=alt.Y("cosine:Q", title="cosine with the exact natural-gradient step", scale=alt.Scale(domain=[0, 1])),

@@ -7,7 +7,7 @@ import altair as alt
 import numpy as np
 import pandas as pd
 
-from kfaclab.plots.style import DASHED, DOTTED, SOLID, _color, _series, _title
+from kfaclab.plots.style import DASHED, DOTTED, SOLID, _color, _series, _title, choice_param
 from kfaclab.results import (
     StudyResults,
 )
@@ -22,14 +22,14 @@ def nqm_chart(curves: pd.DataFrame, fits: pd.DataFrame, first: dict | None = Non
     first = {"decay": 1.0, "power": 0.0, "momentum": "tuned", **(first or {})}
     decays, powers = sorted(curves["decay"].unique()), sorted(curves["power"].unique())
     momenta = list(dict.fromkeys(curves["momentum"]))
-    decay = alt.param(name="nqm_decay", value=float(first["decay"]), bind=alt.binding_select(
-        options=[float(d) for d in decays], labels=[f"h_i = i^-{d:g}" for d in decays], name="curvature spectrum "))
-    power = alt.param(name="nqm_power", value=float(first["power"]), bind=alt.binding_select(
-        options=[float(p) for p in powers],
+    decay = choice_param("nqm_decay", [float(d) for d in decays], "curvature spectrum ", value=float(first["decay"]),
+                         labels=[f"h_i = i^-{d:g}" for d in decays])
+    power = choice_param(
+        "nqm_power", [float(p) for p in powers], "preconditioning power p ", value=float(first["power"]),
         labels=[{0.0: "0 (SGD)", 0.5: "1/2 (Adam-like)", 1.0: "1 (exact curvature, K-FAC-like)"}.get(p, f"{p:g}")
-                for p in powers], name="preconditioning power p "))
-    momentum = alt.param(name="nqm_momentum", value=str(first["momentum"]), bind=alt.binding_select(
-        options=momenta, labels=[m if m == "tuned" else f"{m} (fixed)" for m in momenta], name="momentum "))
+                for p in powers])
+    momentum = choice_param("nqm_momentum", momenta, "momentum ", value=str(first["momentum"]),
+                            labels=[m if m == "tuned" else f"{m} (fixed)" for m in momenta])
     pick = (alt.datum.decay == decay) & (alt.datum.power == power) & (alt.datum.momentum == momentum)
     bs = sorted(curves["batch_size"].unique())
     x = alt.X("batch_size:Q", title="batch size (the model's examples per step)",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import altair as alt
 import pandas as pd
 
+from kfaclab.plots.style import choice_param
+
 PHASE_ORDER = ["forward_backward", "curvature_backward", "factor_statistics", "factor_update", "decompositions",
                "preconditioning", "sgd_update", "other"]
 
@@ -20,8 +22,7 @@ def phase_chart(table: pd.DataFrame, first: str | None = None, width: int = 340)
     data["workload"] = data["model"] + ", batch " + data["batch_size"].astype(str)
     data["row"] = data["optimizer"] + " (" + data["version"] + ")"
     cases = list(dict.fromkeys(data["workload"]))
-    pick = alt.param(name="workload_pick", value=first if first in cases else cases[0],
-                     bind=alt.binding_select(options=cases, name="model and batch: "))
+    pick = choice_param("workload_pick", cases, "model and batch: ", value=first)
     phases = [p for p in PHASE_ORDER if p in set(data["phase"])] + sorted(set(data["phase"]) - set(PHASE_ORDER))
     data["order"] = data["phase"].map({p: i for i, p in enumerate(phases)})
     rows = list(dict.fromkeys(data.sort_values(["optimizer", "version"], ascending=[True, False])["row"]))

@@ -14,6 +14,7 @@ from kfaclab.plots.style import (
     _batch_axis,
     _color,
     _title,
+    choice_param,
 )
 from kfaclab.results import (
     BUDGET_TYPES,
@@ -40,8 +41,11 @@ def _budget_param(results: StudyResults, data: pd.DataFrame):
         labels.append({"epochs": f"epoch budget ({v:g} epochs)" if v is not None else "epoch budget",
                        "iterations": f"iteration budget ({v:g} iterations)" if v is not None else "iteration budget",
                        "rule": "each run's own stopping-rule budget"}[b])
-    return alt.param(name="budget_type", value="epochs",
-                     bind=alt.binding_radio(options=list(BUDGET_TYPES), labels=labels, name="budget "))
+    # Only the budget types with an accuracy: another would show an empty (or all-grey) chart.
+    measured = data[data["accuracy"].notna()] if "accuracy" in data else data
+    have = [k for k, b in enumerate(BUDGET_TYPES) if (measured["budget_type"] == b).any()] or range(len(BUDGET_TYPES))
+    return choice_param("budget_type", [BUDGET_TYPES[k] for k in have], "budget ", value="epochs",
+                        labels=[labels[k] for k in have], radio=True)
 
 
 def heatmap_axes(results: StudyResults, opt: str):
@@ -61,10 +65,10 @@ def robustness_heatmaps(results: StudyResults, budgets: dict | None = None, cell
     at one batch size (select) under one budget (radio). Grey cells: no accuracy (failed,
     diverged before the budget, or not run)."""
     data = robustness_data(results, budgets)
-    sizes = results.batch_sizes()
+    # The batch sizes with at least one accuracy (all of them while none has one).
+    sizes = sorted({int(b) for b in data.loc[data["accuracy"].notna(), "batch_size"]}) or results.batch_sizes()
     # A select of the batch sizes themselves (a slider over log2 would show exponents).
-    batch = alt.param(name="batch", value=sizes[0],
-                      bind=alt.binding_select(options=sizes, labels=[f"{b:,}" for b in sizes], name="batch size "))
+    batch = choice_param("batch", sizes, "batch size ", labels=[f"{b:,}" for b in sizes])
     budget = _budget_param(results, data)
     domain = [float(np.nanmin(data["accuracy"])) if data["accuracy"].notna().any() else 0.0,
               float(np.nanmax(data["accuracy"])) if data["accuracy"].notna().any() else 1.0]
@@ -128,8 +132,8 @@ def region_chart(results: StudyResults, tolerance: float = 0.01, budgets: dict |
     """Share of the grid within `tolerance` of the optimizer's best accuracy, per batch size
     and budget type: the paper's 'high-accuracy region'."""
     table = high_accuracy_region(robustness_data(results, budgets), tolerance)
-    budget = alt.param(name="budget_type_region", value="epochs",
-                       bind=alt.binding_radio(options=list(BUDGET_TYPES), name="budget "))
+    budget = choice_param("budget_type_region", [b for b in BUDGET_TYPES if (table["budget_type"] == b).any()]
+                          or list(BUDGET_TYPES), "budget ", value="epochs", radio=True)
     return alt.Chart(table).transform_filter(alt.datum.budget_type == budget).mark_line(point=True).encode(
         x=_batch_axis(results.batch_sizes()),
         y=alt.Y("share:Q", title=f"share of grid within {tolerance:.0%} of the best", axis=alt.Axis(format=".0%"),

@@ -12,6 +12,7 @@ from kfaclab.plots.style import (
     _color,
     _series,
     _title,
+    choice_param,
     goal_label,
 )
 from kfaclab.results import (
@@ -49,9 +50,9 @@ def scaling_chart(results: StudyResults, width: int = 460, height: int = 320) ->
     data = scaling_data(results)
     data = data[data["steps"].notna() | data["ideal"].notna()]
     goals = list(dict.fromkeys(data["goal"])) or [goal_label("accuracy", t) for t in results.targets]
-    target = alt.param(name="goal", value=goals[0], bind=alt.binding_select(options=goals, name="target "))
-    unit = alt.param(name="unit", value="iterations",
-                     bind=alt.binding_radio(options=list(UNITS), name="measured in "))
+    target = choice_param("goal", goals, "target ")
+    unit = choice_param("unit", [u for u in UNITS if (data["unit"] == u).any()] or list(UNITS), "measured in ",
+                        value="iterations", radio=True)
     series = ["measured (best of the grid)", "perfect scaling"]
     dash = _series(series, [SOLID, DASHED])
     base = alt.Chart(data).transform_filter(

@@ -40,11 +40,32 @@ def _batch_axis(batch_sizes, title="batch size"):
                  axis=alt.Axis(values=list(batch_sizes), format="d"))
 
 
+def choice_param(name: str, options: list, label: str, value=None, labels: list[str] | None = None,
+                 radio: bool = False):
+    """A chart parameter bound to a select (or radio buttons) over `options` (with `labels`, one
+    per option), bound only where there is a choice: an input with one option, or with options
+    the data does not have, changes nothing on the page, so callers pass the values their data
+    has, and a single value stays a fixed parameter (the chart's title says which)."""
+    if labels is not None and len(labels) != len(options):
+        raise ValueError(f"chart parameter {name!r}: {len(labels)} labels for {len(options)} options")
+    pairs: dict = {}
+    for option, text in zip(options, labels if labels is not None else options):
+        pairs.setdefault(option, text)  # a repeated option keeps its first label
+    if not pairs:
+        raise ValueError(f"chart parameter {name!r}: no values to choose from")
+    options = list(pairs)
+    value = options[0] if value is None or value not in pairs else value
+    if len(options) < 2:
+        return alt.param(name=name, value=value)
+    kw = {"options": options, "name": label}
+    if labels is not None:
+        kw["labels"] = [str(v) for v in pairs.values()]
+    return alt.param(name=name, value=value, bind=(alt.binding_radio if radio else alt.binding_select)(**kw))
+
+
 def _target_param(targets):
     targets = [float(t) for t in targets]
-    return alt.param(name="target", value=targets[0],
-                     bind=alt.binding_select(options=targets, labels=[f"{t:.0%}" for t in targets],
-                                             name="target test accuracy "))
+    return choice_param("target", targets, "target test accuracy ", labels=[f"{t:.0%}" for t in targets])
 
 
 DATA_NAMES = {"cifar10-jpeg": "CIFAR-10 (JPEG q75 copy)", "cifar10": "CIFAR-10", "svhn": "SVHN",

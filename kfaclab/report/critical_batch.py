@@ -39,6 +39,18 @@ def fit_table(study: StudyResults, n_boot: int = 200) -> pd.DataFrame:
     return pd.DataFrame(fits).set_index(["optimizer", "target"])
 
 
+def fit_chart(study: StudyResults, fits: pd.DataFrame):
+    """The fits' chart (kfaclab.plots.critical_batch_chart) over the finished batch sizes, or,
+    while no optimizer has a fit at any target, a line that says so: an empty plot would show
+    axes only."""
+    from kfaclab import plots
+
+    if "B_crit" not in fits or not np.isfinite(fits["B_crit"].astype(float)).any():
+        return Markdown(f"No critical-batch fit in the `{study.name}` study yet: a fit needs a target reached "
+                        "at 3 or more finished batch sizes.")
+    return plots.critical_batch_chart(complete_cells(study))
+
+
 def fit_view(fits: pd.DataFrame):
     return fits.drop(columns="identified").style.format(
         {"B_crit": "{:,.0f}", "S_min (iterations)": "{:,.0f}", "E_min (examples)": "{:,.0f}",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from IPython.display import Markdown
 
 from kfaclab import plots
-from kfaclab.report.critical_batch import b_crit_lines, fit_table, fit_view
+from kfaclab.report.critical_batch import b_crit_lines, fit_chart, fit_table, fit_view
 from kfaclab.report.robustness import (
     TOLERANCE,
     budgets_text,
@@ -71,7 +71,7 @@ def scaling_section(study: StudyResults) -> list:
         items.append(steps_view(study, "loss"))
     fits = fit_table(study)
     ratio = ratio_table(study, table)
-    items += [efficiency_view(study, table), reach_lines(study, table), plots.critical_batch_chart(done),
+    items += [efficiency_view(study, table), reach_lines(study, table), fit_chart(study, fits),
               fit_view(fits), b_crit_lines(study, fits)]
     if len(ratio):
         items += [ratio_view(ratio), Markdown("\n".join(ratio_lines(study, ratio)))]
@@ -100,7 +100,7 @@ def critical_batch_section(study: StudyResults) -> list:
     if complete:
         return items
     fits = fit_table(study)
-    return items + [plots.critical_batch_chart(complete_cells(study)), fit_view(fits), b_crit_lines(study, fits),
+    return items + [fit_chart(study, fits), fit_view(fits), b_crit_lines(study, fits),
                     chapter_verdicts(study, "ci")]
 
 
