@@ -190,11 +190,39 @@ class _Flat:
 
         self.A, self.mstar, self.weight, self.target = A, mstar, weight, target
         self.forms = forms(A, mstar)
+        # A^(2^j) for j = 0..MAX_LOG2_STEPS, stacked: entry i is (steps, rows, coordinates).
+        squares = [A]
+        with np.errstate(all="ignore"):
+            for _ in range(MAX_LOG2_STEPS):
+                squares.append(_mul(squares[-1], squares[-1]))
+        self.squares = tuple(np.stack([q[i] for q in squares]) for i in range(4))
+
+    def square(self, j, rows):
+        """A^(2^j) of each row (one j per row)."""
+        return tuple(m[j, rows] for m in self.squares)
+
+    def loss_from(self, rows, P):
+        """The exact expected loss of `rows` after t steps, from P = A^t."""
+        return _loss(self.weight[rows], _second_moment_from_power(P, self.mstar[rows]))
+
+    def power(self, rows, t):
+        """A^t of each row (one t per row), from the table of squares."""
+        t = np.asarray(t, dtype=np.int64)
+        n = self.A[0].shape[-1]
+        P = tuple(np.full((len(rows), n), v, dtype=float) for v in (1.0, 0.0, 0.0, 1.0))
+        with np.errstate(all="ignore"):
+            for j in range(MAX_LOG2_STEPS + 1):
+                use = ((t >> j) & 1).astype(bool)
+                if use.any():
+                    Q = self.square(np.full(int(use.sum()), j), rows[use])
+                    new = _mul(tuple(p[use] for p in P), Q)
+                    for p, v in zip(P, new):
+                        p[use] = v
+        return P
 
     def loss_at(self, rows, t):
         """The exact expected loss of `rows` after t steps (one t per row)."""
-        A = tuple(a[rows] for a in self.A)
-        return _loss(self.weight[rows], _second_moment_from_power(_power(A, t), self.mstar[rows]))
+        return self.loss_from(rows, self.power(rows, t))
 
     def block_bounds(self, rows, t0, t1):
         """(lower, upper) bounds on the expected loss over every step in [t0, t1] (t0 >= 1, t1
@@ -231,17 +259,27 @@ def _first_crossing(flat: _Flat, stable: np.ndarray) -> np.ndarray:
     out = np.full(stable.shape, np.inf)
     c = np.ones(stable.shape, dtype=np.int64)
     rows = np.flatnonzero(stable)
+    P = tuple(a[rows] for a in flat.A)  # A^c of each row still searching, in the order of `rows`
     limit = 2 ** MAX_LOG2_STEPS
     while len(rows):
-        hit = flat.loss_at(rows, c[rows]) <= flat.target
+        hit = flat.loss_from(rows, P) <= flat.target
         out[rows[hit]] = c[rows[hit]]
-        rows = rows[~hit]
+        rows, P = rows[~hit], tuple(p[~hit] for p in P)
         if not len(rows):
             break
         clear = flat.longest_clear(rows, lambda lower, upper: lower > flat.target,
                                    lambda r, n: (c[r] + 1, c[r] + n))
-        c[rows] += np.where(clear > 0, 2 ** np.maximum(clear - 1, 0), 0) + 1
-        rows = rows[c[rows] <= limit]
+        with np.errstate(all="ignore"):
+            jump = clear > 0  # past a cleared block of 2^(clear - 1) steps, then one step
+            if jump.any():
+                moved = _mul(tuple(p[jump] for p in P), flat.square(clear[jump] - 1, rows[jump]))
+                P = tuple(p.copy() for p in P)
+                for p, v in zip(P, moved):
+                    p[jump] = v
+            P = _mul(P, tuple(a[rows] for a in flat.A))
+        c[rows] += np.where(jump, 2 ** np.maximum(clear - 1, 0), 0) + 1
+        keep = c[rows] <= limit
+        rows, P = rows[keep], tuple(p[keep] for p in P)
     return out
 
 

@@ -40,12 +40,13 @@ class CoordinateForms:
 
     real: np.ndarray       # real, well-separated eigenvalues: e(t) = sum_m k_m s_m^t
     k: tuple               # (k1, k2, k3)
-    log_s: tuple           # log |s_m| of (s1, s2, s3) = (l1^2, l1 l2, l2^2)
+    log_s: tuple           # log |s_m| of (s1, s2, s3) = (l1^2, l1 l2, l2^2); s2 = det A = r2
     alternating: np.ndarray  # s2 = l1 l2 < 0: its term alternates in sign
-    complex_: np.ndarray   # complex, well-separated: e(t) in r2^t (alpha +- R)
+    complex_: np.ndarray   # complex, well-separated: e(t) = r2^t (alpha + R cos(2 phi t - psi))
     alpha: np.ndarray
     radius: np.ndarray
-    log_r2: np.ndarray     # log |eigenvalue|^2 = log det A for complex eigenvalues
+    two_phi: np.ndarray
+    psi: np.ndarray
     rho: np.ndarray        # spectral radius
     log_rho: np.ndarray
     tau: np.ndarray        # the Schur form's off-diagonal magnitude
@@ -86,6 +87,8 @@ def forms(A, mstar) -> CoordinateForms:
         m11, m12, m22 = d11, quad(1.0, 0.0, v1, v2), quad(v1, v2, v1, v2)
         alpha = (m11 + m22) / 2
         radius = np.sqrt(((m11 - m22) / 2) ** 2 + m12 ** 2)
+        two_phi = 2 * np.arctan2(sin_phi, cos_phi)
+        psi = np.arctan2(m12, (m11 - m22) / 2)
         rho = np.where(disc >= 0, scale, r)
         # Schur: ||A||_F^2 = |l1|^2 + |l2|^2 + |tau|^2.
         eig2 = np.where(disc >= 0, l1 * l1 + l2 * l2, 2 * np.abs(det))
@@ -93,26 +96,13 @@ def forms(A, mstar) -> CoordinateForms:
         dnorm = np.abs(d11 + d22) / 2 + np.sqrt(((d11 - d22) / 2) ** 2 + d12 ** 2)
         magnitude = np.where(real, np.abs(k[0]) + np.abs(k[1]) + np.abs(k[2]),
                              np.where(complex_, np.abs(alpha) + radius, 0.0)) + dnorm
-        # Terms a coordinate's form does not use decay at once (log base -inf), so they add 0.
-        log_s = tuple(np.where(real, v, -np.inf) for v in log_s)
-        log_r2 = np.where(complex_, np.log(np.abs(det)), -np.inf)
-        return CoordinateForms(real, k, log_s, real & (l1 * l2 < 0), complex_, alpha, radius, log_r2, rho,
-                               np.log(rho), tau, dnorm, magnitude)
-
-
-def _pow(log_base, t):
-    """|base|^t from log |base|, for t >= 1 (possibly infinite): a base below 1 decays to 0."""
-    with np.errstate(all="ignore"):
-        return np.exp(t * log_base)
-
-
-def _monotone(kk, log_base, t0, t1, alternating=False):
-    """(min, max) of kk * base^t over t in [t0, t1]: monotone for a positive base; for a
-    negative one (`alternating`), inside the envelope +-|kk| |base|^t0."""
-    at0, at1 = kk * _pow(log_base, t0), kk * _pow(log_base, t1)
-    lo, hi = np.minimum(at0, at1), np.maximum(at0, at1)
-    envelope = np.abs(at0)
-    return np.where(alternating, -envelope, lo), np.where(alternating, envelope, hi)
+        # Coefficients of a form a coordinate does not use are 0, and their bases decay at once
+        # (log base -inf), so they add 0. The middle base, det A, is also r^2 of complex eigenvalues.
+        k = tuple(np.where(real, v, 0.0) for v in k)
+        log_s = (np.where(real, log_s[0], -np.inf), np.log(np.abs(det)), np.where(real, log_s[2], -np.inf))
+        alpha, radius = np.where(complex_, alpha, 0.0), np.where(complex_, radius, 0.0)
+        return CoordinateForms(real, k, log_s, real & (l1 * l2 < 0), complex_, alpha, radius, two_phi, psi,
+                               rho, np.log(rho), tau, dnorm, magnitude)
 
 
 def _envelope(f: CoordinateForms, t0, t1):
@@ -122,9 +112,22 @@ def _envelope(f: CoordinateForms, t0, t1):
         peak = np.where((b > 0) & (rho > 0) & (rho < 1), -1 / f.log_rho - a / b, -np.inf)
         t = np.clip(peak, t0, t1)
         t = np.where(np.isinf(t), t0, t)  # an infinite block's end is never the maximum of a decaying bound
-        value = _pow(f.log_rho, t - 1) * (a + b * t)
+        value = np.exp((t - 1) * f.log_rho) * (a + b * t)
         value = np.where(rho == 0, np.where(t <= 1, a + b * t, 0.0), value)
     return f.dnorm * value * value
+
+
+def _cos_range(start, width):
+    """(min, max) of cos over [start, start + width], widened for the rounding of large phases."""
+    with np.errstate(all="ignore"):
+        slack = 1e-12 * (1 + np.abs(start) + width)
+        a = np.mod(start - slack, 2 * np.pi)
+        b = a + width + 2 * slack
+        ends_lo, ends_hi = np.minimum(np.cos(a), np.cos(b)), np.maximum(np.cos(a), np.cos(b))
+        full = ~(width + 2 * slack < 2 * np.pi)  # a whole turn, or an infinite block
+        lo = np.where(full | ((a <= np.pi) & (b >= np.pi)) | (b >= 3 * np.pi), -1.0, ends_lo)
+        hi = np.where(full | (b >= 2 * np.pi), 1.0, ends_hi)
+    return lo, hi
 
 
 def e_bounds(f: CoordinateForms, t0, t1):
@@ -132,19 +135,29 @@ def e_bounds(f: CoordinateForms, t0, t1):
     broadcast against the coordinates' leading axes (t1 may be inf)."""
     t0 = np.asarray(t0, dtype=float)
     t1 = np.asarray(t1, dtype=float)
-    env = _envelope(f, t0, t1)
-    lo, hi = -env, env
-    # The real form: three terms.
-    rl = rh = 0.0
-    for m, (kk, log_base) in enumerate(zip(f.k, f.log_s)):
-        a, b = _monotone(np.where(f.real, kk, 0.0), log_base, t0, t1, f.alternating if m == 1 else False)
-        rl, rh = rl + a, rh + b
-    # The complex form: r2^t (alpha +- R).
-    cl, _ = _monotone(np.where(f.complex_, f.alpha - f.radius, 0.0), f.log_r2, t0, t1)
-    _, ch = _monotone(np.where(f.complex_, f.alpha + f.radius, 0.0), f.log_r2, t0, t1)
     with np.errstate(all="ignore"):
+        p0 = [np.exp(t0 * ls) for ls in f.log_s]  # base^t at the block's two ends (0 at t = inf)
+        p1 = [np.exp(t1 * ls) for ls in f.log_s]
+        # The real form: three terms, each monotone, the middle one alternating for det A < 0.
+        lo = hi = 0.0
+        for m in range(3):
+            a, b = f.k[m] * p0[m], f.k[m] * p1[m]
+            term_lo, term_hi = np.minimum(a, b), np.maximum(a, b)
+            if m == 1:
+                term_lo, term_hi = np.where(f.alternating, -np.abs(a), term_lo), np.where(f.alternating, np.abs(a),
+                                                                                         term_hi)
+            lo, hi = lo + term_lo, hi + term_hi
+        # The complex form: r2^t (alpha + R cos(theta)), theta over the block's phases.
+        if f.complex_.any():
+            cos_lo, cos_hi = _cos_range(f.two_phi * t0 - f.psi, f.two_phi * (t1 - t0))
+            c_lo, c_hi = f.alpha + f.radius * cos_lo, f.alpha + f.radius * cos_hi
+            lo = lo + np.minimum(c_lo * p0[1], c_lo * p1[1])
+            hi = hi + np.maximum(c_hi * p0[1], c_hi * p1[1])
         margin = (MARGIN + MARGIN_PER_STEP * np.where(np.isinf(t1), t0, t1)) * f.magnitude * \
-            _pow(2 * f.log_rho, t0)
-    lo = np.where(f.real, np.maximum(lo, rl - margin), np.where(f.complex_, np.maximum(lo, cl - margin), lo))
-    hi = np.where(f.real, np.minimum(hi, rh + margin), np.where(f.complex_, np.minimum(hi, ch + margin), hi))
+            np.where(f.complex_, p0[1], p0[0])
+        lo, hi = lo - margin, hi + margin
+        ill = ~(f.real | f.complex_)
+        if ill.any():  # the form-free bound where the closed forms lose digits
+            env = _envelope(f, t0, t1)
+            lo, hi = np.where(ill, -env, lo), np.where(ill, env, hi)
     return lo, hi
