@@ -251,15 +251,22 @@ class _Flat:
         return lo
 
 
+# Where the bounds have cleared fewer than 2^(SCAN_BELOW - 1) steps at a time SLOW times in a row
+# (an oscillation near the target), the next SCAN steps are evaluated one by one instead: exact,
+# and cheaper than many short jumps.
+SCAN, SCAN_BELOW, SLOW = 64, 5, 4
+
+
 def _first_crossing(flat: _Flat, stable: np.ndarray) -> np.ndarray:
     """The first t >= 1 with loss <= target, per row: at each position c, the exact loss at c;
     if it is above the target, the longest block [c + 1, c + 2^j] whose lower bound stays above
-    the target is skipped (a monotone fall is crossed in a few such jumps; an oscillation near
-    the target is walked step by step, exactly)."""
+    the target is skipped (a monotone fall is crossed in a few such jumps), or where only short
+    blocks clear, the next SCAN steps are scanned one by one."""
     out = np.full(stable.shape, np.inf)
     c = np.ones(stable.shape, dtype=np.int64)
     rows = np.flatnonzero(stable)
     P = tuple(a[rows] for a in flat.A)  # A^c of each row still searching, in the order of `rows`
+    slow = np.zeros(stable.shape, dtype=np.int64)  # short jumps in a row
     limit = 2 ** MAX_LOG2_STEPS
     while len(rows):
         hit = flat.loss_from(rows, P) <= flat.target
@@ -269,25 +276,54 @@ def _first_crossing(flat: _Flat, stable: np.ndarray) -> np.ndarray:
             break
         clear = flat.longest_clear(rows, lambda lower, upper: lower > flat.target,
                                    lambda r, n: (c[r] + 1, c[r] + n))
+        P = tuple(p.copy() for p in P)
         with np.errstate(all="ignore"):
-            jump = clear > 0  # past a cleared block of 2^(clear - 1) steps, then one step
+            slow[rows] = np.where(clear >= SCAN_BELOW, 0, slow[rows] + 1)
+            jump = slow[rows] < SLOW  # past a cleared block of 2^(clear - 1) steps (if any), then one step
             if jump.any():
-                moved = _mul(tuple(p[jump] for p in P), flat.square(clear[jump] - 1, rows[jump]))
-                P = tuple(p.copy() for p in P)
+                block = jump & (clear > 0)
+                moved = _mul(tuple(p[block] for p in P), flat.square(clear[block] - 1, rows[block]))
+                for p, v in zip(P, moved):
+                    p[block] = v
+                moved = _mul(tuple(p[jump] for p in P), tuple(a[rows[jump]] for a in flat.A))
                 for p, v in zip(P, moved):
                     p[jump] = v
-            P = _mul(P, tuple(a[rows] for a in flat.A))
-        c[rows] += np.where(jump, 2 ** np.maximum(clear - 1, 0), 0) + 1
+                c[rows[jump]] += np.where(clear[jump] > 0, 2 ** np.maximum(clear[jump] - 1, 0), 0) + 1
+            scan = ~jump
+            if scan.any():
+                r = rows[scan]
+                first, moved = _scan_forward(flat, r, tuple(p[scan] for p in P), lambda loss: loss <= flat.target)
+                found = first > 0
+                out[r[found]] = c[r[found]] + first[found]
+                for p, v in zip(P, moved):
+                    p[scan] = v
+                c[r] += SCAN
+                slow[r] = 0
+                c[r[found]] = limit + 1  # done: drop below
         keep = c[rows] <= limit
         rows, P = rows[keep], tuple(p[keep] for p in P)
     return out
 
 
+def _scan_forward(flat: _Flat, rows, P, stop, steps: int = SCAN):
+    """Steps 1..steps past P = A^c, one at a time: per row the first k at which `stop(loss)` holds
+    (0 where none does), and A^(c + steps)."""
+    first = np.zeros(len(rows), dtype=np.int64)
+    A = tuple(a[rows] for a in flat.A)
+    with np.errstate(all="ignore"):
+        for k in range(1, steps + 1):
+            P = _mul(P, A)
+            new = (first == 0) & stop(flat.loss_from(rows, P))
+            first[new] = k
+    return first, P
+
+
 def _stays_below(flat: _Flat, stable: np.ndarray) -> np.ndarray:
     """The first t from which the loss stays at or below the target, per row: the first power of
     two whose bound over all later steps is at or below the target; then, back from there, the
-    longest block [c - 2^j, c - 1] whose upper bound is at or below it is skipped at each step,
-    until the exact loss at c is above the target (the answer is c + 1)."""
+    longest block [c - 2^j, c - 1] whose upper bound is at or below it is skipped at each step
+    (or, where only short blocks clear, the SCAN steps before c are scanned one by one), until
+    the exact loss at some step is above the target (the answer is that step + 1)."""
     out = np.full(stable.shape, np.inf)
     rows = np.flatnonzero(stable)
     with np.errstate(all="ignore"):
@@ -301,6 +337,7 @@ def _stays_below(flat: _Flat, stable: np.ndarray) -> np.ndarray:
     rows, k = rows[k <= MAX_LOG2_STEPS], k[k <= MAX_LOG2_STEPS]
     c = np.zeros(stable.shape, dtype=np.int64)
     c[rows] = 2 ** k - 1  # every step from 2^k on is at or below the target
+    slow = np.zeros(stable.shape, dtype=np.int64)
     while len(rows):
         above = flat.loss_at(rows, c[rows]) > flat.target
         out[rows[above]] = c[rows[above]] + 1
@@ -309,8 +346,28 @@ def _stays_below(flat: _Flat, stable: np.ndarray) -> np.ndarray:
             break
         clear = flat.longest_clear(rows, lambda lower, upper: upper <= flat.target,
                                    lambda r, n: (np.maximum(c[r] - n, 1), np.maximum(c[r] - 1, 1)))
-        clear = np.where(c[rows] >= 2, clear, 0)
-        c[rows] -= np.where(clear > 0, np.minimum(2 ** np.maximum(clear - 1, 0), c[rows] - 1), 0) + 1
+        slow[rows] = np.where(clear >= SCAN_BELOW, 0, slow[rows] + 1)
+        jump = (slow[rows] < SLOW) | (c[rows] < 2)
+        c[rows[jump]] -= np.where(clear[jump] > 0, np.minimum(2 ** np.maximum(clear[jump] - 1, 0),
+                                                              np.maximum(c[rows[jump]] - 1, 0)), 0) + 1
+        slow[rows[~jump]] = 0
+        r = rows[~jump]
+        if len(r):
+            # Steps start .. c - 1, scanned forward from A^start: the last above the target.
+            start = np.maximum(c[r] - SCAN, 0)
+            P = flat.power(r, start)
+            with np.errstate(all="ignore"):
+                last = np.where(flat.loss_from(r, P) > flat.target, 0, -1)
+                A = tuple(a[r] for a in flat.A)
+                for j in range(1, SCAN):
+                    P = _mul(P, A)
+                    inside = j <= c[r] - 1 - start
+                    last = np.where(inside & (flat.loss_from(r, P) > flat.target), j, last)
+            found = last >= 0
+            out[r[found]] = start[found] + last[found] + 1
+            c[r[~found]] = start[~found] - 1  # all of start .. c - 1 is below: continue before them
+            done = np.isin(rows, r[found])
+            rows = rows[~done]
     return out
 
 
