@@ -156,7 +156,8 @@ def expected_loss(spec: Spectrum, lr, momentum, power, batch, t) -> np.ndarray:
 COUNTS = ("first", "stays")
 
 
-def steps_to_target(spec: Spectrum, lr, momentum, power, batch, target: float, count: str = "first") -> np.ndarray:
+def steps_to_target(spec: Spectrum, lr, momentum, power, batch, target: float, count: str = "first",
+                    best_only: bool = False) -> np.ndarray:
     """The number of steps to the target loss, exactly, broadcast over the settings:
 
     - count "first": the first step t whose expected loss is at or below `target`;
@@ -164,7 +165,9 @@ def steps_to_target(spec: Spectrum, lr, momentum, power, batch, target: float, c
 
     They differ where the loss oscillates (momentum, or steps past the curvature's scale): a
     one-step dip below the target counts for "first" only. inf where the target is not reached
-    (or not for good) within 2^MAX_LOG2_STEPS steps, or the dynamics are unstable."""
+    (or not for good) within 2^MAX_LOG2_STEPS steps, or the dynamics are unstable. With
+    `best_only` (tuning: only the fewest steps matter), settings that certainly need more steps
+    than the best of them are also given inf, and the search stops early."""
     if not target > 0:
         raise UsageError(f"NQM target loss must be positive, got {target!r}")
     if count not in COUNTS:
@@ -178,7 +181,7 @@ def steps_to_target(spec: Spectrum, lr, momentum, power, batch, target: float, c
                  np.broadcast_to(mstar, shape + (n, 3)).reshape(-1, n, 3),
                  np.broadcast_to(weight, shape + (n,)).reshape(-1, n), target)
     search = _first_crossing if count == "first" else _stays_below
-    return search(flat, stable.reshape(-1)).reshape(shape)
+    return search(flat, stable.reshape(-1), best_only).reshape(shape)
 
 
 class _Flat:
@@ -257,11 +260,12 @@ class _Flat:
 SCAN, SCAN_BELOW, SLOW = 64, 5, 4
 
 
-def _first_crossing(flat: _Flat, stable: np.ndarray) -> np.ndarray:
+def _first_crossing(flat: _Flat, stable: np.ndarray, best_only: bool = False) -> np.ndarray:
     """The first t >= 1 with loss <= target, per row: at each position c, the exact loss at c;
     if it is above the target, the longest block [c + 1, c + 2^j] whose lower bound stays above
     the target is skipped (a monotone fall is crossed in a few such jumps), or where only short
-    blocks clear, the next SCAN steps are scanned one by one."""
+    blocks clear, the next SCAN steps are scanned one by one. With `best_only`, rows are dropped
+    once they are past the best crossing found."""
     out = np.full(stable.shape, np.inf)
     c = np.ones(stable.shape, dtype=np.int64)
     rows = np.flatnonzero(stable)
@@ -300,7 +304,7 @@ def _first_crossing(flat: _Flat, stable: np.ndarray) -> np.ndarray:
                 c[r] += SCAN
                 slow[r] = 0
                 c[r[found]] = limit + 1  # done: drop below
-        keep = c[rows] <= limit
+        keep = c[rows] <= (min(limit, out.min()) if best_only else limit)
         rows, P = rows[keep], tuple(p[keep] for p in P)
     return out
 
@@ -318,12 +322,14 @@ def _scan_forward(flat: _Flat, rows, P, stop, steps: int = SCAN):
     return first, P
 
 
-def _stays_below(flat: _Flat, stable: np.ndarray) -> np.ndarray:
+def _stays_below(flat: _Flat, stable: np.ndarray, best_only: bool = False) -> np.ndarray:
     """The first t from which the loss stays at or below the target, per row: the first power of
     two whose bound over all later steps is at or below the target; then, back from there, the
     longest block [c - 2^j, c - 1] whose upper bound is at or below it is skipped at each step
     (or, where only short blocks clear, the SCAN steps before c are scanned one by one), until
-    the exact loss at some step is above the target (the answer is that step + 1)."""
+    the exact loss at some step is above the target (the answer is that step + 1). With
+    `best_only`, rows whose loss certainly stays above the target until after the best answer
+    known (from the bounds over [1, best]) are dropped: they stay below later still."""
     out = np.full(stable.shape, np.inf)
     rows = np.flatnonzero(stable)
     with np.errstate(all="ignore"):
@@ -338,7 +344,14 @@ def _stays_below(flat: _Flat, stable: np.ndarray) -> np.ndarray:
     c = np.zeros(stable.shape, dtype=np.int64)
     c[rows] = 2 ** k - 1  # every step from 2^k on is at or below the target
     slow = np.zeros(stable.shape, dtype=np.int64)
+    best = c[rows].min() + 1 if len(rows) else np.inf
     while len(rows):
+        if best_only:
+            best = min(best, out.min())
+            lower, _ = flat.block_bounds(rows, np.ones(len(rows)), np.full(len(rows), best))
+            rows = rows[~(lower > flat.target)]  # above the target through step `best`: later than the best
+            if not len(rows):
+                break
         above = flat.loss_at(rows, c[rows]) > flat.target
         out[rows[above]] = c[rows[above]] + 1
         rows = rows[~above]
@@ -387,8 +400,8 @@ def tuned_steps(spec: Spectrum, batch_sizes, power: float, momenta, target: floa
     momenta = np.atleast_1d(np.asarray(momenta, dtype=float))
     bs = np.asarray(batch_sizes, dtype=float)
     # One batch size at a time keeps the doubling's stored powers small.
-    flat = np.stack([steps_to_target(spec, lrs[None, :], momenta[:, None], power, b, target, count).ravel()
-                     for b in bs])
+    flat = np.stack([steps_to_target(spec, lrs[None, :], momenta[:, None], power, b, target, count,
+                                     best_only=True).ravel() for b in bs])
     best = np.argmin(flat, axis=1)
     steps = flat[np.arange(len(bs)), best]
     i_m, i_lr = np.unravel_index(best, (len(momenta), len(lrs)))

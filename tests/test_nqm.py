@@ -161,6 +161,19 @@ def test_stays_is_never_before_the_first_crossing_and_equal_for_a_monotone_fall(
                                   nqm.steps_to_target(spec, small, 0.0, 0.0, 4096, target, count="stays"))
 
 
+@pytest.mark.parametrize("count", nqm.COUNTS)
+def test_best_only_keeps_the_best_setting_of_the_grid(count):
+    """Tuning drops settings once they are certainly worse than the best found; the best and
+    where it lies on the grid are those of the full search."""
+    spec = nqm.Spectrum()
+    lrs, momenta = nqm.learning_rates()[::3], np.array([0.0, 0.9, 0.99, 0.999])
+    for batch in (1, 256, 2 ** 18):
+        full = nqm.steps_to_target(spec, lrs[None, :], momenta[:, None], 0.5, batch, 0.01, count)
+        best = nqm.steps_to_target(spec, lrs[None, :], momenta[:, None], 0.5, batch, 0.01, count, best_only=True)
+        assert np.isfinite(full).any() and best.min() == full.min() and np.argmin(best) == np.argmin(full)
+        assert (best[np.isfinite(best)] == full[np.isfinite(best)]).all()  # those it kept are exact
+
+
 def test_without_noise_steps_do_not_depend_on_the_batch_size():
     spec = nqm.Spectrum(noise=0.0)
     target = 0.01 * spec.initial_loss()
