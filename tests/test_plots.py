@@ -227,17 +227,21 @@ def test_nqm_chart_selects_every_precomputed_curve_and_tells_its_lines_apart():
     chart = plots.nqm_chart(curves, fits)
     spec = chart.to_dict(validate=True)
     bound = params(spec)
-    assert set(bound) == {"nqm_decay", "nqm_power", "nqm_momentum"}
-    assert bound["nqm_decay"]["bind"]["options"] == [0.5, 1.0] and bound["nqm_power"]["bind"]["options"] == [0.0, 1.0]
+    assert set(bound) == {"nqm_decay", "nqm_momentum"}  # the powers are drawn together, a colour each
+    assert bound["nqm_decay"]["bind"]["options"] == [0.5, 1.0]
     assert bound["nqm_momentum"]["bind"]["options"] == ["0", "0.5", "0.9", "0.99", "tuned"]
-    # every combination is in the data, and every layer filters on all three selects
+    # every combination is in the data, and every layer filters on both selects
     assert len(curves.groupby(["decay", "power", "momentum"])) == 2 * 2 * 5 == len(fits)
     for layer in spec["layer"]:
         f = json.dumps([t for t in layer.get("transform", []) if "filter" in t])
-        assert all(name in f for name in ("nqm_decay", "nqm_power", "nqm_momentum")), f
+        assert all(name in f for name in ("nqm_decay", "nqm_momentum")), f
+        colour = layer["encoding"]["color"]
+        assert colour["field"] == "preconditioner"
+        assert colour["scale"]["domain"] == ["p = 0 (SGD)", "p = 1 (exact curvature, K-FAC-like)"]
+        assert len(set(colour["scale"]["range"])) == 2
     dashes = [layer["encoding"]["strokeDash"] for layer in spec["layer"] if "strokeDash" in layer["encoding"]]
-    assert dashes and all(len({tuple(r) for r in d["scale"]["range"]}) == 4 for d in dashes)
-    assert "not a measured run" in json.dumps(spec["title"])
+    assert dashes and all(len({tuple(r) for r in d["scale"]["range"]}) == 3 for d in dashes)
+    assert "not a study" in json.dumps(spec["title"])
 
 
 def test_heatmaps_of_three_optimizers_wrap_two_per_row():

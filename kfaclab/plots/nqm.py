@@ -13,56 +13,66 @@ from kfaclab.results import (
 )
 
 
+POWER_LABELS = {0.0: "p = 0 (SGD)", 0.5: "p = 1/2 (Adam-like)", 1.0: "p = 1 (exact curvature, K-FAC-like)"}
+POWER_COLORS = {0.0: "#1f77b4", 0.25: "#17becf", 0.5: "#ff7f0e", 0.75: "#9467bd", 1.0: "#d62728"}
+
+
 def nqm_chart(curves: pd.DataFrame, fits: pd.DataFrame, first: dict | None = None, width: int = 460,
-              height: int = 320) -> alt.LayerChart:
-    """The NQM's steps to target against batch size (kfaclab.nqm.curve_table), with perfect
-    scaling from the smallest batch size, the fit S_min (1 + B_crit / B) and the fitted B_crit;
-    selects for the spectrum's decay, the preconditioning power and the momentum. Every curve
-    is precomputed, so the static page needs no kernel."""
-    first = {"decay": 1.0, "power": 0.0, "momentum": "tuned", **(first or {})}
-    decays, powers = sorted(curves["decay"].unique()), sorted(curves["power"].unique())
+              height: int = 320, target: str = "1% of the initial loss") -> alt.LayerChart:
+    """The NQM's steps to target against batch size (kfaclab.nqm.curve_table), every
+    preconditioning power on one chart (a colour each), with perfect scaling from the smallest
+    batch size (dashed) and the fitted B_crit (rules); selects for the spectrum's decay and the
+    momentum. Every curve is precomputed, so the static page needs no kernel."""
+    first = {"decay": 1.0, "momentum": "tuned", **(first or {})}
+    decays = sorted(curves["decay"].unique())
     momenta = list(dict.fromkeys(curves["momentum"]))
     decay = choice_param("nqm_decay", [float(d) for d in decays], "curvature spectrum ", value=float(first["decay"]),
                          labels=[f"h_i = i^-{d:g}" for d in decays])
-    power = choice_param(
-        "nqm_power", [float(p) for p in powers], "preconditioning power p ", value=float(first["power"]),
-        labels=[{0.0: "0 (SGD)", 0.5: "1/2 (Adam-like)", 1.0: "1 (exact curvature, K-FAC-like)"}.get(p, f"{p:g}")
-                for p in powers])
     momentum = choice_param("nqm_momentum", momenta, "momentum ", value=str(first["momentum"]),
                             labels=[m if m == "tuned" else f"{m} (fixed)" for m in momenta])
-    pick = (alt.datum.decay == decay) & (alt.datum.power == power) & (alt.datum.momentum == momentum)
+    pick = (alt.datum.decay == decay) & (alt.datum.momentum == momentum)
+    powers = sorted(float(p) for p in curves["power"].unique())
+    names = [POWER_LABELS.get(p, f"p = {p:g}") for p in powers]
+    color = alt.Color("preconditioner:N", title="preconditioner H^-p",
+                      scale=alt.Scale(domain=names, range=[POWER_COLORS.get(p, "#7f7f7f") for p in powers]),
+                      legend=alt.Legend(orient="bottom", direction="vertical", symbolType="stroke",
+                                        symbolStrokeWidth=3))
     bs = sorted(curves["batch_size"].unique())
-    x = alt.X("batch_size:Q", title="batch size (the model's examples per step)",
-              scale=alt.Scale(type="log", base=2, domain=[min(bs) / 1.2, max(bs) * 1.2]),
+    xscale = alt.Scale(type="log", base=2, domain=[min(bs) / 1.2, max(bs) * 1.2])
+    x = alt.X("batch_size:Q", title="batch size (the model's examples per step)", scale=xscale,
               axis=alt.Axis(values=[float(b) for b in bs[::4]], labelExpr="'2^' + round(log(datum.value) / log(2))"))
-    y = alt.Y("value:Q", scale=alt.Scale(type="log"), title="steps to 1% of the initial loss")
-    series = ["NQM (exact, tuned)", "perfect scaling", "fit S_min (1 + B_crit / B)", "fitted B_crit"]
-    dash = _series(series, [SOLID, DASHED, DOTTED, [8, 4, 2, 4]])
-    long = curves.melt(id_vars=["decay", "power", "momentum", "batch_size"], value_vars=["steps", "ideal", "fit"],
+    y = alt.Y("value:Q", scale=alt.Scale(type="log"), title=f"steps to {target}")
+    series = ["NQM (exact, tuned)", "perfect scaling", "fitted B_crit"]
+    dash = _series(series, [SOLID, DASHED, DOTTED])
+    long = curves.melt(id_vars=["decay", "power", "momentum", "batch_size"], value_vars=["steps", "ideal"],
                        var_name="kind", value_name="value").dropna(subset=["value"])
-    # The perfect-scaling line and the fit are drawn down to an eighth of the curve's fewest
-    # steps, not to fractions of a step that would squash the curves into the top of the plot.
-    fewest = curves.groupby(["decay", "power", "momentum"])["steps"].transform("min")
-    floor = pd.concat([fewest] * 3, ignore_index=True).reindex(long.index) / 8
-    long = long[(long["value"] > 0) & ((long["kind"] == "steps") | (long["value"] >= floor))]
-    long["series"] = long["kind"].map({"steps": series[0], "ideal": series[1], "fit": series[2]})
+    # The perfect-scaling line is drawn down to an eighth of the curve's fewest steps, not to
+    # fractions of a step that would squash the curves into the top of the plot.
+    fewest = long[long["kind"] == "steps"].groupby(["decay", "power", "momentum"])["value"].min().rename("fewest")
+    long = long.join(fewest, on=["decay", "power", "momentum"])
+    long = long[(long["value"] > 0) & ((long["kind"] == "steps") | (long["value"] >= long["fewest"] / 8))]
+    long["series"] = long["kind"].map({"steps": series[0], "ideal": series[1]})
+    long["preconditioner"] = [POWER_LABELS.get(float(p), f"p = {p:g}") for p in long["power"]]
+    tooltip = [alt.Tooltip("preconditioner:N"), alt.Tooltip("series:N", title="line"),
+               alt.Tooltip("batch_size:Q", title="batch size", format=",.0f"),
+               alt.Tooltip("value:Q", title="steps", format=",.4~g")]
     lines = alt.Chart(long).transform_filter(pick).mark_line(point=False).encode(
-        x=x, y=y, strokeDash=dash, color=alt.value("#333"), detail="series:N",
-        tooltip=[alt.Tooltip("series:N", title="line"), alt.Tooltip("batch_size:Q", title="batch size", format=",.0f"),
-                 alt.Tooltip("value:Q", title="steps", format=",.4~g")])
+        x=x, y=y, strokeDash=dash, color=color, detail="series:N", opacity=alt.condition(
+            alt.datum.kind == "steps", alt.value(1.0), alt.value(0.45)), tooltip=tooltip)
     dots = alt.Chart(long[long["kind"] == "steps"]).transform_filter(pick).mark_point(
-        filled=True, size=30, color="#333").encode(x=x, y=y)
-    view = fits[(fits["b_crit"] >= min(bs) / 1.2) & (fits["b_crit"] <= max(bs) * 1.2)].assign(series=series[3])
-    rule = alt.Chart(view).transform_filter(pick).mark_rule(strokeWidth=2, color="#d62728").encode(
-        x=alt.X("b_crit:Q", scale=alt.Scale(type="log", base=2, domain=[min(bs) / 1.2, max(bs) * 1.2])),
-        strokeDash=dash,
-        tooltip=[alt.Tooltip("b_crit:Q", title="fitted B_crit", format=",.0f"),
+        filled=True, size=26).encode(x=x, y=y, color=color, tooltip=tooltip)
+    view = fits[(fits["b_crit"] >= min(bs) / 1.2) & (fits["b_crit"] <= max(bs) * 1.2)].assign(series=series[2])
+    view["preconditioner"] = [POWER_LABELS.get(float(p), f"p = {p:g}") for p in view["power"]]
+    rule = alt.Chart(view).transform_filter(pick).mark_rule(strokeWidth=2).encode(
+        x=alt.X("b_crit:Q", scale=xscale), color=color, strokeDash=dash,
+        tooltip=[alt.Tooltip("preconditioner:N"), alt.Tooltip("b_crit:Q", title="fitted B_crit", format=",.0f"),
                  alt.Tooltip("s_min:Q", title="S_min", format=",.3~g")])
-    return alt.layer(lines, dots, rule).add_params(decay, power, momentum).properties(
+    return alt.layer(lines, dots, rule).add_params(decay, momentum).properties(
         width=width, height=height,
-        title=alt.Title("Noisy quadratic model: steps to target against batch size",
+        title=alt.Title(alt.ExprRef("'Noisy quadratic model (not a study): steps to target, momentum ' + "
+                                    "nqm_momentum"),
                         subtitle=["exact expected loss, 10,000 coordinates, noise covariance H / B; every learning",
-                                  "rate tuned per batch size; not a measured run (kfaclab.nqm)"]))
+                                  "rate tuned per batch size; each colour a preconditioning power (kfaclab.nqm)"]))
 
 
 def nqm_against_runs_data(results: StudyResults, curves: dict | None = None) -> tuple[pd.DataFrame, dict]:
