@@ -493,6 +493,11 @@ def test_adaptive_charts_bind_their_controls(adaptive_study):
     # One base optimizer: a fixed value (a select of one would change nothing), named in the title.
     assert "base_optimizer" not in p and {"name": "base_optimizer", "value": "sgd"} in curves["params"]
     assert curves["title"]["text"]["expr"].startswith('base_optimizer + ": test accuracy')
+    # The accuracy axis spans the second half of training (where the methods differ), not the first epochs.
+    data = plots.adaptive_curves_data(res)
+    low, high = curves["encoding"]["y"]["scale"]["domain"]
+    late = data[data["epoch"] >= data["epoch"].max() / 2]["test_accuracy"]
+    assert low <= late.min() and high >= data["test_accuracy"].max() and low > data["test_accuracy"].min()
     assert p["x_axis"]["bind"]["options"] == ["iteration", "epoch"]
     assert "(datum.axis === x_axis)" in json.dumps(curves)
     # Runs of one schedule differ only in their seed: each seed has its own line style.

@@ -12,7 +12,6 @@ from kfaclab.results import (
     StudyResults,
 )
 
-
 POWER_LABELS = {0.0: "p = 0 (SGD)", 0.5: "p = 1/2 (Adam-like)", 1.0: "p = 1 (exact curvature, K-FAC-like)"}
 POWER_COLORS = {0.0: "#1f77b4", 0.25: "#17becf", 0.5: "#ff7f0e", 0.75: "#9467bd", 1.0: "#d62728"}
 
