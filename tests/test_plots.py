@@ -4,6 +4,7 @@ import json
 import math
 
 import altair as alt
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -155,7 +156,8 @@ def assert_legend_tells_series_apart(spec: dict, expected: list[str]):
 
 def test_series_that_share_a_colour_differ_in_line_style_in_the_legend(results):
     assert_legend_tells_series_apart(plots.scaling_chart(results).to_dict(),
-                                     ["measured (best of the grid)", "perfect scaling"])
+                                     ["measured (best of the grid)", "perfect scaling",
+                                      "range over the best configuration's seeds"])
     noise = pd.DataFrame({"optimizer": ["sgd"], "b_simple": [48.0]})
     crit = plots.critical_batch_chart(results, noise_scale=noise, n_boot=10).to_dict()
     expected = ["fit S(B)", "fitted B_crit", "noise scale B_simple"]
@@ -302,3 +304,20 @@ def test_a_study_with_one_finished_cell_offers_no_input_that_changes_nothing(res
     points, _, _ = plots.critical_batch_data(results, n_boot=10)
     options = full["target"]["bind"]["options"] if "target" in full else []
     assert set(options) <= set(points["target"]) if len(points) else not options
+
+
+def test_scaling_chart_shows_the_seed_range_and_fits_its_axis_to_the_data(results):
+    data = plots.scaling_data(results)
+    its = data[(data["unit"] == "iterations") & data["steps"].notna()]
+    assert len(its) and (its["seed_low"] <= its["steps"]).all() and (its["steps"] <= its["seed_high"]).all()
+    # carried to epochs in proportion (same batch size), and not to seconds
+    ep = data[(data["unit"] == "epochs") & data["steps"].notna()].set_index(["optimizer", "batch_size", "goal"])
+    it = its.set_index(["optimizer", "batch_size", "goal"])
+    common = ep.index.intersection(it.index)
+    np.testing.assert_allclose(ep.loc[common, "seed_high"] / it.loc[common, "seed_high"],
+                               ep.loc[common, "steps"] / it.loc[common, "steps"])
+    assert data.loc[data["unit"] == "seconds", "seed_low"].isna().all()
+    spec = plots.scaling_chart(results).to_dict()
+    assert spec["layer"][0]["encoding"]["y"]["scale"]["nice"] is False
+    rule = spec["layer"][2]
+    assert rule["mark"]["type"] == "rule" and rule["encoding"]["y2"]["field"] == "seed_high"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import altair as alt
+import numpy as np
 import pandas as pd
 
 from kfaclab.plots.style import (
     DASHED,
+    DOTTED,
     SOLID,
     _batch_axis,
     _color,
@@ -38,6 +40,10 @@ def scaling_data(results: StudyResults) -> pd.DataFrame:
             part = t[["optimizer", "batch_size", "kind", "target", "reached", "runs", "diverged", "failed",
                       "best_run", *hp]].copy()
             part["unit"], part["steps"], part["ideal"], part["efficiency"] = unit, t[unit], t["ideal"], t["efficiency"]
+            # The best configuration's range over its seeds, measured in iterations, carried to the
+            # units proportional to them at a fixed batch size (not to seconds).
+            scale = t[unit] / t["iterations"] if unit != "seconds" else np.nan
+            part["seed_low"], part["seed_high"] = t["seed_low"] * scale, t["seed_high"] * scale
             rows.append(part)
     data = pd.concat(rows, ignore_index=True)
     data["goal"] = [goal_label(k, t) for k, t in zip(data["kind"], data["target"])]
@@ -53,12 +59,13 @@ def scaling_chart(results: StudyResults, width: int = 460, height: int = 320) ->
     target = choice_param("goal", goals, "target ")
     unit = choice_param("unit", [u for u in UNITS if (data["unit"] == u).any()] or list(UNITS), "measured in ",
                         value="iterations", radio=True)
-    series = ["measured (best of the grid)", "perfect scaling"]
-    dash = _series(series, [SOLID, DASHED])
+    series = ["measured (best of the grid)", "perfect scaling", "range over the best configuration's seeds"]
+    dash = _series(series, [SOLID, DASHED, DOTTED])
     base = alt.Chart(data).transform_filter(
         (alt.datum.goal == target) & (alt.datum.unit == unit))
     x = _batch_axis(results.batch_sizes())
-    y = alt.Y("steps:Q", scale=alt.Scale(type="log"), title="to the target (unit chosen below)")
+    # The axis fits the data shown (no rounding out to whole decades, which left most of it empty).
+    y = alt.Y("steps:Q", scale=alt.Scale(type="log", nice=False, padding=8), title="to the target (unit chosen below)")
     color = _color(results.optimizers())
     tooltip = [alt.Tooltip("optimizer:N"), alt.Tooltip("batch_size:Q", title="batch size"),
                alt.Tooltip("steps:Q", title="to target", format=",.4~g"),
@@ -70,9 +77,18 @@ def scaling_chart(results: StudyResults, width: int = 460, height: int = 320) ->
     ideal = base.transform_filter(alt.datum.ideal > 0).transform_calculate(series=f"'{series[1]}'").mark_line(
         opacity=0.7).encode(x=x, y=alt.Y("ideal:Q", scale=alt.Scale(type="log")), color=color, strokeDash=dash,
                             detail="optimizer:N")
+    spread = base.transform_filter(
+        (alt.datum.seed_high > alt.datum.seed_low) & (alt.datum.seed_low > 0)).transform_calculate(
+        series=f"'{series[2]}'").mark_rule(strokeWidth=2).encode(
+        x=x, y=alt.Y("seed_low:Q", scale=alt.Scale(type="log")), y2="seed_high:Q", color=color, strokeDash=dash,
+        tooltip=[alt.Tooltip("optimizer:N"), alt.Tooltip("batch_size:Q", title="batch size"),
+                 alt.Tooltip("seed_low:Q", title="fastest seed", format=",.4~g"),
+                 alt.Tooltip("seed_high:Q", title="slowest seed", format=",.4~g")])
     title = _title(alt.ExprRef("'Steps to ' + goal + ', in ' + unit"), results,
-                   "solid: measured (best of the grid); dashed: perfect scaling")
-    return alt.layer(measured, ideal).add_params(target, unit).properties(width=width, height=height, title=title)
+                   ["solid: measured (best of the grid, median over seeds); dashed: perfect scaling;",
+                    "dotted bars: the best configuration's fastest to slowest seed (none in seconds)"])
+    return alt.layer(measured, ideal, spread).add_params(target, unit).properties(width=width, height=height,
+                                                                                  title=title)
 
 
 def learning_curves(results: StudyResults, names: list[str], x: str = "epoch", width: int = 460,
