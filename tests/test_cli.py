@@ -169,6 +169,14 @@ def test_nqm_prints_the_curves_and_writes_what_the_module_computes(tmp_path):
     spec = nqm.Spectrum()
     expected = nqm.tuned_steps(spec, 2.0 ** np.arange(7), 1.0, [0.9], 0.01 * spec.initial_loss())["steps"]
     assert table[table["power"] == 1.0]["steps"].tolist() == expected.tolist()
+    # Counted until the loss stays below the target: at batch 2^12 the first crossing is a dip.
+    r = run("nqm", "--powers", "1", "--momenta", "0.9", "--max-batch-log2", "12", "--count", "stays",
+            "--csv", str(out))
+    assert r.returncode == 0 and "stays below" in r.stdout, r.stderr
+    bs, target = 2.0 ** np.arange(13), 0.01 * spec.initial_loss()
+    stays = nqm.tuned_steps(spec, bs, 1.0, [0.9], target, count="stays")["steps"]
+    assert pd.read_csv(out)["steps"].tolist() == stays.tolist()
+    assert stays[-1] > nqm.tuned_steps(spec, bs, 1.0, [0.9], target)["steps"][-1]
 
 
 @pytest.mark.parametrize("args", [["results", "runs/miniature"], ["sweep", "runs/paper/study.yaml", "--dry-run"]])

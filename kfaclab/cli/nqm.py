@@ -20,6 +20,9 @@ def add_parsers(sub) -> dict:
     q.add_argument("--target-fraction", type=float, default=0.01, help="target loss as a fraction of the initial "
                                                                        "loss (default 0.01)")
     q.add_argument("--max-batch-log2", type=int, default=20, help="batch sizes 1, 2, 4, ... 2^this (default 20)")
+    q.add_argument("--count", choices=["first", "stays"], default="first",
+                   help="steps to the target: the first step at or below it (first, the default), or the first "
+                        "from which the expected loss stays at or below it (stays)")
     q.add_argument("--csv", metavar="PATH", help="also write the steps per power and batch size as CSV")
     return {"nqm": cmd_nqm}
 
@@ -44,7 +47,7 @@ def cmd_nqm(args) -> int:
     bs = 2.0 ** np.arange(0, args.max_batch_log2 + 1)
     rows, summary = [], []
     for p in powers:
-        r = nqm.tuned_steps(spec, bs, p, momenta, target)
+        r = nqm.tuned_steps(spec, bs, p, momenta, target, count=args.count)
         try:
             fit = nqm.critical_batch_size(bs, r["steps"])
             b_crit = fit["b_crit"]
@@ -58,7 +61,8 @@ def cmd_nqm(args) -> int:
     table = pd.DataFrame(rows)
     print(f"NQM: h_i = i^-{args.decay:g}, {args.dim:,} coordinates, noise covariance H / B, target "
           f"{args.target_fraction:g} x the initial loss {spec.initial_loss():.4g}; learning rate tuned, momentum from "
-          f"{', '.join(f'{m:g}' for m in momenta)}")
+          f"{', '.join(f'{m:g}' for m in momenta)}; steps counted as "
+          + ("the first crossing" if args.count == "first" else "the first step from which the loss stays below"))
     wide = table.pivot(index="batch_size", columns="power", values="steps")
     with pd.option_context("display.float_format", "{:,.0f}".format, "display.width", 160):
         print(wide.rename(columns=lambda p: f"p={p:g}").to_string())
