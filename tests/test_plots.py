@@ -138,7 +138,7 @@ def series_layers(spec: dict) -> list[tuple[str, dict]]:
     out = []
     for layer in spec.get("layer", []):
         dash = layer.get("encoding", {}).get("strokeDash")
-        names = [t["calculate"].strip("'") for t in layer.get("transform", []) if t.get("as") == "series"]
+        names = [json.loads(t["calculate"]) for t in layer.get("transform", []) if t.get("as") == "series"]
         if dash is not None:
             out.append((names[0] if names else None, dash))
     return out

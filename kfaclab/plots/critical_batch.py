@@ -17,6 +17,7 @@ from kfaclab.plots.style import (
     _series,
     _target_param,
     _title,
+    literal,
 )
 from kfaclab.results import (
     StudyResults,
@@ -73,7 +74,7 @@ def critical_batch_chart(results: StudyResults, unit: str = "iterations", n_boot
     y = alt.Y("steps:Q", scale=alt.Scale(type="log"), title=f"{UNIT_TITLES[unit]} to the target")
     layers = [
         alt.Chart(curves).transform_filter(alt.datum.target == target).transform_calculate(
-            series=f"'{series[0]}'").mark_line().encode(x=x, y=y, color=color, strokeDash=dash),
+            series=literal(series[0])).mark_line().encode(x=x, y=y, color=color, strokeDash=dash),
         alt.Chart(points).transform_filter(alt.datum.target == target).mark_point(filled=True, size=50).encode(
             x=x, y=y, color=color, tooltip=["optimizer:N", alt.Tooltip("batch_size:Q", title="batch size"),
                                             alt.Tooltip("steps:Q", format=",.4~g")]),
@@ -86,7 +87,7 @@ def critical_batch_chart(results: StudyResults, unit: str = "iterations", n_boot
             alt.Chart(in_view).transform_filter(alt.datum.target == target).mark_rect(opacity=0.12).encode(
                 x=alt.X("b_crit_lo:Q", scale=xscale), x2="b_crit_hi:Q", color=color),
             alt.Chart(in_view).transform_filter(alt.datum.target == target).transform_calculate(
-                series=f"'{series[1]}'").mark_rule(strokeWidth=2).encode(
+                series=literal(series[1])).mark_rule(strokeWidth=2).encode(
                 x=alt.X("b_crit:Q", scale=xscale), color=color, strokeDash=dash,
                 tooltip=["optimizer:N", alt.Tooltip("b_crit:Q", title="fitted B_crit", format=",.0f"),
                          alt.Tooltip("b_crit_lo:Q", title="68% interval from", format=",.0f"),
@@ -94,7 +95,7 @@ def critical_batch_chart(results: StudyResults, unit: str = "iterations", n_boot
                          alt.Tooltip("s_min:Q", title="S_min", format=",.3~g")]),
         ]
     if noise_scale is not None and len(noise_scale):
-        layers.append(alt.Chart(noise_scale).transform_calculate(series=f"'{series[2]}'").mark_rule(
+        layers.append(alt.Chart(noise_scale).transform_calculate(series=literal(series[2])).mark_rule(
             strokeWidth=2).encode(x=alt.X("b_simple:Q", scale=xscale), color=color, strokeDash=dash,
             tooltip=["optimizer:N", alt.Tooltip("b_simple:Q", title="gradient noise scale B_simple", format=",.0f")]))
     return alt.layer(*layers).add_params(target).properties(

@@ -16,6 +16,7 @@ from kfaclab.plots.style import (
     _title,
     choice_param,
     goal_label,
+    literal,
 )
 from kfaclab.results import (
     UNITS,
@@ -72,14 +73,14 @@ def scaling_chart(results: StudyResults, width: int = 460, height: int = 320) ->
                alt.Tooltip("efficiency:Q", title="scaling efficiency", format=".2f"),
                alt.Tooltip("reached:Q", title="grid points that reached it"),
                alt.Tooltip("best_run:N", title="best run")]
-    measured = base.transform_filter(alt.datum.steps > 0).transform_calculate(series=f"'{series[0]}'").mark_line(
+    measured = base.transform_filter(alt.datum.steps > 0).transform_calculate(series=literal(series[0])).mark_line(
         point=True).encode(x=x, y=y, color=color, strokeDash=dash, tooltip=tooltip)
-    ideal = base.transform_filter(alt.datum.ideal > 0).transform_calculate(series=f"'{series[1]}'").mark_line(
+    ideal = base.transform_filter(alt.datum.ideal > 0).transform_calculate(series=literal(series[1])).mark_line(
         opacity=0.7).encode(x=x, y=alt.Y("ideal:Q", scale=alt.Scale(type="log")), color=color, strokeDash=dash,
                             detail="optimizer:N")
     spread = base.transform_filter(
         (alt.datum.seed_high > alt.datum.seed_low) & (alt.datum.seed_low > 0)).transform_calculate(
-        series=f"'{series[2]}'").mark_rule(strokeWidth=2).encode(
+        series=literal(series[2])).mark_rule(strokeWidth=2).encode(
         x=x, y=alt.Y("seed_low:Q", scale=alt.Scale(type="log")), y2="seed_high:Q", color=color, strokeDash=dash,
         tooltip=[alt.Tooltip("optimizer:N"), alt.Tooltip("batch_size:Q", title="batch size"),
                  alt.Tooltip("seed_low:Q", title="fastest seed", format=",.4~g"),

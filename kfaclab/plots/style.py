@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import altair as alt
 import pandas as pd
 
@@ -92,6 +94,12 @@ def _title(text, results: StudyResults, subtitle: str | list[str] | None = None)
     chart past the page's column) and, last, the study it shows."""
     lines = [subtitle] if isinstance(subtitle, str) else list(subtitle or [])
     return alt.Title(text, subtitle=lines + [study_label(results)])
+
+
+def literal(text: str) -> str:
+    """A string as a Vega expression literal: quoted and escaped, so a name with an apostrophe
+    ("the best configuration's seeds") cannot end the expression early."""
+    return json.dumps(text)
 
 
 def goal_label(kind: str, target: float) -> str:
