@@ -223,9 +223,9 @@ def test_phase_chart_of_benches_without_kfac_says_so():
 def test_nqm_chart_selects_every_precomputed_curve_and_tells_its_lines_apart():
     import numpy as np
 
-    from kfaclab import nqm
+    from kfaclab import nqm_tables
 
-    curves, fits = nqm.curve_table(decays=(0.5, 1.0), powers=(0.0, 1.0), batch_sizes=2.0 ** np.arange(0, 12))
+    curves, fits = nqm_tables.curve_table(decays=(0.5, 1.0), powers=(0.0, 1.0), batch_sizes=2.0 ** np.arange(0, 12))
     chart = plots.nqm_chart(curves, fits)
     spec = chart.to_dict(validate=True)
     bound = params(spec)

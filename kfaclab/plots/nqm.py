@@ -18,7 +18,7 @@ POWER_COLORS = {0.0: "#1f77b4", 0.25: "#17becf", 0.5: "#ff7f0e", 0.75: "#9467bd"
 
 def nqm_chart(curves: pd.DataFrame, fits: pd.DataFrame, first: dict | None = None, width: int = 460,
               height: int = 320, target: str = "1% of the initial loss") -> alt.LayerChart:
-    """The NQM's steps to target against batch size (kfaclab.nqm.curve_table), every
+    """The NQM's steps to target against batch size (kfaclab.nqm_tables.curve_table), every
     preconditioning power on one chart (a colour each), with perfect scaling from the smallest
     batch size (dashed) and the fitted B_crit (rules); selects for the spectrum's decay and the
     momentum. Every curve is precomputed, so the static page needs no kernel."""
