@@ -37,6 +37,13 @@ if compgen -G ".whl/*.whl" >/dev/null; then
 else
     python3 -m pip install -q --no-deps --no-build-isolation -e . 2>/dev/null || export PYTHONPATH=$PWD
 fi
+# Records name the checkout they came from (kfaclab.train.record): its files are here, its commit
+# was stamped beside the wheels.
+export KFACLAB_CHECKOUT=$PWD
+if [ -f .whl/PROVENANCE ]; then
+    set -a; . .whl/PROVENANCE; set +a
+    echo "gpu-harvest: checkout $KFACLAB_GIT_COMMIT, rules of $KFACLAB_RULES_COMMIT"
+fi
 if [ -z "${KFACLAB_CIFAR10_JPEG:-}" ] && [ -f .data/cifar10-jpeg.tar.gz ]; then
     export KFACLAB_CIFAR10_JPEG=$PWD/.data/cifar10-jpeg.tar.gz
 fi

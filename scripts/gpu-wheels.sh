@@ -43,6 +43,17 @@ for w in .whl/*.whl; do
 done
 # kfaclab itself, as the GPU machine installs it (pure Python: one wheel for 3.11 and 3.12).
 "$PY" -m pip wheel -q --no-deps --disable-pip-version-check -w .whl . >/dev/null
+# The checkout's identity, for the records made there (no .git travels): the commit, and the last
+# commit of the verdict rules. Only a committed tree can be named by its commit, so the code, the
+# rules and the specs must have no uncommitted change.
+if ! git diff --quiet HEAD -- kfaclab book/verdicts.md runs scripts/gpu-harvest.sh \
+        || [ -n "$(git ls-files --others --exclude-standard -- kfaclab)" ]; then
+    echo "gpu-wheels: kfaclab/, book/verdicts.md or runs/ has uncommitted changes; commit them first:" \
+         "the records made on the GPU name this checkout's commit" >&2
+    exit 2
+fi
+printf 'KFACLAB_GIT_COMMIT=%s\nKFACLAB_RULES_COMMIT=%s\n' "$(git rev-parse HEAD)" \
+    "$(git log -1 --format=%H -- book/verdicts.md)" > .whl/PROVENANCE
 echo "gpu-wheels: $(ls .whl | wc -l) wheels, $(du -sh .whl | cut -f1) in .whl/"
 # Every requirement of every wheel must be a wheel here or a package of the image.
 "$PY" - "$IMAGE $OPTIONAL" <<'PYEOF'

@@ -23,9 +23,10 @@ from kfaclab.train.record import rules_in_force
 ROOT = Path(__file__).resolve().parents[1]
 # The studies judged under version 3, and the version that judges them.
 JUDGED = {"miniature3": 3, "miniature3-epochs": 3, "miniature3-iterations": 3,
-          "resnet-cpu": 3, "resnet-cpu-epochs": 3, "resnet-cpu-iterations": 3}
+          "resnet-cpu": 3, "resnet-cpu-epochs": 3, "resnet-cpu-iterations": 3,
+          "gpu": 3, "gpu-epochs": 3, "gpu-iterations": 3}
 # The section that extends version 3 to a set, for the sets added after version 3 itself.
-SECTIONS = {"resnet-cpu": "### Version 3 on the ResNet study"}
+SECTIONS = {"resnet-cpu": "### Version 3 on the ResNet study", "gpu": "### Version 3 on the gpu study"}
 
 
 def _git(*args) -> str:
@@ -143,3 +144,42 @@ def test_pooled_replicates_keep_the_grid_and_pool_the_noise():
     # so the minimum comes from the first configuration's centre, 110, with pooled spread.
     assert np.nanmedian(steps) == pytest.approx(110, rel=0.05)
     assert np.isfinite(steps).all()
+
+
+def _identity_outside_a_checkout(tmp_path, env_extra: dict) -> dict:
+    """rules_in_force() and the recorded commit of a kfaclab imported from a copy of the package
+    with no checkout around it (as installed from its wheel on a borrowed GPU machine)."""
+    import os
+    import shutil
+    import sys
+
+    site = tmp_path / "site"
+    if not site.exists():
+        shutil.copytree(ROOT / "kfaclab", site / "kfaclab", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KFACLAB_")}
+    env.update(PYTHONPATH=str(site), GIT_CEILING_DIRECTORIES=str(tmp_path), **env_extra)
+    code = ("import json; from kfaclab.train.record import rules_in_force, _git_commit; "
+            "print(json.dumps({'rules': rules_in_force(), 'commit': _git_commit()}))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                         check=True)
+    return json.loads(out.stdout)
+
+
+def test_records_made_from_a_wheel_name_the_checkout_the_harvest_stamped(tmp_path):
+    """On the GPU machine kfaclab runs from its wheel and the repository's files arrive without
+    .git: scripts/gpu-harvest.sh exports the checkout's folder and the commits gpu-wheels.sh
+    stamped, and records name them; without them a record says it does not know (None), never
+    another checkout's rules."""
+    import shutil
+
+    checkout = tmp_path / "checkout"
+    (checkout / "book").mkdir(parents=True)
+    shutil.copyfile(ROOT / "book" / "verdicts.md", checkout / "book" / "verdicts.md")
+    stamped = _identity_outside_a_checkout(tmp_path, {"KFACLAB_CHECKOUT": str(checkout),
+                                                      "KFACLAB_GIT_COMMIT": "a" * 40,
+                                                      "KFACLAB_RULES_COMMIT": "b" * 40})
+    here = rules_in_force()
+    assert stamped["rules"] == {"version": here["version"], "sha256": here["sha256"], "commit": "b" * 40}
+    assert stamped["commit"] == "a" * 40
+    bare = _identity_outside_a_checkout(tmp_path, {})
+    assert bare == {"rules": {"version": None, "sha256": None, "commit": None}, "commit": None}

@@ -159,3 +159,26 @@ def test_the_resnet_set_is_judged_apart_and_shown_in_its_own_column(judged_copie
     column = dict(zip(table["claim"].str[:3], table["version 3 (resnet-cpu, ResNet-8)"], strict=True))
     assert column["(a)"].startswith(vs[0].outcome) and column["(d)"] == "waiting: 1 runs to go"
     assert column["(b)"] == "–"  # not asked for here
+
+
+def test_the_gpu_set_is_one_line_until_it_has_run_then_a_column_of_its_own(judged_copies, tmp_path, miniature):
+    """The gpu set (ResNet-20, borrowed GPUs) has no column while none of its runs has finished
+    (issue: a study that has not run is one line, not a column of repeats); once one has, the
+    versions table gives it a column named by its model."""
+    (tmp_path / "runs").mkdir()
+    runs = _linked_set(tmp_path / "runs", judged_v3.SETS["gpu"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for name in judged_v3.SETS["gpu"].values():
+        (empty / name).mkdir()
+        (empty / name / "study.yaml").write_text((runs / name / "study.yaml").read_text())
+    unrun = judged_v3.load_judged(empty, "gpu")
+    assert unrun is not None and not judged_v3.has_run(unrun)
+    assert judged_v3.has_run(gpu := judged_v3.load_judged(runs, "gpu"))
+    vs, left = judged_v3.ready_verdicts(gpu, claims="a")
+    mini = judged_v3.ready_verdicts(judged_v3.load_judged(judged_copies), claims="a")
+    old, old_left = v2.ready_verdicts(miniature, claims="a")
+    table = judged_v3.versions_table(old, old_left, *mini, more={"gpu": (vs, left)})
+    assert "version 3 (gpu, ResNet-20)" in table.columns and "version 3 (resnet-cpu, ResNet-8)" not in table.columns
+    column = dict(zip(table["claim"].str[:3], table["version 3 (gpu, ResNet-20)"], strict=True))
+    assert column["(a)"].startswith(vs[0].outcome)

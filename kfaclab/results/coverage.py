@@ -43,11 +43,13 @@ OPTIMIZERS = ("sgd", "kfac")
 @dataclass(frozen=True)
 class Design:
     """What a synthetic study is shaped like: its batch sizes, the stopping rule's E0, and each
-    optimizer's grid (learning rates x values of the second axis; one value: the axis is held)."""
+    optimizer's grid (learning rates x values of the second axis; one value: the axis is held), and
+    the stopping rule's B0 (the batch size whose budget is E0 epochs)."""
     batch_sizes: tuple
     e0: float
     lrs: tuple
     others: int
+    b0: int = B0
 
 
 # miniature3: 4 x 4 grids, batch sizes 32 to 16,384, E0 = 2 epochs.
@@ -55,7 +57,9 @@ MINIATURE3 = Design(tuple(32 * 2 ** k for k in range(10)), 2.0,
                     tuple(float(v) for v in 0.003 * (10 / 3) ** np.arange(4)), 4)
 # resnet-cpu: three learning rates (the second axis held), batch sizes 32 to 8,192, E0 = 1 epoch.
 RESNET_CPU = Design(tuple(32 * 2 ** k for k in range(9)), 1.0, (0.03, 0.1, 0.3), 1)
-DESIGNS = {"miniature3": MINIATURE3, "resnet-cpu": RESNET_CPU}
+# gpu: three learning rates, batch sizes 128 to 4,096, B0 = 128 and E0 = 3 epochs.
+GPU = Design(tuple(128 * 2 ** k for k in range(6)), 3.0, (0.05, 0.1, 0.2), 1, b0=128)
+DESIGNS = {"miniature3": MINIATURE3, "resnet-cpu": RESNET_CPU, "gpu": GPU}
 BATCH_SIZES = list(MINIATURE3.batch_sizes)
 
 
@@ -71,8 +75,8 @@ class Synthetic:
     design: Design = MINIATURE3
 
 
-def budget_iterations(b: int, e0: float = MINIATURE3.e0) -> int:
-    return max(1, round((math.log2(b / B0) + 1) * e0 * (N_TRAIN // b)))
+def budget_iterations(b: int, e0: float = MINIATURE3.e0, b0: int = B0) -> int:
+    return max(1, round((math.log2(b / b0) + 1) * e0 * (N_TRAIN // b)))
 
 
 def simulate(rng: np.random.Generator, design: Design = MINIATURE3) -> Synthetic:
@@ -92,9 +96,10 @@ def simulate(rng: np.random.Generator, design: Design = MINIATURE3) -> Synthetic
         u_star = rng.uniform(0.5, 2.5) if design.others > 1 else rng.uniform(-0.5, 0.5)
         drift = rng.uniform(0.0, 0.5)  # the optimal learning rate moves this much (log2) per doubling
         for k, b in enumerate(sizes):
-            budget = budget_iterations(b, design.e0)
+            budget = budget_iterations(b, design.e0, design.b0)
             spacing = max(1, budget // EVALS)
-            s_opt = 0.25 * budget_iterations(sizes[-1], design.e0) * (1 + b_crit / b) / (1 + b_crit / sizes[-1])
+            last = budget_iterations(sizes[-1], design.e0, design.b0)
+            s_opt = 0.25 * last * (1 + b_crit / b) / (1 + b_crit / sizes[-1])
             x = np.log2(lr)
             if opt == "kfac":  # the KL clip caps the effective learning rate
                 cap = math.log2(lrs[1]) + rng.uniform(-0.5, 2.5)
@@ -197,6 +202,8 @@ MEASUREMENTS = {
     "pooled seeds, percentile": dict(studies=200, n=400, seed=0, replicates="pooled", interval_method="percentile"),
     # the resnet-cpu study's shape (three learning rates, batch sizes 32 to 8,192), measured before its runs
     "version 3 on the resnet-cpu design: pooled seeds, hull": dict(studies=400, n=400, seed=2, design="resnet-cpu"),
+    # the gpu study's shape (three learning rates, batch sizes 128 to 4,096, B0 = 128), before its runs
+    "version 3 on the gpu design: pooled seeds, hull": dict(studies=400, n=400, seed=3, design="gpu"),
 }
 
 

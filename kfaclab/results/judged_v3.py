@@ -2,7 +2,8 @@
 
 Version 3 judges a set of studies together (book/verdicts.md): the stopping-rule study for the
 claims on steps to target, and two budget studies for robustness. There are two such sets, one
-per model class: the MLP's (`miniature3`) and the ResNet's (`resnet-cpu`). A verdict waits, as under
+per model: the MLP's (`miniature3`), the ResNet-8's on the CPU (`resnet-cpu`) and the paper's ResNet-20's
+on a borrowed GPU (`gpu`). A verdict waits, as under
 version 2, only for the runs it compares, bracketing's runs included: a grid that finishes with
 its optimum on an edge adds runs, which the verdict then waits for.
 """
@@ -24,9 +25,10 @@ from kfaclab.results.verdicts_v3 import verdicts_v3
 SETS = {
     "miniature3": {"main": "miniature3", "epochs": "miniature3-epochs", "iterations": "miniature3-iterations"},
     "resnet-cpu": {"main": "resnet-cpu", "epochs": "resnet-cpu-epochs", "iterations": "resnet-cpu-iterations"},
+    "gpu": {"main": "gpu", "epochs": "gpu-epochs", "iterations": "gpu-iterations"},
 }
 # What each set's model is, for column headings.
-MODELS = {"miniature3": "MLP 768-256-10", "resnet-cpu": "ResNet-8"}
+MODELS = {"miniature3": "MLP 768-256-10", "resnet-cpu": "ResNet-8", "gpu": "ResNet-20"}
 STUDIES = SETS["miniature3"]
 ROBUSTNESS = "de"
 
@@ -68,6 +70,12 @@ def load_judged(runs_dir: str | Path, which: str = "miniature3") -> Judged | Non
 def judged_for(study: StudyResults) -> Judged:
     """The version-3 set a study belongs to, from its siblings in the same folder."""
     return load_judged(study.directory.parent, set_of(study) or "miniature3")
+
+
+def has_run(j: Judged | None) -> bool:
+    """Whether any run of the set has finished (a set that has not run is one line, not a column)."""
+    return j is not None and any(s.runs["status"].isin(["completed", "diverged", "failed"]).any()
+                                 for s in j.studies())
 
 
 def _left(study: StudyResults | None, opts) -> int:
@@ -140,13 +148,17 @@ def chapter_verdicts(study: StudyResults, claims: str, prediction: dict | None =
 
 
 def versions_table(v2: list[Verdict], v2_waiting: dict, v3: list[Verdict], v3_waiting: dict,
-                   resnet: tuple[list[Verdict], dict] | None = None) -> pd.DataFrame:
+                   resnet: tuple[list[Verdict], dict] | None = None,
+                   more: dict[str, tuple[list[Verdict], dict]] | None = None) -> pd.DataFrame:
     """Each claim under rules versions 1-2 (on the miniature) and version 3 (on miniature3 and its
-    budget studies; with `resnet` = (verdicts, waiting), also on the resnet-cpu set): outcome with
-    estimate [interval], or what it waits for."""
+    budget studies; with `resnet` = (verdicts, waiting), also on the resnet-cpu set; `more`: other
+    version-3 sets by name, each its own column): outcome with estimate [interval], or what it
+    waits for."""
     columns = [("versions 1-2 (miniature)", v2, v2_waiting), ("version 3 (miniature3)", v3, v3_waiting)]
     if resnet is not None:
         columns.append(("version 3 (resnet-cpu, ResNet-8)", *resnet))
+    for name, (verdicts, left) in (more or {}).items():
+        columns.append((f"version 3 ({name}, {MODELS.get(name, name)})", verdicts, left))
     rows = []
     for key, (statement, _) in CLAIMS.items():
         if key == "f":

@@ -361,36 +361,51 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# Outside a checkout (kfaclab installed from a wheel on a borrowed GPU machine, the repository's
+# files copied there without .git), the checkout's identity comes from the environment:
+# scripts/gpu-harvest.sh sets these from the provenance scripts/gpu-wheels.sh stamps beside the
+# wheels, so records made there still name their commit and the rules in force.
+CHECKOUT_ENV = "KFACLAB_CHECKOUT"  # the repository's root (its book/verdicts.md is read there)
+COMMIT_ENV = "KFACLAB_GIT_COMMIT"  # HEAD of the checkout the files came from
+RULES_COMMIT_ENV = "KFACLAB_RULES_COMMIT"  # the last commit that changed book/verdicts.md there
+
+
+def _checkout_root() -> Path:
+    """The repository this run came from: the package's own checkout, else $KFACLAB_CHECKOUT."""
+    root = Path(__file__).resolve().parents[2]
+    if (root / "book" / "verdicts.md").is_file() or not os.environ.get(CHECKOUT_ENV):
+        return root
+    return Path(os.environ[CHECKOUT_ENV])
+
+
+def _git(root: Path, *args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def rules_in_force() -> dict:
     """The verdict rules (book/verdicts.md) of the checkout this run came from: the highest version
-    the page states, the sha256 of its text and the last commit that changed it (None outside a
-    git checkout), so that every record names the rules that were in force when it was made."""
+    the page states, the sha256 of its text and the last commit that changed it (from git, else
+    $KFACLAB_RULES_COMMIT; None when neither knows), so that every record names the rules that
+    were in force when it was made."""
     import hashlib
     import re
 
-    root = Path(__file__).resolve().parents[2]
+    root = _checkout_root()
     page = root / "book" / "verdicts.md"
     try:
         text = page.read_text()
     except OSError:
         return {"version": None, "sha256": None, "commit": None}
     versions = [int(v) for v in re.findall(r"^## Version (\d+)", text, flags=re.M)]
-    commit = None
-    try:
-        out = subprocess.run(["git", "log", "-1", "--format=%H", "--", "book/verdicts.md"], cwd=root,
-                             capture_output=True, text=True, timeout=5)
-        commit = out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        pass
+    commit = _git(root, "log", "-1", "--format=%H", "--", "book/verdicts.md") or os.environ.get(RULES_COMMIT_ENV)
     return {"version": max(versions, default=1), "sha256": hashlib.sha256(text.encode()).hexdigest(),
-            "commit": commit}
+            "commit": commit or None}
 
 
 def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parents[2],
-                             capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
+    return _git(_checkout_root(), "rev-parse", "HEAD") or os.environ.get(COMMIT_ENV) or None
 
