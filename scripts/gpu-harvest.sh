@@ -5,11 +5,15 @@
 #
 # Prepare on the CPU machine, in the repository root (once per session):
 #   make test                                   # the environment, and the rehearsal passing
-#   bash scripts/gpu-wheels.sh                  # .whl/: the notebook stack the image lacks
+#   bash scripts/gpu-wheels.sh                  # .whl/: the notebook stack the image lacks, and the
+#                                               # commit the records will name (commit first)
 #   mkdir -p .data && cp ../shared/data/cifar10-jpeg.tar.gz .data/
+#   bash scripts/gpu-tree.sh cut runs/gpu       # what travels: the committed records alone are over
+#                                               # the device tool's 64 MiB; this keeps runs/gpu
 # Then, with the device tool:
 #   run(command="bash scripts/gpu-harvest.sh", carry=[".whl", ".data"], timeout_s=540)
-# and merge what comes back:
+# and, whatever came back:
+#   bash scripts/gpu-tree.sh restore
 #   .venv/bin/python -m kfaclab harvest-merge <files_at>/harvest-gpu.tar.gz runs/gpu
 #
 # On your own machine with a CUDA GPU (and the packages of requirements.txt installed, or the

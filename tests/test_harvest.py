@@ -450,3 +450,48 @@ def test_harvest_command_line_errors_are_one_line(tmp_path):
     ]:
         p = subprocess.run([sys.executable, "-m", "kfaclab", *args], capture_output=True, text=True, cwd=ROOT)
         assert p.returncode == 2 and says in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
+def test_gpu_tree_cuts_what_travels_to_the_study_and_restores_the_index_exactly(tmp_path):
+    """scripts/gpu-tree.sh: before a GPU window the other studies' records leave git's index and
+    are ignored (still on disk), so the tree that travels fits the device tool's 64 MiB; restore
+    gives back the index HEAD has and the exclude file as it was; a second cut, a cut with staged
+    changes and a cut without a study are refused in one line (exit 2)."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    shutil.copyfile(ROOT / "scripts" / "gpu-tree.sh", repo / "scripts" / "gpu-tree.sh")
+    for path in ("runs/README.md", "runs/gpu/study.yaml", "runs/big/a.json", "runs/big/a.ipynb", "runs/other/b.json",
+                 "kfaclab/x.py"):
+        (repo / path).parent.mkdir(parents=True, exist_ok=True)
+        (repo / path).write_text(path * 100)
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout
+
+    def tree(*args):
+        return subprocess.run(["bash", "scripts/gpu-tree.sh", *args], cwd=repo, capture_output=True, text=True)
+
+    git("init", "-q")
+    (repo / ".git" / "info").mkdir(exist_ok=True)
+    (repo / ".git" / "info" / "exclude").write_text("# mine\n/.mine/\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "x")
+    before = git("ls-files")
+    assert tree("cut").returncode == 2 and "give the study folder" in tree("cut").stderr
+    r = tree("cut", "runs/gpu")
+    assert r.returncode == 0, r.stderr
+    travels = set(git("ls-files").split()) | set(git("ls-files", "--others", "--exclude-standard").split())
+    assert travels == {"runs/README.md", "runs/gpu/study.yaml", "kfaclab/x.py", "scripts/gpu-tree.sh"}
+    assert (repo / "runs" / "big" / "a.json").exists()  # on disk, untouched
+    again = tree("cut", "runs/gpu")
+    assert again.returncode == 2 and "already cut" in again.stderr
+    r = tree("restore")
+    assert r.returncode == 0 and git("ls-files") == before and git("status", "--porcelain") == ""
+    assert (repo / ".git" / "info" / "exclude").read_text() == "# mine\n/.mine/\n"
+    assert tree("restore").returncode == 0 and git("ls-files") == before  # twice is harmless
+    (repo / "kfaclab" / "x.py").write_text("changed")
+    git("add", "kfaclab/x.py")
+    staged = tree("cut", "runs/gpu")
+    assert staged.returncode == 2 and "staged changes" in staged.stderr
