@@ -508,3 +508,42 @@ def test_adaptive_charts_bind_their_controls(adaptive_study):
     assert '"strokeDash": {"field": "seed"' in json.dumps(traj)
     sharp = plots.sharpness_chart(res).to_dict()
     assert '"type": "log"' in json.dumps(sharp)
+
+
+def test_the_doubling_control_ignores_the_eigenvalue_and_doubles_on_its_patience_alone():
+    """The control of ABS: the same rule with the curvature signal taken away. A halving
+    eigenvalue that would make ABS double does nothing; the patience doubles it every 10 epochs."""
+    falling = [10.0, 4.0, 1.0, 0.2] + [0.1] * 21
+    control = _drive(_rule(total_epochs=200, curvature=False), falling)
+    assert [(e["epoch"], e["action"]) for e in control if e["action"]] == [(10, "patience"), (20, "patience")]
+    abs_log = _drive(_rule(total_epochs=200), falling)
+    assert abs_log[1]["action"] == "eigenvalue"  # the same sequence drives ABS
+
+
+def test_a_doubling_run_is_an_abs_run_whose_eigenvalue_never_halves_without_measuring_it(tiny_dataset, monkeypatch):
+    """With an eigenvalue that never halves, ABS doubles on its patience alone: the doubling
+    control is then the same run step for step, and it never measures the eigenvalue (no
+    propagations spent on it); doubling-adv keeps ABSA's adversarial examples."""
+    from kfaclab.hessian import Eigenvalue
+
+    monkeypatch.setattr(ad, "top_eigenvalue", lambda *a, **k: Eigenvalue(5.0, 3, True))
+    opts = {"max_batch_multiple": 4, "patience_epochs": 2}
+    abs_run = train(_abs_cfg(batch_schedule="abs", schedule_options=opts), dataset=tiny_dataset, progress=False)
+
+    def never(*a, **k):
+        raise AssertionError("the control measured the eigenvalue")
+
+    monkeypatch.setattr(ad, "top_eigenvalue", never)
+    control = train(_abs_cfg(batch_schedule="doubling", schedule_options=opts), dataset=tiny_dataset, progress=False)
+    assert validate_record(control) == []
+    assert [e["action"] for e in control["adaptive"]["epochs"]] == [None, "patience", None, "patience"]
+    assert [e["batch_size"] for e in control["adaptive"]["epochs"]] == \
+        [e["batch_size"] for e in abs_run["adaptive"]["epochs"]] == [32, 64, 64, 128]
+    assert all(e["eigenvalue"] is None for e in control["adaptive"]["epochs"])
+    assert [(h["iteration"], h["test_accuracy"], h["train_loss"]) for h in control["history"]] == \
+        [(h["iteration"], h["test_accuracy"], h["train_loss"]) for h in abs_run["history"]]
+    spent = sum(2 * 128 * (1 + 3) for _ in abs_run["adaptive"]["epochs"])  # 2n(1 + iterations) per measurement
+    assert abs_run["optimizer"]["propagations"] - control["optimizer"]["propagations"] == spent
+    assert "adversarial_examples" not in control["optimizer"]
+    adv = train(_abs_cfg(batch_schedule="doubling-adv", schedule_options=opts), dataset=tiny_dataset, progress=False)
+    assert adv["optimizer"]["adversarial_examples"] > 0

@@ -51,9 +51,11 @@ def add_parsers(sub) -> dict:
     a = t.add_argument_group("batch-size schedule (Yao et al. 2018) and gradient accumulation")
     a.add_argument("--batch-schedule", default="fixed",
                    help="fixed | abs (batch doubles as the Hessian's top eigenvalue halves) | absa (abs + FGSM "
-                        "adversarial examples); --batch-size is then the base batch, the budget whole --epochs")
+                        "adversarial examples) | doubling, doubling-adv (their controls: the batch doubles every "
+                        "patience_epochs, no eigenvalue); --batch-size is then the base batch, the budget whole "
+                        "--epochs")
     a.add_argument("--schedule-option", type=hparam, action="append", default=[], metavar="KEY=VALUE",
-                   help="an abs/absa option, e.g. max_batch_multiple=16, patience_epochs=10, adv_eps=0.005")
+                   help="an adaptive schedule's option, e.g. max_batch_multiple=16, patience_epochs=10, adv_eps=0.005")
     a.add_argument("--micro-batch", type=positive_int,
                    help="accumulate gradients over chunks of at most this many examples (large batches)")
     a.add_argument("--measure-top-eigenvalue", action="store_true",

@@ -9,6 +9,13 @@ default, and never more than the training split). ABSA replaces a fraction of ev
 at first) by FGSM examples; that fraction halves at each doubling, is zero once the cap is
 reached, and is zero for the second half of training.
 
+Two controls take the curvature signal away and keep everything else: `doubling` (ABS without
+the eigenvalue: the batch and learning rate double every `patience_epochs` epochs, on a fixed
+schedule) and `doubling-adv` (the same with ABSA's adversarial part). Where ABS's doublings come
+from its patience rather than from the eigenvalue, a control reaches what ABS reaches; only a
+difference between them is evidence that the curvature signal mattered. The controls measure no
+eigenvalue (their runs spend no propagations on it).
+
 `AdaptiveBatchSchedule` is that rule alone, driven by the sequence of measured eigenvalues
 (tested on scripted sequences); `run_adaptive` is the training loop around it.
 """
@@ -27,7 +34,9 @@ from kfaclab.errors import UsageError
 from kfaclab.hessian import fixed_batch, top_eigenvalue
 from kfaclab.train.adversarial import with_adversarial
 
-BATCH_SCHEDULES = ("fixed", "abs", "absa")
+BATCH_SCHEDULES = ("fixed", "abs", "absa", "doubling", "doubling-adv")
+CURVATURE_SCHEDULES = ("abs", "absa")  # the schedules the eigenvalue drives; the others are its controls
+ADVERSARIAL_SCHEDULES = ("absa", "doubling-adv")
 # Options of the adaptive schedules (RunConfig.schedule_options), with the seed's values.
 DEFAULT_OPTIONS = {
     "max_batch_multiple": 128,  # cap: the base batch x this
@@ -47,7 +56,8 @@ def resolve_options(schedule: str, given: dict, where: str = "config") -> dict:
         raise UsageError(f"{where}: batch_schedule must be one of {', '.join(BATCH_SCHEDULES)}, got '{schedule}'")
     if schedule == "fixed":
         if given:
-            raise UsageError(f"{where}: schedule_options apply to batch_schedule abs or absa, not fixed; drop them")
+            raise UsageError(f"{where}: schedule_options apply to an adaptive batch_schedule "
+                             f"({', '.join(BATCH_SCHEDULES[1:])}), not fixed; drop them")
         return {}
     unknown = sorted(set(given) - set(DEFAULT_OPTIONS))
     if unknown:
@@ -69,8 +79,8 @@ def resolve_options(schedule: str, given: dict, where: str = "config") -> dict:
     if not 0 <= o["adv_ratio"] < 1 or not 0 <= o["adv_eps"] <= 1 or not o["eigen_tolerance"] >= 0:
         raise UsageError(f"{where}: schedule_options need 0 <= adv_ratio < 1, 0 <= adv_eps <= 1 and "
                          "eigen_tolerance >= 0")
-    if schedule == "abs":
-        o["adv_ratio"] = 0.0  # ABS is ABSA without the adversarial part
+    if schedule not in ADVERSARIAL_SCHEDULES:
+        o["adv_ratio"] = 0.0  # ABS is ABSA without the adversarial part, and doubling is doubling-adv's
     return o
 
 
@@ -85,6 +95,7 @@ class AdaptiveBatchSchedule:
     patience_epochs: int = 10
     eigen_drop: float = 2.0
     initial_adv_ratio: float = 0.0
+    curvature: bool = True  # False: the fixed-schedule control (doubles on patience alone)
     multiple: int = 1
     reference: float | None = None
     epochs_since_doubling: int = 0
@@ -120,7 +131,7 @@ class AdaptiveBatchSchedule:
             # Sharpness is the eigenvalue's size: power iteration returns the one of largest
             # magnitude, which near a minimum is the top one. A failed (non-finite)
             # measurement changes nothing but still counts towards the patience.
-            if not math.isfinite(eigenvalue):
+            if not self.curvature or not math.isfinite(eigenvalue):
                 pass
             elif self.reference is None or not self.reference > 0:
                 self.reference = abs(eigenvalue)
@@ -177,8 +188,9 @@ def run_adaptive(cfg, model, opt, schedule_lr, train_loader, test_loader, p, st,
     epochs = int(p["epochs"])
     spe_base = p["steps_per_epoch"]
     max_batch = max_batch_for(cfg.batch_size, options["max_batch_multiple"], train_loader.num_examples)
+    curvature = cfg.batch_schedule in CURVATURE_SCHEDULES
     rule = AdaptiveBatchSchedule(cfg.batch_size, max_batch, epochs, options["patience_epochs"],
-                                 options["eigen_drop"], options["adv_ratio"])
+                                 options["eigen_drop"], options["adv_ratio"], curvature=curvature)
     eig_x, eig_y = fixed_batch(train_loader, min(options["eigen_batch"], train_loader.num_examples), cfg.seed)
     period = min(cfg.eval_every_epochs, epochs / cfg.min_evals)
     mean, std = mean_std
@@ -230,11 +242,16 @@ def run_adaptive(cfg, model, opt, schedule_lr, train_loader, test_loader, p, st,
             if i in evals:
                 extra = {"epoch": epoch + i / steps, "batch_size": rule.batch_size, "adv_ratio": adv, "lr": lr}
                 if i == steps:  # the end of the epoch: measure and apply the rule (part of training time)
-                    e = measure()
-                    event = rule.end_of_epoch(epoch, e.value)
-                    event["eigen_iterations"], event["eigen_converged"] = e.iterations, e.converged
+                    if curvature:
+                        e = measure()
+                        event = rule.end_of_epoch(epoch, e.value)
+                        event["eigen_iterations"], event["eigen_converged"] = e.iterations, e.converged
+                        extra["top_eigenvalue"] = e.value
+                    else:  # the control: no eigenvalue, the patience alone
+                        event = rule.end_of_epoch(epoch, math.nan)
+                        event["eigenvalue"] = None  # not measured (a record holds no NaN)
+                        event["eigen_iterations"], event["eigen_converged"] = 0, False
                     event["iteration"] = st.iteration
-                    extra["top_eigenvalue"] = e.value
                 st.train_seconds += time.perf_counter() - t_start
                 record_eval(loss_sum.item() / losses, extra)
                 loss_sum.zero_()

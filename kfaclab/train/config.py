@@ -56,8 +56,9 @@ class RunConfig:
     optimizer: str = "sgd"
     hparams: dict = field(default_factory=dict)  # optimizer hyperparameters; lr is the base rate
     batch_size: int = 128  # with an adaptive batch_schedule: the base (starting) batch size
-    batch_schedule: str = "fixed"  # fixed | abs | absa (Yao et al. 2018: kfaclab.train.adaptive)
-    schedule_options: dict = field(default_factory=dict)  # abs/absa options (adaptive.DEFAULT_OPTIONS)
+    batch_schedule: str = "fixed"  # fixed | abs | absa (Yao et al. 2018) | doubling | doubling-adv (their controls:
+    # kfaclab.train.adaptive)
+    schedule_options: dict = field(default_factory=dict)  # adaptive schedules' options (adaptive.DEFAULT_OPTIONS)
     micro_batch: int | None = None  # gradient accumulation: examples per forward/backward (None: whole batch)
     # budget
     budget: str = "epochs"  # epochs | iterations | examples | rule

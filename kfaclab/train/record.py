@@ -5,9 +5,10 @@ Schema version 1 (documented in book/run-record.md):
   config (RunConfig.to_dict()), resolved (what the config resolved to for this data and batch),
   environment, history (one entry per evaluation), targets (race results), final, optimizer
   (counters), divergence (null or {iteration, reason}), error (null or the error's last lines),
-  started_at, finished_at. Optional: adaptive (ABS/ABSA runs: max_batch, options, and one
-  entry per epoch with the eigenvalue measured, the rule's action and the batch size, learning-
-  rate multiplier and adversarial ratio that follow); in history entries, noise (the gradient
+  started_at, finished_at. Optional: adaptive (ABS/ABSA runs and their doubling controls:
+  max_batch, options, and one entry per epoch with the eigenvalue measured (null for the
+  controls, which measure none), the rule's action and the batch size, learning-rate
+  multiplier and adversarial ratio that follow); in history entries, noise (the gradient
   noise scale terms), top_eigenvalue, and for ABS/ABSA runs batch_size and adv_ratio.
 """
 
@@ -43,7 +44,7 @@ NOISE_ENTRY = {  # optional in a history entry, with RunConfig.noise_scale_batch
 }
 ADAPTIVE = {"max_batch": int, "options": dict, "epochs": list}
 ADAPTIVE_EPOCH = {
-    "epoch": int, "eigenvalue": NUM, "reference": OPT_NUM, "action": (str, type(None)), "batch_size": int,
+    "epoch": int, "eigenvalue": OPT_NUM, "reference": OPT_NUM, "action": (str, type(None)), "batch_size": int,
     "lr_multiplier": NUM, "adv_ratio": NUM, "iteration": int,
 }
 TARGET_ENTRY = {
