@@ -547,3 +547,26 @@ def test_a_doubling_run_is_an_abs_run_whose_eigenvalue_never_halves_without_meas
     assert "adversarial_examples" not in control["optimizer"]
     adv = train(_abs_cfg(batch_schedule="doubling-adv", schedule_options=opts), dataset=tiny_dataset, progress=False)
     assert adv["optimizer"]["adversarial_examples"] > 0
+
+
+@pytest.mark.parametrize("intervals, outcome, says", [
+    ([(-0.008, 0.002), (-0.004, 0.001)], "reproduced", "every method's interval lies above -1 point"),
+    ([(-0.011, 0.0), (-0.004, 0.001)], "not resolved at this scale", "neither confirms nor contradicts"),
+    ([(-0.03, -0.015), (-0.004, 0.001)], "contradicted", "entirely below -1 point"),
+])
+def test_the_chapters_accuracy_sentence_follows_verdict_f(intervals, outcome, says):
+    """The adaptive chapter's prose on accuracy is computed from verdict (f): its outcome, the
+    worst method's change in points with its interval, never "within 1%" when (f) is unresolved."""
+    from kfaclab.results.claims import CLAIMS, Verdict
+    from kfaclab.results.claims_adaptive import describe_f
+
+    parts = [{"method": "kfac+abs", "accuracy_change": sum(intervals[0]) / 2, "interval": intervals[0]},
+             {"method": "sgd+absa", "accuracy_change": sum(intervals[1]) / 2, "interval": intervals[1]}]
+    v = Verdict(claim="f", statement=CLAIMS["f"][0], source=CLAIMS["f"][1], statistic="x",
+                estimate=parts[0]["accuracy_change"], interval=intervals[0], outcome=outcome, detail="",
+                study="abs", parts=parts)
+    text = describe_f(v)
+    assert f"verdict (f) is **{outcome}**" in text and says in text
+    assert f"kfac+abs's, {100 * parts[0]['accuracy_change']:+.2f} points" in text
+    assert f"{100 * intervals[0][0]:+.2f} to {100 * intervals[0][1]:+.2f} points" in text
+    assert ("as Yao et al. report" in text) == (outcome == "reproduced")

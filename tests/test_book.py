@@ -224,3 +224,26 @@ def test_every_page_loads_without_errors_or_network(site, browser):
         assert not errors, f"{chapter}: console errors: {errors[:5]}"
         assert not blocked, f"{chapter}: the page tried to reach the network: {blocked[:5]}"
         page.close()
+
+
+FRONT_JS = """() => {
+  const y = el => el ? el.getBoundingClientRect().top + window.scrollY : null;
+  const lead = [...document.querySelectorAll('p')].find(p => p.textContent.startsWith('The verdicts so far rest on'));
+  const table = document.querySelector('table.kfaclab-front');
+  return {lead: y(lead), leadText: lead ? lead.textContent : '',
+          table: table ? table.getBoundingClientRect().height : null,
+          rows: table ? table.querySelectorAll('tbody tr').length : 0,
+          details: table ? table.querySelectorAll('details').length : 0};
+}"""
+
+
+def test_front_page_says_what_was_found_on_which_model_on_its_first_screen(site, browser):
+    """At 1366 x 900 the computed findings start on the first screen and name the models; the
+    claims table, one row per claim with its details folded, is about one screen tall."""
+    page, _, _ = _open(browser, f"{site}/book/intro.html")
+    front = page.evaluate(FRONT_JS)
+    page.close()
+    assert front["lead"] is not None and front["lead"] < 900, front
+    assert "MLP 768-256-10" in front["leadText"] and "ResNet" in front["leadText"]
+    assert front["rows"] == 11 and front["details"] == 11
+    assert front["table"] <= 1000, f"the claims table is {front['table']:.0f} px tall"

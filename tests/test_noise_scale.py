@@ -104,3 +104,53 @@ def test_invalid_noise_scale_batches_are_errors():
     with pytest.raises(UsageError, match="noise_scale_batches 100 needs that many batches"):
         train(RunConfig(dataset="synthetic", model="mlp:8", batch_size=256, train_subset=512, test_subset=100,
                         noise_scale_batches=100, device="cpu"), progress=False)
+
+
+def _evals(rows):
+    import pandas as pd
+
+    cols = ["name", "optimizer", "batch_size", "seed", "hp_lr", "hp_momentum", "hp_damping", "iteration",
+            "test_accuracy", "train_loss", "noise_grad_sq", "noise_trace"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def test_noise_scale_at_targets_uses_plain_gradients_where_each_run_reaches_the_target():
+    """B_simple for a target is pooled over the run's first evaluation at or above it and one on
+    either side (never the initialisation's), from SGD's runs only; a run that never reaches the
+    target gives no value; settings and seeds are counted as such (NaN hyperparameters of another
+    optimizer's axes do not make two runs of one setting distinct)."""
+    from types import SimpleNamespace
+
+    from kfaclab.results.noise import noise_scale_at_targets, noise_scale_summary
+
+    nan = float("nan")
+    rows = []
+    for seed in (0, 1):
+        acc = [0.1, 0.3, 0.42, 0.47, 0.5, 0.51]
+        for i, a in enumerate(acc):
+            rows.append([f"sgd-s{seed}", "sgd", 128, seed, 0.03, 0.9, nan, 10 * i, a, 2.0 - 0.1 * i,
+                         1.0 + i + seed, 100.0 * (i + 1)])
+            rows.append([f"kfac-s{seed}", "kfac", 128, seed, 0.03, nan, 0.1, 10 * i, a, 2.0 - 0.1 * i, 0.001, 1e6])
+    rows.append(["sgd-slow", "sgd", 1024, 0, 0.1, 0.9, nan, 0, 0.1, nan, 1.0, 10.0])
+    rows.append(["sgd-slow", "sgd", 1024, 0, 0.1, 0.9, nan, 10, 0.2, 1.9, 1.0, 10.0])
+    study = SimpleNamespace(evals=_evals(rows), targets=[0.45, 0.6])
+    at = noise_scale_at_targets(study)
+    assert set(at["optimizer"]) == {"sgd"} and set(at["target"]) == {0.45}  # nobody reaches 60%
+    assert set(at["name"]) == {"sgd-s0", "sgd-s1"}
+    s0 = at[at["name"] == "sgd-s0"].iloc[0]
+    # first at or above 45%: evaluation 3; pooled over evaluations 2, 3, 4
+    expected = noise_scale([3.0, 4.0, 5.0], [300.0, 400.0, 500.0])
+    assert s0["iteration"] == 30 and s0["train_loss"] == pytest.approx(1.7)
+    assert s0["b_simple"] == pytest.approx(expected)
+    early = noise_scale_at_targets(SimpleNamespace(evals=_evals(rows), targets=[0.05]))
+    first = early[early["name"] == "sgd-s0"].iloc[0]
+    assert first["b_simple"] == pytest.approx(noise_scale([2.0], [200.0]))  # the initialisation is left out
+    summary = noise_scale_summary(at, n_train=300)
+    row = summary.iloc[0]
+    assert row["settings"] == 1 and row["seeds"] == 2 and row["runs"] == 2
+    # values at or past the training set's size are counted, not used
+    other = at[at["name"] == "sgd-s1"].iloc[0]["b_simple"]
+    assert other < expected
+    big = noise_scale_summary(at, n_train=expected)
+    assert big.iloc[0]["at or past the training set's size"] == 1
+    assert big.iloc[0]["B_simple (median)"] == pytest.approx(other)

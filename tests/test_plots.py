@@ -321,3 +321,20 @@ def test_scaling_chart_shows_the_seed_range_and_fits_its_axis_to_the_data(result
     assert spec["layer"][0]["encoding"]["y"]["scale"]["nice"] is False
     rule = spec["layer"][2]
     assert rule["mark"]["type"] == "rule" and rule["encoding"]["y2"]["field"] == "seed_high"
+
+
+def test_the_noise_scale_rule_follows_the_selected_target_when_measured_per_target(results):
+    """B_simple measured where the runs reach each target is drawn for the target selected, not
+    for all targets at once; without a target column one rule per optimizer stays."""
+    per_target = pd.DataFrame({"optimizer": ["sgd"] * 2, "target": results.targets[:2], "b_simple": [40.0, 90.0]})
+    spec = plots.critical_batch_chart(results, noise_scale=per_target, n_boot=10).to_dict()
+    rules = [layer for layer in spec["layer"] if any(t.get("calculate") == json.dumps("noise scale B_simple")
+                                                     for t in layer.get("transform", []))]
+    assert len(rules) == 1
+    filters = [t["filter"] for t in rules[0]["transform"] if "filter" in t]
+    assert filters and "target" in json.dumps(filters)
+    plain = pd.DataFrame({"optimizer": ["sgd"], "b_simple": [48.0]})
+    spec = plots.critical_batch_chart(results, noise_scale=plain, n_boot=10).to_dict()
+    rules = [layer for layer in spec["layer"] if any(t.get("calculate") == json.dumps("noise scale B_simple")
+                                                     for t in layer.get("transform", []))]
+    assert rules and not [t for t in rules[0]["transform"] if "filter" in t]

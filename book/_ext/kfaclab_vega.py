@@ -31,6 +31,9 @@ CSS = """
 .bd-content div.output table.kfaclab-verdicts { table-layout: fixed; width: 100%; }
 .cell_output table.kfaclab-verdicts th,
 .cell_output table.kfaclab-verdicts td { overflow-wrap: break-word; min-width: 0; }
+/* the front page's tables: small type, so that every claim fits about one screen */
+.cell_output table.kfaclab-front, .cell_output table.kfaclab-studies { font-size: 0.75em; }
+.cell_output table.kfaclab-front details summary { cursor: pointer; }
 """
 
 

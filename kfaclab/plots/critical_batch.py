@@ -95,7 +95,10 @@ def critical_batch_chart(results: StudyResults, unit: str = "iterations", n_boot
                          alt.Tooltip("s_min:Q", title="S_min", format=",.3~g")]),
         ]
     if noise_scale is not None and len(noise_scale):
-        layers.append(alt.Chart(noise_scale).transform_calculate(series=literal(series[2])).mark_rule(
+        rule = alt.Chart(noise_scale)
+        if "target" in noise_scale:  # measured where the runs reach each target: the selected one's
+            rule = rule.transform_filter(alt.datum.target == target)
+        layers.append(rule.transform_calculate(series=literal(series[2])).mark_rule(
             strokeWidth=2).encode(x=alt.X("b_simple:Q", scale=xscale), color=color, strokeDash=dash,
             tooltip=["optimizer:N", alt.Tooltip("b_simple:Q", title="gradient noise scale B_simple", format=",.0f")]))
     return alt.layer(*layers).add_params(target).properties(
@@ -103,5 +106,5 @@ def critical_batch_chart(results: StudyResults, unit: str = "iterations", n_boot
         title=_title(alt.ExprRef("'Critical batch size at test accuracy ≥ ' + format(target, '.0%') + "
                                  "': S(B) = S_min (1 + B_crit / B)'"), results,
                      ["points: measured; solid: the fit; dashed rule and band: fitted B_crit and its 68%",
-                      "bootstrap interval over grid points" + ("; dotted rule: the measured noise scale"
-                                                               if len(series) > 2 else "")]))
+                      "bootstrap interval over grid points" + ("; dotted rule: the measured noise scale of plain "
+                                                               "gradients" if len(series) > 2 else "")]))

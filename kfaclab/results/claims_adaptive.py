@@ -56,3 +56,22 @@ def claim_f(results: StudyResults, n: int = N_BOOT, seed: int = SEED) -> Verdict
     return _verdict("f", results.name, outcome, "accuracy change of the worst method (points as a fraction)",
                     worst["accuracy_change"], worst["interval"], rule,
                     f"fewest iterations: {top:.2f}x (the paper's up to 5x: {five})", parts)
+
+
+def describe_f(v: Verdict) -> str:
+    """What verdict (f) says about accuracy, in points, computed from the verdict itself (the
+    chapter's prose follows the verdict, never the other way round)."""
+    if not v.parts:
+        return f"Accuracy: verdict (f) is {v.outcome} ({v.detail})."
+    worst = min(v.parts, key=lambda p: p["accuracy_change"])
+    below = [p["method"] for p in v.parts if p["interval"][0] is not None and p["interval"][0] < -0.01]
+    lo, hi = (100 * x for x in worst["interval"])
+    text = (f"Accuracy: verdict (f) is **{v.outcome}**. The largest loss against the fixed batch is "
+            f"{worst['method']}'s, {100 * worst['accuracy_change']:+.2f} points (90% interval {lo:+.2f} to "
+            f"{hi:+.2f} points); ")
+    if v.outcome == REPRODUCED:
+        return text + "every method's interval lies above -1 point, as Yao et al. report."
+    if v.outcome == CONTRADICTED:
+        return text + "an interval lies entirely below -1 point, against Yao et al.'s report."
+    return text + (f"the intervals of {', '.join(below)} reach below -1 point, so these seeds cannot tell a loss "
+                   "of a point from none: the miniature neither confirms nor contradicts the paper's 'within 1%'.")

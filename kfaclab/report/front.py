@@ -1,0 +1,214 @@
+"""The front page: what was found, on which model, from which study, read at a glance.
+
+Each body of evidence (a study, or a version-3 set of studies judged together) is described
+from its spec (model, data, resolution, augmentation, test set, seeds, grid, budget) and ranked
+by the strength of that evidence as the spec states it, not by its name. The page then says in a
+few computed sentences what each one found, shows one compact table (an outcome per body of
+evidence, the number and interval from the strongest one, details one click away) and gives a
+body of evidence that has not run one line instead of a column.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass, field
+
+from kfaclab.results.claims import CLAIMS, CONTRADICTED, NOT_RESOLVED, REPRODUCED
+
+# The paper's own model and data (Ma et al.: ResNet-20 on 32x32 CIFAR-10 with crop and flip).
+PAPER_MODEL, PAPER_RESOLUTION = "resnet20", 32
+FULL_TEST_SET = 10_000
+
+
+@dataclass
+class Evidence:
+    """One column of the front page: a study or a version-3 set, its spec and its verdicts."""
+    name: str  # how the book names it: the main study's folder
+    spec: dict  # the main study's spec (runs/<name>/study.yaml)
+    rules: str  # "1-2" or "3"
+    verdicts: dict = field(default_factory=dict)  # claim -> Verdict
+    waiting: dict = field(default_factory=dict)  # claim -> runs still to come
+    ran: bool = True  # whether any of its runs has finished
+    claims: str | None = None  # the claims it is for, where only some (the abs study: "f")
+
+
+def model_name(spec: dict) -> str:
+    """The model as the book names it: "ResNet-20", "ResNet-8 (width x2)", "MLP 768-256-10"."""
+    fixed = spec.get("fixed", {})
+    model = str(fixed.get("model", "?"))
+    res = int(fixed.get("resolution", 32))
+    if model.startswith("mlp"):
+        hidden = model.split(":", 1)[1] if ":" in model else "256"
+        return f"MLP {3 * res * res}-{hidden.replace(',', '-')}-10"
+    if model.startswith("resnet"):
+        depth, _, width = model[len("resnet"):].partition("x")
+        return f"ResNet-{depth}" + (f" (width x{width})" if width else "")
+    return model
+
+
+def describe(spec: dict) -> dict:
+    """What the spec says its evidence rests on, in the front page's words."""
+    fixed = spec.get("fixed", {})
+    res = int(fixed.get("resolution", 32))
+    grids = [math.prod(len(v) for v in (o.get("grid") or {}).values()) for o in spec.get("optimizers", {}).values()]
+    budget = spec.get("budget", {})
+    if "rule" in budget:
+        rule = budget["rule"]
+        budget_text = f"stopping rule, B0 = {rule['b0']}, E0 = {rule['e0']:g} epoch{'s' * (rule['e0'] != 1)}"
+    else:
+        budget_text = ", ".join(f"{v:g} {k}" for k, v in budget.items())
+    sizes = spec.get("batch_sizes", [])
+    return {
+        "model": model_name(spec),
+        "data": f"CIFAR-10 {res}x{res}" + ("" if fixed.get("dataset") == "cifar10" else " (JPEG copy)"),
+        "augmentation": "crop and flip" if fixed.get("augment") else "none",
+        "test images": int(fixed.get("test_subset") or FULL_TEST_SET),
+        "seeds": len(spec.get("seeds", [0])),
+        "grid": f"{max(grids, default=1)} per cell" + (", grown until bracketed" if spec.get("bracket") else ""),
+        "batch sizes": f"{min(sizes):,} to {max(sizes):,}" if len(sizes) > 1 else f"{sizes[0]:,}" if sizes else "–",
+        "budget": budget_text,
+    }
+
+
+def fidelity(spec: dict) -> int:
+    """2: the paper's model at its resolution with augmentation; 1: another CIFAR ResNet; 0: else."""
+    fixed = spec.get("fixed", {})
+    model = str(fixed.get("model", ""))
+    if model == PAPER_MODEL and int(fixed.get("resolution", 32)) == PAPER_RESOLUTION and fixed.get("augment"):
+        return 2
+    return 1 if model.startswith("resnet") else 0
+
+
+def strength(e: Evidence) -> tuple:
+    """The order of the columns, strongest first, from the spec alone: model fidelity, then seeds,
+    then grids grown until they bracket their optimum (rules version 3), then the test set's
+    size, then the budget (E0, or the fixed epochs)."""
+    spec = e.spec
+    budget = spec.get("budget", {})
+    e0 = budget.get("rule", {}).get("e0", budget.get("epochs", 0))
+    d = describe(spec)
+    return (fidelity(spec), d["seeds"], bool(spec.get("bracket")), d["test images"], float(e0))
+
+
+def order(evidence: list[Evidence]) -> list[Evidence]:
+    return sorted(evidence, key=strength, reverse=True)
+
+
+def short(outcome: str) -> str:
+    """An outcome in a narrow column (the table's caption says what "unresolved" stands for)."""
+    return {NOT_RESOLVED: "unresolved"}.get(outcome, outcome)
+
+
+def cell(e: Evidence, key: str) -> str:
+    """A column's entry for a claim: its outcome, the runs it waits for, or a dash."""
+    if e.claims is not None and key not in e.claims:
+        return "–"
+    v = e.verdicts.get(key)
+    if v is not None:
+        return short(v.outcome)
+    n = e.waiting.get(key)
+    if n is None:
+        return "–"
+    return "budget studies missing" if n < 0 else f"{n:,} to run"
+
+
+def strongest_number(evidence: list[Evidence], key: str, number) -> str:
+    """The claim's statistic with its interval from the strongest evidence that has a number,
+    the study named beside it; `number(v)` formats a verdict's number (estimate [interval])."""
+    for e in order(evidence):
+        v = e.verdicts.get(key)
+        if v is not None and v.estimate is not None:
+            return f"{number(v)} ({e.name})"
+        if v is not None and v.parts:  # judged in parts: each part's number is behind the click
+            return f"{len(v.parts)} parts, in the details ({e.name})"
+    return "–"
+
+
+def findings(evidence: list[Evidence]) -> str:
+    """A few computed sentences: which models the verdicts rest on, and what each one found."""
+    ran = [e for e in order(evidence) if e.ran]
+    unrun = [e for e in order(evidence) if not e.ran]
+    models = []
+    for e in ran:
+        d = describe(e.spec)
+        aug = "crop and flip" if d["augmentation"] != "none" else "no augmentation"
+        text = f"{d['model']} on {d['data']} with {aug}"
+        if text not in models:
+            models.append(text)
+    devices = {str(e.spec.get("fixed", {}).get("device", "cpu")) for e in ran}
+    where = "all trained on a CPU" if devices == {"cpu"} else "trained on " + " and ".join(sorted(devices))
+    lead = [f"The verdicts so far rest on {len(models)} model{'s' * (len(models) != 1)}, {where}: "
+            f"{'; '.join(models)}."]
+    if not any(fidelity(e.spec) == 2 for e in ran):
+        lead.append("None of them is the paper's own model (ResNet-20 on 32x32 CIFAR-10 with augmentation): "
+                     "read every verdict as a statement about the model it names, at budgets far below the "
+                     "paper's.")
+    lines = []
+    for e in ran:
+        d = describe(e.spec)
+        groups = {}
+        for key in CLAIMS:
+            if e.claims is not None and key not in e.claims:
+                continue
+            v = e.verdicts.get(key)
+            if v is None and key not in e.waiting:
+                continue  # not a claim this evidence judges
+            groups.setdefault(v.outcome if v else "waiting", []).append(key)
+        parts = []
+        for outcome, label in ((CONTRADICTED, "contradicted"), (REPRODUCED, "reproduced"),
+                               (NOT_RESOLVED, "not resolved at this scale")):
+            keys = groups.get(outcome, [])
+            if keys:
+                # contradicted and reproduced claims are stated; the unresolved only named
+                parts.append(f"{label}: " + ", ".join(f"({k}) {CLAIMS[k][0]}" if outcome != NOT_RESOLVED else f"({k})"
+                                                        for k in keys))
+        if groups.get("waiting"):
+            parts.append(f"waiting for runs: {', '.join(f'({k})' for k in groups['waiting'])}")
+        rules = f"rules version{'s' * ('-' in e.rules)} {e.rules}"
+        lines.append(f"**`{e.name}`** ({d['model']}, {d['seeds']} seed{'s' * (d['seeds'] != 1)}, {rules}): "
+                     + ("; ".join(parts) if parts else "no verdict yet") + ".")
+    for e in unrun:
+        d = describe(e.spec)
+        lines.append(f"`{e.name}` ({d['model']} on {d['data']}, {d['augmentation'].replace('none', 'no')} "
+                     f"augmentation{', the paper' + chr(39) + 's model' if fidelity(e.spec) == 2 else ''}) has not run "
+                     "yet: it waits for a borrowed GPU.")
+    return " ".join(lead) + "\n\n" + "\n".join(f"- {line}" for line in lines)
+
+
+def studies_table(evidence: list[Evidence]):
+    """One row per body of evidence, strongest first: what its spec says it rests on."""
+    import pandas as pd
+
+    rows = []
+    for e in order(evidence):
+        d = describe(e.spec)
+        rows.append({"study": e.name, "rules": e.rules, **d, "runs": "finished or running" if e.ran else "not run"})
+    return pd.DataFrame(rows)
+
+
+def claims_table(evidence: list[Evidence], number, published, evidence_page: dict) -> str:
+    """The claims as one compact HTML table: a row per claim (its statement; the paper's number,
+    the source and every study's number behind a click), an outcome column per body of evidence
+    that has run, strongest first, and the number with its interval from the strongest."""
+    cols = [e for e in order(evidence) if e.ran]
+    head = "".join(f"<th>{html.escape(e.name)}<br><small>{html.escape(describe(e.spec)['model'].split()[0])}</small>"
+                   "</th>" for e in cols)
+    rows = []
+    for key, (statement, source) in CLAIMS.items():
+        others = "".join(
+            f"<li><code>{html.escape(e.name)}</code>: {html.escape(number(e.verdicts[key]))}</li>"
+            for e in cols if key in e.verdicts and (e.verdicts[key].estimate is not None or e.verdicts[key].parts))
+        details = (f"<details><summary>({key}) {html.escape(statement)}</summary><small>{html.escape(source)}; "
+                   f"<a href=\"{evidence_page[key]}.html\">evidence</a>; the paper reports: "
+                   f"{html.escape(published(key))}" + (f"<ul>{others}</ul>" if others else "") + "</small></details>")
+        cells = "".join(f"<td>{html.escape(cell(e, key))}</td>" for e in cols)
+        rows.append(f"<tr><td>{details}</td>{cells}<td>{html.escape(strongest_number(cols, key, number))}</td></tr>")
+    return (f'<table class="kfaclab-verdicts kfaclab-front"><thead><tr><th style="width: 33%">claim (click for '
+            f'details)</th>{head}<th style="width: 21%">statistic [90% interval] (strongest study)</th></tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table>"
+            '<p><small>unresolved: not resolved at this scale; "N to run": the runs the verdict still waits '
+            "for; –: the study does not test the claim.</small></p>")
+
+
+__all__ = ["Evidence", "claims_table", "describe", "findings", "model_name", "order", "strength", "studies_table"]

@@ -1,0 +1,102 @@
+"""The front page (kfaclab.report.front): evidence described from its spec and ordered by its
+strength, computed findings, one compact claims table, and a study that has not run as one line."""
+
+from pathlib import Path
+
+import yaml
+
+from kfaclab.report import front
+from kfaclab.results.claims import CLAIMS, CONTRADICTED, NOT_RESOLVED, REPRODUCED, Verdict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def spec(name):
+    return yaml.safe_load((ROOT / "runs" / name / "study.yaml").read_text())
+
+
+def verdict(claim, outcome, estimate=None, interval=(None, None), study="s"):
+    return Verdict(claim=claim, statement=CLAIMS[claim][0], source=CLAIMS[claim][1], statistic="x",
+                   estimate=estimate, interval=interval, outcome=outcome, detail="", study=study)
+
+
+def test_specs_are_described_in_the_books_words():
+    assert front.describe(spec("miniature3"))["model"] == "MLP 768-256-10"
+    assert front.describe(spec("resnet-cpu")) == {
+        "model": "ResNet-8", "data": "CIFAR-10 16x16 (JPEG copy)", "augmentation": "crop and flip",
+        "test images": 10_000, "seeds": 3, "grid": "3 per cell, grown until bracketed", "batch sizes": "32 to 8,192",
+        "budget": "stopping rule, B0 = 32, E0 = 1 epoch"}
+    cpu = front.describe(spec("cpu"))
+    assert cpu["test images"] == 2000 and cpu["seeds"] == 1 and cpu["grid"] == "16 per cell"
+    assert front.describe(spec("abs"))["budget"] == "30 epochs"
+    assert front.model_name({"fixed": {"model": "resnet14x2"}}) == "ResNet-14 (width x2)"
+
+
+def test_columns_follow_the_strength_their_specs_state_not_their_names():
+    """The paper's model first, then a smaller ResNet, then the MLP; among the MLP's studies, more
+    seeds first, then bracketed grids, then the full test set; renaming changes nothing."""
+    names = ["cpu", "miniature", "gpu", "miniature3", "resnet-cpu"]
+    ev = [front.Evidence(f"z{i}-{n}", spec(n), "3") for i, n in enumerate(names)]
+    assert [e.name.split("-", 1)[1] for e in front.order(ev)] == ["gpu", "resnet-cpu", "miniature3", "miniature",
+                                                                    "cpu"]
+    # the paper's model without augmentation is not the paper's model
+    no_aug = spec("gpu")
+    no_aug["fixed"]["augment"] = False
+    assert front.fidelity(no_aug) == 1 and front.fidelity(spec("gpu")) == 2
+
+
+def _evidence():
+    mlp = front.Evidence("mlp3", spec("miniature3"), "3",
+                         {"h": verdict("h", CONTRADICTED, -1.46, (-1.69, -1.23), "mlp3"),
+                          "b": verdict("b", REPRODUCED, 0.3, (0.2, 0.4), "mlp3"),
+                          "a": verdict("a", NOT_RESOLVED, -0.08, (-0.12, -0.04), "mlp3")},
+                         {"d": 12, "e": 12})
+    rn = front.Evidence("rn", spec("resnet-cpu"), "3", {"a": verdict("a", NOT_RESOLVED, 0.1, (-0.2, 0.3), "rn")},
+                        {"b": 28, "h": 28})
+    gpu = front.Evidence("gpu", spec("gpu"), "3", ran=False)
+    absf = front.Evidence("abs", spec("abs"), "1-2", {"f": verdict("f", NOT_RESOLVED, -0.005, (-0.01, 0.0))},
+                          claims="f")
+    return [mlp, gpu, rn, absf]
+
+
+def test_findings_name_each_model_and_say_what_each_found():
+    text = front.findings(_evidence())
+    assert "ResNet-8 on CIFAR-10 16x16 (JPEG copy) with crop and flip" in text
+    assert "MLP 768-256-10 on CIFAR-10 16x16 (JPEG copy) with no augmentation" in text
+    assert "None of them is the paper's own model" in text
+    mlp_line = next(line for line in text.splitlines() if "`mlp3`" in line)
+    assert "contradicted: (h) " + CLAIMS["h"][0] in mlp_line and "reproduced: (b)" in mlp_line
+    assert "not resolved at this scale: (a)" in mlp_line and "waiting for runs: (d), (e)" in mlp_line
+    assert "(f)" not in mlp_line  # a claim the study does not judge is not "waiting"
+    # the strongest first: the ResNet's line before the MLP's; the unrun study is one line, last
+    lines = text.splitlines()
+    assert lines.index(next(x for x in lines if "`rn`" in x)) < lines.index(mlp_line)
+    assert lines[-1].startswith("- `gpu` (ResNet-20") and "has not run yet" in lines[-1]
+    ran_paper = _evidence()
+    ran_paper[1].ran = True
+    assert "None of them is the paper's own model" not in front.findings(ran_paper)
+
+
+def test_the_claims_table_has_a_row_per_claim_a_column_per_study_that_ran_and_the_strongest_number():
+    ev = _evidence()
+    table = front.claims_table(ev, lambda v: f"{v.estimate:.3g} [{v.interval[0]:.3g}, {v.interval[1]:.3g}]",
+                               lambda key: f"paper-{key}", {k: "scaling" for k in CLAIMS})
+    assert table.count("<tr>") == 1 + len(CLAIMS) and table.count("<details>") == len(CLAIMS)
+    head = table[:table.index("</thead>")]
+    assert "gpu" not in head  # not run: one line in the findings, no column of repeats
+    assert head.index(">rn<") < head.index(">mlp3<") < head.index(">abs<")
+    row_a = table[table.index("(a) "):].split("</tr>")[0]
+    # (a): the ResNet is the strongest evidence with a number, so its number is shown
+    assert "0.1 [-0.2, 0.3] (rn)" in row_a and "paper-a" in row_a
+    row_h = table[table.index("(h) "):].split("</tr>")[0]
+    assert "<td>28 to run</td><td>contradicted</td><td>–</td>" in row_h and "-1.46 [-1.69, -1.23] (mlp3)" in row_h
+    row_f = table[table.index("(f) "):].split("</tr>")[0]
+    assert "<td>–</td><td>–</td><td>unresolved</td>" in row_f
+
+
+def test_a_claim_judged_in_parts_points_to_its_details_instead_of_a_long_number():
+    parts = [{"optimizer": "sgd", "budget": "epochs", "slope": -0.03, "interval": (-0.05, -0.01)}] * 4
+    v = verdict("d", REPRODUCED)
+    v.parts = parts
+    e = front.Evidence("mini", spec("miniature"), "1-2", {"d": v})
+    assert front.strongest_number([e], "d", lambda v: "long") == "4 parts, in the details (mini)"
