@@ -206,6 +206,25 @@ def test_every_legend_swatch_is_visible(site, browser, chapter):
     assert not invisible, f"{chapter}: " + "; ".join(invisible[:6])
 
 
+# A chart's title and subtitle: the study it shows ("study 'name': ..."), or, for a chart that
+# shows no study, what it shows instead (a model that is not a study, a measurement's runs/
+# folder, a cost model that is not a measurement).
+CHART_TITLES_JS = """() => [...document.querySelectorAll('.kfaclab-chart')].map(c =>
+  [...c.querySelectorAll('.role-title text')].map(t => t.textContent).join(' '))"""
+NOT_A_STUDY = ("not a study", "runs/", "not a measurement")
+
+
+@pytest.mark.parametrize("chapter", [*CHAPTERS_WITH_CHARTS, "book/kfac"])
+def test_every_chart_is_titled_with_its_study_or_says_it_shows_none(site, browser, chapter):
+    page, _, _ = _open(browser, f"{site}/{chapter}.html")
+    _wait_rendered(page, page.locator(".kfaclab-chart").count())
+    titles = page.evaluate(CHART_TITLES_JS)
+    page.close()
+    assert titles, f"{chapter}: no chart titles found (the check would pass vacuously)"
+    untitled = [t or "(no title)" for t in titles if "study '" not in t and not any(m in t for m in NOT_A_STUDY)]
+    assert not untitled, f"{chapter}: charts that name no study: {untitled[:4]}"
+
+
 @pytest.mark.parametrize("chapter", ALL_PAGES)
 def test_no_table_or_figure_overflows_its_column(site, browser, chapter):
     page, _, _ = _open(browser, f"{site}/{chapter}.html")
