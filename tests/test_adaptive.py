@@ -570,3 +570,21 @@ def test_the_chapters_accuracy_sentence_follows_verdict_f(intervals, outcome, sa
     assert f"kfac+abs's, {100 * parts[0]['accuracy_change']:+.2f} points" in text
     assert f"{100 * intervals[0][0]:+.2f} to {100 * intervals[0][1]:+.2f} points" in text
     assert ("as Yao et al. report" in text) == (outcome == "reproduced")
+
+
+def test_verdict_f_is_shown_in_points_like_the_chapters_table_and_prose():
+    """One unit throughout: (f)'s statistic is computed as a fraction of accuracy and its rule
+    speaks of points, so every display of it (verdict tables, the front page's number) is in points."""
+    from kfaclab.results.claims import CLAIMS, Verdict
+    from kfaclab.results.judged_v3 import summary
+    from kfaclab.results.verdict_display import verdict_display
+
+    v = Verdict(claim="f", statement=CLAIMS["f"][0], source=CLAIMS["f"][1],
+                statistic="accuracy change of the worst method (points as a fraction)", estimate=-0.0055,
+                interval=(-0.011, 0.0), outcome="not resolved at this scale", detail="", study="abs")
+    assert summary(v) == "-0.55 [-1.10, +0.00] points"
+    row = verdict_display([v]).iloc[0]
+    assert row["estimate [90% interval]"] == "-0.55 [-1.10, +0.00] points" and "(points)" in row["statistic"]
+    other = Verdict(claim="a", statement=CLAIMS["a"][0], source=CLAIMS["a"][1], statistic="slope", estimate=-0.08,
+                    interval=(-0.12, -0.04), outcome="not resolved at this scale", detail="", study="m")
+    assert summary(other) == "-0.08 [-0.12, -0.04]"

@@ -17,10 +17,19 @@ def verdict_table(vs: list[Verdict]) -> pd.DataFrame:
                           "low": v.interval[0], "high": v.interval[1], "detail": v.detail} for v in vs])
 
 
+# A statistic computed as a fraction of accuracy but stated in points by its rule (claim (f):
+# "above -1 point") is shown in points, so that a chapter's tables, its prose and the verdict
+# speak one unit.
+IN_POINTS = "(points as a fraction)"
+
+
 def _number(v: Verdict) -> str:
     if v.estimate is None:
         return "–"
     lo, hi = v.interval
+    if IN_POINTS in (v.statistic or ""):
+        interval = f" [{100 * lo:+.2f}, {100 * hi:+.2f}]" if lo is not None else ""
+        return f"{100 * v.estimate:+.2f}{interval} points"
     interval = f" [{lo:.3g}, {hi:.3g}]" if lo is not None else ""
     return f"{v.estimate:.3g}{interval}"
 
@@ -37,7 +46,8 @@ def verdict_display(vs: list[Verdict], claims: str | None = None) -> pd.DataFram
             f"{p.get('optimizer') or p.get('method')}{' ' + p['budget'] if 'budget' in p else ''}: {p['outcome']}"
             for p in v.parts if "outcome" in p)
         rows.append({"claim": f"({v.claim}) {v.statement}", "source": v.source, "verdict": v.outcome,
-                     "statistic": v.statistic, "estimate [90% interval]": _number(v), "notes": notes,
+                     "statistic": v.statistic.replace(IN_POINTS, "(points)"), "estimate [90% interval]": _number(v),
+                     "notes": notes,
                      "the paper reports": published(v.claim).display()})
     return pd.DataFrame(rows)
 
