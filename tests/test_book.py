@@ -249,7 +249,10 @@ FRONT_JS = """() => {
   const y = el => el ? el.getBoundingClientRect().top + window.scrollY : null;
   const lead = [...document.querySelectorAll('p')].find(p => p.textContent.startsWith('The verdicts so far rest on'));
   const table = document.querySelector('table.kfaclab-front');
+  const list = lead ? lead.nextElementSibling : null;
   return {lead: y(lead), leadText: lead ? lead.textContent : '',
+          listBottom: list && list.tagName === 'UL' ? list.getBoundingClientRect().bottom + window.scrollY : null,
+          listText: list ? list.textContent : '',
           table: table ? table.getBoundingClientRect().height : null,
           rows: table ? table.querySelectorAll('tbody tr').length : 0,
           details: table ? table.querySelectorAll('details').length : 0};
@@ -257,12 +260,15 @@ FRONT_JS = """() => {
 
 
 def test_front_page_says_what_was_found_on_which_model_on_its_first_screen(site, browser):
-    """At 1366 x 900 the computed findings start on the first screen and name the models; the
-    claims table, one row per claim with its details folded, is about one screen tall."""
+    """At 1366 x 900 the first screen holds the computed findings, which name every study's model
+    (the lead names the models, one line per study that ran says what it found); the claims
+    table, one row per claim with its details folded, is about one screen tall."""
     page, _, _ = _open(browser, f"{site}/book/intro.html")
     front = page.evaluate(FRONT_JS)
     page.close()
     assert front["lead"] is not None and front["lead"] < 900, front
     assert "MLP 768-256-10" in front["leadText"] and "ResNet" in front["leadText"]
+    assert front["listBottom"] is not None and front["listBottom"] <= 900, front
+    assert "miniature3" in front["listText"] and "resnet-cpu" in front["listText"]
     assert front["rows"] == 11 and front["details"] == 11
     assert front["table"] <= 1000, f"the claims table is {front['table']:.0f} px tall"

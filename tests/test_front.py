@@ -65,13 +65,16 @@ def test_findings_name_each_model_and_say_what_each_found():
     assert "MLP 768-256-10 on CIFAR-10 16x16 (JPEG copy) with no augmentation" in text
     assert "None of them is the paper's own model" in text
     mlp_line = next(line for line in text.splitlines() if "`mlp3`" in line)
-    assert "contradicted: (h) " + CLAIMS["h"][0] in mlp_line and "reproduced: (b)" in mlp_line
-    assert "not resolved at this scale: (a)" in mlp_line and "waiting for runs: (d), (e)" in mlp_line
+    assert "contradicted: (h) " + front.SHORT["h"] in mlp_line and "reproduced: (b) " + front.SHORT["b"] in mlp_line
+    assert "not resolved at this scale: (a)" in mlp_line and "2 claims wait for runs" in mlp_line
     assert "(f)" not in mlp_line  # a claim the study does not judge is not "waiting"
-    # the strongest first: the ResNet's line before the MLP's; the unrun study is one line, last
+    # the strongest first: the ResNet's line before the MLP's; the unrun study is one sentence of
+    # the lead, with its model, and no line of its own
     lines = text.splitlines()
     assert lines.index(next(x for x in lines if "`rn`" in x)) < lines.index(mlp_line)
-    assert lines[-1].startswith("- `gpu` (ResNet-20") and "has not run yet" in lines[-1]
+    assert "no verdict yet (2 claims wait for runs)" not in text and "`rn`" in text
+    assert ("`gpu` (ResNet-20 on 32x32 CIFAR-10 with crop and flip, the paper's model) has not run yet"
+            in lines[0]) and not any(x.startswith("- `gpu`") for x in lines)
     ran_paper = _evidence()
     ran_paper[1].ran = True
     assert "None of them is the paper's own model" not in front.findings(ran_paper)

@@ -125,6 +125,23 @@ def strongest_number(evidence: list[Evidence], key: str, number) -> str:
     return "–"
 
 
+# Each claim in a few words, for the findings' sentences (CLAIMS has the full statements, which the
+# table right below shows).
+SHORT = {
+    "a": "K-FAC scales no better than SGD with the batch size",
+    "b": "both optimizers leave the ideal line past a critical batch size",
+    "c": "K-FAC raises the critical batch size",
+    "d": "the good region shrinks with the batch under epochs, grows under iterations",
+    "e": "K-FAC is no more robust than SGD",
+    "f": "adaptive batches lose at most 1%",
+    "g": "K-FAC is comparable to SGD at small batches",
+    "h": "K-FAC needs more iterations than SGD at large batches",
+    "i": "Adam raises the critical batch size",
+    "j": "K-FAC's critical batch size exceeds Adam's",
+    "k": "the NQM orders the critical batch sizes as the runs do",
+}
+
+
 def findings(evidence: list[Evidence]) -> str:
     """A few computed sentences: which models the verdicts rest on, and what each one found."""
     ran = [e for e in order(evidence) if e.ran]
@@ -142,8 +159,14 @@ def findings(evidence: list[Evidence]) -> str:
             f"{'; '.join(models)}."]
     if not any(fidelity(e.spec) == 2 for e in ran):
         lead.append("None of them is the paper's own model (ResNet-20 on 32x32 CIFAR-10 with augmentation): "
-                     "read every verdict as a statement about the model it names, at budgets far below the "
-                     "paper's.")
+                    "read every verdict as a statement about the model it names, at budgets far below the "
+                    "paper's.")
+    for e in unrun:
+        d = describe(e.spec)
+        paper = ", the paper's model" if fidelity(e.spec) == 2 else ""
+        lead.append(f"`{e.name}` ({d['model']} on {d['data'][len('CIFAR-10 '):].split()[0]} CIFAR-10 with "
+                    f"{d['augmentation'].replace('none', 'no augmentation')}{paper}) has not run yet: it waits for a "
+                    "borrowed GPU.")
     lines = []
     for e in ran:
         d = describe(e.spec)
@@ -161,18 +184,15 @@ def findings(evidence: list[Evidence]) -> str:
             keys = groups.get(outcome, [])
             if keys:
                 # contradicted and reproduced claims are stated; the unresolved only named
-                parts.append(f"{label}: " + ", ".join(f"({k}) {CLAIMS[k][0]}" if outcome != NOT_RESOLVED else f"({k})"
+                parts.append(f"{label}: " + ", ".join(f"({k}) {SHORT[k]}" if outcome != NOT_RESOLVED else f"({k})"
                                                         for k in keys))
-        if groups.get("waiting"):
-            parts.append(f"waiting for runs: {', '.join(f'({k})' for k in groups['waiting'])}")
-        rules = f"rules version{'s' * ('-' in e.rules)} {e.rules}"
+        waiting = groups.get("waiting", [])
+        if waiting:
+            parts.append(f"{len(waiting)} claim{'s' * (len(waiting) != 1)} wait{'s' * (len(waiting) == 1)} for runs")
+        rules = f"rules v{e.rules}"
         lines.append(f"**`{e.name}`** ({d['model']}, {d['seeds']} seed{'s' * (d['seeds'] != 1)}, {rules}): "
-                     + ("; ".join(parts) if parts else "no verdict yet") + ".")
-    for e in unrun:
-        d = describe(e.spec)
-        lines.append(f"`{e.name}` ({d['model']} on {d['data']}, {d['augmentation'].replace('none', 'no')} "
-                     f"augmentation{', the paper' + chr(39) + 's model' if fidelity(e.spec) == 2 else ''}) has not run "
-                     "yet: it waits for a borrowed GPU.")
+                     + ("; ".join(parts) if any(p for p in parts if "wait" not in p) else
+                        "no verdict yet" + (f" ({parts[0]})" if parts else "")) + ".")
     return " ".join(lead) + "\n\n" + "\n".join(f"- {line}" for line in lines)
 
 
