@@ -63,10 +63,10 @@ def test_findings_name_each_model_and_say_what_each_found():
     text = front.findings(_evidence())
     assert "ResNet-8 on CIFAR-10 16x16 (JPEG copy) with crop and flip" in text
     assert "MLP 768-256-10 on CIFAR-10 16x16 (JPEG copy) with no augmentation" in text
-    assert "None of them is the paper's own model" in text
+    assert "None is the paper's own model" in text
     mlp_line = next(line for line in text.splitlines() if "`mlp3`" in line)
     assert "contradicted: (h) " + front.SHORT["h"] in mlp_line and "reproduced: (b) " + front.SHORT["b"] in mlp_line
-    assert "not resolved at this scale: (a)" in mlp_line and "2 claims wait for runs" in mlp_line
+    assert "unresolved: (a)" in mlp_line and "2 claims wait for runs" in mlp_line
     assert "(f)" not in mlp_line  # a claim the study does not judge is not "waiting"
     # the strongest first: the ResNet's line before the MLP's; the unrun study is one sentence of
     # the lead, with its model, and no line of its own
@@ -77,7 +77,7 @@ def test_findings_name_each_model_and_say_what_each_found():
             in lines[0]) and not any(x.startswith("- `gpu`") for x in lines)
     ran_paper = _evidence()
     ran_paper[1].ran = True
-    assert "None of them is the paper's own model" not in front.findings(ran_paper)
+    assert "None is the paper's own model" not in front.findings(ran_paper)
 
 
 def test_the_claims_table_has_a_row_per_claim_a_column_per_study_that_ran_and_the_strongest_number():
@@ -103,3 +103,12 @@ def test_a_claim_judged_in_parts_points_to_its_details_instead_of_a_long_number(
     v.parts = parts
     e = front.Evidence("mini", spec("miniature"), "1-2", {"d": v})
     assert front.strongest_number([e], "d", lambda v: "long") == "4 parts, in the details (mini)"
+
+
+def test_a_finding_is_stated_in_words_once_at_its_strongest_study():
+    ev = _evidence()
+    weaker = front.Evidence("mlp2", spec("miniature"), "1-2", {"h": verdict("h", CONTRADICTED, -0.7, (-1, -0.5))})
+    lines = front.findings([*ev, weaker]).splitlines()
+    strong = next(x for x in lines if "`mlp3`" in x)
+    weak = next(x for x in lines if "`mlp2`" in x)
+    assert front.SHORT["h"] in strong and "contradicted: (h)." in weak and front.SHORT["h"] not in weak

@@ -158,9 +158,8 @@ def findings(evidence: list[Evidence]) -> str:
     lead = [f"The verdicts so far rest on {len(models)} model{'s' * (len(models) != 1)}, {where}: "
             f"{'; '.join(models)}."]
     if not any(fidelity(e.spec) == 2 for e in ran):
-        lead.append("None of them is the paper's own model (ResNet-20 on 32x32 CIFAR-10 with augmentation): "
-                    "read every verdict as a statement about the model it names, at budgets far below the "
-                    "paper's.")
+        lead.append("None is the paper's own model: each verdict speaks for the model it names, at budgets far "
+                    "below the paper's.")
     for e in unrun:
         d = describe(e.spec)
         paper = ", the paper's model" if fidelity(e.spec) == 2 else ""
@@ -168,6 +167,7 @@ def findings(evidence: list[Evidence]) -> str:
                     f"{d['augmentation'].replace('none', 'no augmentation')}{paper}) has not run yet: it waits for a "
                     "borrowed GPU.")
     lines = []
+    stated = set()  # a claim is stated in words at its strongest study's line, then named by its letter
     for e in ran:
         d = describe(e.spec)
         groups = {}
@@ -180,12 +180,15 @@ def findings(evidence: list[Evidence]) -> str:
             groups.setdefault(v.outcome if v else "waiting", []).append(key)
         parts = []
         for outcome, label in ((CONTRADICTED, "contradicted"), (REPRODUCED, "reproduced"),
-                               (NOT_RESOLVED, "not resolved at this scale")):
+                               (NOT_RESOLVED, "unresolved")):
             keys = groups.get(outcome, [])
             if keys:
-                # contradicted and reproduced claims are stated; the unresolved only named
-                parts.append(f"{label}: " + ", ".join(f"({k}) {SHORT[k]}" if outcome != NOT_RESOLVED else f"({k})"
-                                                        for k in keys))
+                # contradicted and reproduced claims are stated (once, at the strongest study that
+                # found them); the unresolved only named
+                words = [f"({k}) {SHORT[k]}" if outcome != NOT_RESOLVED and k not in stated else f"({k})"
+                         for k in keys]
+                stated |= set(keys) if outcome != NOT_RESOLVED else set()
+                parts.append(f"{label}: " + ", ".join(words))
         waiting = groups.get("waiting", [])
         if waiting:
             parts.append(f"{len(waiting)} claim{'s' * (len(waiting) != 1)} wait{'s' * (len(waiting) == 1)} for runs")
