@@ -247,7 +247,8 @@ def test_every_page_loads_without_errors_or_network(site, browser):
 
 FRONT_JS = """() => {
   const y = el => el ? el.getBoundingClientRect().top + window.scrollY : null;
-  const lead = [...document.querySelectorAll('p')].find(p => p.textContent.startsWith('The verdicts so far rest on'));
+  const lead = [...document.querySelectorAll('p')]
+    .find(p => p.textContent.startsWith('The studies that have run so far trained'));
   const table = document.querySelector('table.kfaclab-front');
   const list = lead ? lead.nextElementSibling : null;
   return {lead: y(lead), leadText: lead ? lead.textContent : '',

@@ -72,7 +72,11 @@ def test_findings_name_each_model_and_say_what_each_found():
     # the lead, with its model, and no line of its own
     lines = text.splitlines()
     assert lines.index(next(x for x in lines if "`rn`" in x)) < lines.index(mlp_line)
-    assert "no verdict yet (2 claims wait for runs)" not in text and "`rn`" in text
+    rn_line = next(x for x in lines if "`rn`" in x)
+    assert "unresolved: (a); 2 claims wait for runs." in rn_line
+    waiting_only = _evidence()
+    waiting_only[2].verdicts = {}
+    assert "no verdict yet (2 claims wait for runs)." in front.findings(waiting_only)
     assert ("`gpu` (ResNet-20 on 32x32 CIFAR-10 with crop and flip, the paper's model) has not run yet"
             in lines[0]) and not any(x.startswith("- `gpu`") for x in lines)
     ran_paper = _evidence()

@@ -14,7 +14,7 @@ import html
 import math
 from dataclasses import dataclass, field
 
-from kfaclab.results.claims import CLAIMS, CONTRADICTED, NOT_RESOLVED, REPRODUCED
+from kfaclab.results.claims import CLAIMS, CONTRADICTED, NOT_RESOLVED, NOT_TESTABLE, REPRODUCED
 
 # The paper's own model and data (Ma et al.: ResNet-20 on 32x32 CIFAR-10 with crop and flip).
 PAPER_MODEL, PAPER_RESOLUTION = "resnet20", 32
@@ -155,7 +155,7 @@ def findings(evidence: list[Evidence]) -> str:
             models.append(text)
     devices = {str(e.spec.get("fixed", {}).get("device", "cpu")) for e in ran}
     where = "all trained on a CPU" if devices == {"cpu"} else "trained on " + " and ".join(sorted(devices))
-    lead = [f"The verdicts so far rest on {len(models)} model{'s' * (len(models) != 1)}, {where}: "
+    lead = [f"The studies that have run so far trained {len(models)} model{'s' * (len(models) != 1)}, {where}: "
             f"{'; '.join(models)}."]
     if not any(fidelity(e.spec) == 2 for e in ran):
         lead.append("None is the paper's own model: each verdict speaks for the model it names, at budgets far "
@@ -180,22 +180,24 @@ def findings(evidence: list[Evidence]) -> str:
             groups.setdefault(v.outcome if v else "waiting", []).append(key)
         parts = []
         for outcome, label in ((CONTRADICTED, "contradicted"), (REPRODUCED, "reproduced"),
-                               (NOT_RESOLVED, "unresolved")):
+                               (NOT_RESOLVED, "unresolved"), (NOT_TESTABLE, "not testable here")):
             keys = groups.get(outcome, [])
             if keys:
                 # contradicted and reproduced claims are stated (once, at the strongest study that
                 # found them); the unresolved only named
-                words = [f"({k}) {SHORT[k]}" if outcome != NOT_RESOLVED and k not in stated else f"({k})"
-                         for k in keys]
-                stated |= set(keys) if outcome != NOT_RESOLVED else set()
+                decided = outcome in (CONTRADICTED, REPRODUCED)
+                words = [f"({k}) {SHORT[k]}" if decided and k not in stated else f"({k})" for k in keys]
+                stated |= set(keys) if decided else set()
                 parts.append(f"{label}: " + ", ".join(words))
         waiting = groups.get("waiting", [])
-        if waiting:
-            parts.append(f"{len(waiting)} claim{'s' * (len(waiting) != 1)} wait{'s' * (len(waiting) == 1)} for runs")
+        wait = f"{len(waiting)} claim{'s' * (len(waiting) != 1)} wait{'s' * (len(waiting) == 1)} for runs"
+        if not parts:  # no verdict at all yet
+            parts = [f"no verdict yet ({wait})" if waiting else "no verdict"]
+        elif waiting:
+            parts.append(wait)
         rules = f"rules v{e.rules}"
         lines.append(f"**`{e.name}`** ({d['model']}, {d['seeds']} seed{'s' * (d['seeds'] != 1)}, {rules}): "
-                     + ("; ".join(parts) if any(p for p in parts if "wait" not in p) else
-                        "no verdict yet" + (f" ({parts[0]})" if parts else "")) + ".")
+                     + "; ".join(parts) + ".")
     return " ".join(lead) + "\n\n" + "\n".join(f"- {line}" for line in lines)
 
 
