@@ -34,6 +34,7 @@ CSS = """
 /* the front page's tables: small type, so that every claim fits about one screen */
 .cell_output table.kfaclab-front, .cell_output table.kfaclab-studies { font-size: 0.75em; }
 .cell_output table.kfaclab-front details summary { cursor: pointer; }
+.cell_output table.kfaclab-front th { font-size: 0.9em; overflow-wrap: normal; }
 """
 
 

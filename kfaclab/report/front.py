@@ -229,8 +229,8 @@ def claims_table(evidence: list[Evidence], number, published, evidence_page: dic
                    f"{html.escape(published(key))}" + (f"<ul>{others}</ul>" if others else "") + "</small></details>")
         cells = "".join(f"<td>{html.escape(cell(e, key))}</td>" for e in cols)
         rows.append(f"<tr><td>{details}</td>{cells}<td>{html.escape(strongest_number(cols, key, number))}</td></tr>")
-    return (f'<table class="kfaclab-verdicts kfaclab-front"><thead><tr><th style="width: 33%">claim (click for '
-            f'details)</th>{head}<th style="width: 21%">statistic [90% interval] (strongest study)</th></tr></thead>'
+    return (f'<table class="kfaclab-verdicts kfaclab-front"><thead><tr><th style="width: 30%">claim (click for '
+            f'details)</th>{head}<th style="width: 20%">statistic [90% interval] (strongest study)</th></tr></thead>'
             f"<tbody>{''.join(rows)}</tbody></table>"
             '<p><small>unresolved: not resolved at this scale; "N to run": the runs the verdict still waits '
             "for; –: the study does not test the claim.</small></p>")
