@@ -92,6 +92,8 @@ def test_the_claims_table_has_a_row_per_claim_a_column_per_study_that_ran_and_th
     head = table[:table.index("</thead>")]
     assert "gpu" not in head  # not run: one line in the findings, no column of repeats
     assert head.index(">rn<") < head.index(">mlp3<") < head.index(">abs<")
+    # a claim in a few words, its full statement behind the click
+    assert f"<summary>(a) {front.SHORT['a']}</summary><small>{CLAIMS['a'][0]}" in table
     row_a = table[table.index("(a) "):].split("</tr>")[0]
     # (a): the ResNet is the strongest evidence with a number, so its number is shown
     assert "0.1 [-0.2, 0.3] (rn)" in row_a and "paper-a" in row_a

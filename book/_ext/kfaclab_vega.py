@@ -32,8 +32,9 @@ CSS = """
 .cell_output table.kfaclab-verdicts th,
 .cell_output table.kfaclab-verdicts td { overflow-wrap: break-word; min-width: 0; }
 /* the front page's tables: small type, so that every claim fits about one screen */
-.cell_output table.kfaclab-front, .cell_output table.kfaclab-studies { font-size: 0.75em; }
+.cell_output table.kfaclab-front, .cell_output table.kfaclab-studies { font-size: 0.72em; }
 .cell_output table.kfaclab-front details summary { cursor: pointer; }
+.cell_output table.kfaclab-front th, .cell_output table.kfaclab-front td { padding: 0.3em 0.25em; }
 .cell_output table.kfaclab-front th { font-size: 0.9em; overflow-wrap: normal; }
 """
 

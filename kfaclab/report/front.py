@@ -213,24 +213,25 @@ def studies_table(evidence: list[Evidence]):
 
 
 def claims_table(evidence: list[Evidence], number, published, evidence_page: dict) -> str:
-    """The claims as one compact HTML table: a row per claim (its statement; the paper's number,
-    the source and every study's number behind a click), an outcome column per body of evidence
+    """The claims as one compact HTML table: a row per claim (in a few words; its full statement,
+    source, the paper's number and every study's number behind a click), an outcome column per body of evidence
     that has run, strongest first, and the number with its interval from the strongest."""
     cols = [e for e in order(evidence) if e.ran]
-    head = "".join(f"<th>{html.escape(e.name)}<br><small>{html.escape(describe(e.spec)['model'].split()[0])}</small>"
-                   "</th>" for e in cols)
+    head = "".join(f"<th>{html.escape(e.name)}<br>{html.escape(describe(e.spec)['model'].split()[0])}</th>"
+                   for e in cols)
     rows = []
     for key, (statement, source) in CLAIMS.items():
         others = "".join(
             f"<li><code>{html.escape(e.name)}</code>: {html.escape(number(e.verdicts[key]))}</li>"
             for e in cols if key in e.verdicts and (e.verdicts[key].estimate is not None or e.verdicts[key].parts))
-        details = (f"<details><summary>({key}) {html.escape(statement)}</summary><small>{html.escape(source)}; "
+        details = (f"<details><summary>({key}) {html.escape(SHORT[key])}</summary><small>{html.escape(statement)} "
+                   f"({html.escape(source)}); "
                    f"<a href=\"{evidence_page[key]}.html\">evidence</a>; the paper reports: "
                    f"{html.escape(published(key))}" + (f"<ul>{others}</ul>" if others else "") + "</small></details>")
         cells = "".join(f"<td>{html.escape(cell(e, key))}</td>" for e in cols)
         rows.append(f"<tr><td>{details}</td>{cells}<td>{html.escape(strongest_number(cols, key, number))}</td></tr>")
-    return (f'<table class="kfaclab-verdicts kfaclab-front"><thead><tr><th style="width: 30%">claim (click for '
-            f'details)</th>{head}<th style="width: 20%">statistic [90% interval] (strongest study)</th></tr></thead>'
+    return (f'<table class="kfaclab-verdicts kfaclab-front"><thead><tr><th style="width: 23%">claim (click for '
+            f'details)</th>{head}<th style="width: 21%">statistic [90% interval] (strongest study)</th></tr></thead>'
             f"<tbody>{''.join(rows)}</tbody></table>"
             '<p><small>unresolved: not resolved at this scale; "N to run": the runs the verdict still waits '
             "for; –: the study does not test the claim.</small></p>")
