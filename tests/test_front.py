@@ -63,7 +63,7 @@ def test_findings_name_each_model_and_say_what_each_found():
     text = front.findings(_evidence())
     assert "ResNet-8 on CIFAR-10 16x16 (JPEG copy) with crop and flip" in text
     assert "MLP 768-256-10 on CIFAR-10 16x16 (JPEG copy) with no augmentation" in text
-    assert "None is the paper's own model" in text
+    assert "None is the paper's own model" in text and "trained 2 models, all on a CPU: " in text
     mlp_line = next(line for line in text.splitlines() if "`mlp3`" in line)
     assert "contradicted: (h) " + front.SHORT["h"] in mlp_line and "reproduced: (b) " + front.SHORT["b"] in mlp_line
     assert "unresolved: (a)" in mlp_line and "2 claims wait for runs" in mlp_line

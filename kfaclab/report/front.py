@@ -154,7 +154,7 @@ def findings(evidence: list[Evidence]) -> str:
         if text not in models:
             models.append(text)
     devices = {str(e.spec.get("fixed", {}).get("device", "cpu")) for e in ran}
-    where = "all trained on a CPU" if devices == {"cpu"} else "trained on " + " and ".join(sorted(devices))
+    where = "all on a CPU" if devices == {"cpu"} else "on " + " and ".join(sorted(devices))
     lead = [f"The studies that have run so far trained {len(models)} model{'s' * (len(models) != 1)}, {where}: "
             f"{'; '.join(models)}."]
     if not any(fidelity(e.spec) == 2 for e in ran):
