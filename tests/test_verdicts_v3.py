@@ -182,3 +182,39 @@ def test_the_gpu_set_is_one_line_until_it_has_run_then_a_column_of_its_own(judge
     assert "version 3 (gpu, ResNet-20)" in table.columns and "version 3 (resnet-cpu, ResNet-8)" not in table.columns
     column = dict(zip(table["claim"].str[:3], table["version 3 (gpu, ResNet-20)"], strict=True))
     assert column["(a)"].startswith(vs[0].outcome)
+
+
+def test_widths_and_robustness_verdicts_on_grids_of_the_learning_rate_alone(tmp_path):
+    """The ResNet studies tune the learning rate alone: one row per cell. Their widths, and (d) and
+    (e) from them, must be computed as for two-axis grids, not skipped as 'no runs yet'."""
+    spec = yaml.safe_load((ROOT / "runs" / "miniature" / "study.yaml").read_text())
+    held = {"sgd": ("momentum", 0.9), "kfac": ("damping", 0.03)}
+    spec["optimizers"] = {opt: {"fixed": {**spec["optimizers"][opt]["fixed"], key: value},
+                                "grid": {"lr": spec["optimizers"][opt]["grid"]["lr"]}}
+                          for opt, (key, value) in held.items()}
+    studies = {}
+    for name in ("one-axis-epochs", "one-axis-iterations"):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "study.yaml").write_text(yaml.safe_dump({**spec, "name": name}, sort_keys=False))
+        for p in (ROOT / "runs" / "miniature").glob("*.json"):
+            record = json.loads(p.read_text())
+            opt = record["config"]["optimizer"]
+            key, value = held.get(opt, (None, None))
+            if key and record["config"]["hparams"].get(key) == value:
+                (d / p.name).symlink_to(p)
+                (d / p.with_suffix(".ipynb").name).symlink_to(p.with_suffix(".ipynb"))
+        studies[name] = load_results(d)
+    res = studies["one-axis-epochs"]
+    assert res.grid_keys == {"sgd": ["lr"], "kfac": ["lr"]}
+    table = v3.width_table(res)
+    assert set(table["optimizer"]) == {"sgd", "kfac"} and len(table) == 2 * len(res.batch_sizes())
+    assert np.isfinite(table["width (log2 effective lr)"]).all()
+    out = v3.robustness_verdicts(res, studies["one-axis-iterations"], n=100)
+    assert len(out["d"].parts) == 4 and len(out["e"].parts) == 2 and not out["d"].detail
+    assert all(math.isfinite(p["slope"]) for p in out["d"].parts)
+    assert all(math.isfinite(p["difference"]) for p in out["e"].parts)
+    # a part without an optimizer (e's, per budget) is named by its budget alone in the notes
+    from kfaclab.results.verdict_display import verdict_display
+    notes = verdict_display([out["e"]])["notes"].iloc[0]
+    assert notes.startswith("epochs: ") and "None" not in notes

@@ -244,15 +244,18 @@ def width_cells(results: StudyResults) -> dict:
     out = {}
     for (opt, b), g in runs[runs["batch_schedule"] == "fixed"].groupby(["optimizer", "batch_size"], observed=True):
         axes = [a for a in results.grid_keys.get(opt, []) if f"hp_{a}" in g]
-        if "lr" not in axes or len(axes) != 2:
+        if "lr" not in axes or len(axes) > 2:
             continue
-        other_axis = [a for a in axes if a != "lr"][0]
-        configs = sorted({(float(r["hp_lr"]), float(r[f"hp_{other_axis}"])) for _, r in g.iterrows()})
+        # a grid of the learning rate alone (the ResNet studies) is one row: its other value is 0
+        other_axis = next((a for a in axes if a != "lr"), None)
+        configs = sorted({(float(r["hp_lr"]), float(r[f"hp_{other_axis}"]) if other_axis else 0.0)
+                          for _, r in g.iterrows()})
         seeds = sorted(g["seed"].unique())
         acc = np.full((len(configs), len(seeds)), np.nan)
         x = np.full((len(configs), len(seeds)), np.nan)
         for _, r in g.iterrows():
-            i, j = configs.index((float(r["hp_lr"]), float(r[f"hp_{other_axis}"]))), seeds.index(r["seed"])
+            config = (float(r["hp_lr"]), float(r[f"hp_{other_axis}"]) if other_axis else 0.0)
+            i, j = configs.index(config), seeds.index(r["seed"])
             if r["status"] == "completed":
                 acc[i, j] = r["final_accuracy"]
             eff = r.get("effective_lr_geomean")
