@@ -9,7 +9,7 @@ import pytest
 
 from kfaclab.results.coverage import coverage
 
-STATISTICS = {"a", "b_sgd", "b_kfac", "c", "d_sgd", "d_kfac", "e", "g", "h"}
+STATISTICS = {"a", "b_sgd", "b_kfac", "bcrit_sgd", "bcrit_kfac", "c", "d_sgd", "d_kfac", "e", "g", "h"}
 
 
 @pytest.fixture(scope="module")

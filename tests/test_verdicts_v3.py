@@ -229,3 +229,34 @@ def test_widths_and_robustness_verdicts_on_grids_of_the_learning_rate_alone():
 
     notes = verdict_display([out["e"]])["notes"].iloc[0]
     assert notes.startswith("epochs: reproduced") and "None" not in notes
+
+
+def test_each_optimizers_b_crit_has_version_3s_interval_in_the_chapters():
+    """The critical-batch tables and chart of a version-3 study give each fitted B_crit (the same
+    estimate as the fit of versions 1-2) the 90% hull interval of the pooled seed bootstrap, which
+    surrounds it (the percentile interval over grid points can end at the estimate)."""
+    from test_verdicts import TARGET
+
+    from kfaclab import plots, report
+    from kfaclab.results import critical_batch_size
+    from kfaclab.results.bootstrap import crossings
+
+    def with_crossings(res):  # the loader's column of steps to the target, which fits read
+        res.runs[f"iteration_to_{TARGET:g}"] = res.runs["name"].map(crossings(res, "accuracy", TARGET))
+        return res
+
+    res = with_crossings(study(both(curve(1000, 300), curve(800, 600)), noise=0.05, name="miniature3"))
+    got = v3.b_crit_intervals(res, TARGET)
+    for opt, truth in (("sgd", 300), ("kfac", 600)):
+        est, lo, hi = got[opt]
+        assert est == pytest.approx(critical_batch_size(res, opt, TARGET)["b_crit"], rel=1e-4)
+        assert lo < est < hi and lo < truth < hi
+    fits = report.fit_table(res, n_boot=50)
+    assert "90% interval (rules v3)" in fits and "68% interval" not in fits
+    lo, hi = got["kfac"][1:]
+    assert fits.loc[("kfac", TARGET), "90% interval (rules v3)"] == f"{lo:,.0f}-{hi:,.0f}"
+    chart = json.dumps(plots.critical_batch_chart(res, n_boot=20).to_dict())
+    assert "its 90%" in chart and "rules version 3" in chart
+    # a study of versions 1-2 keeps their 68% interval
+    old = with_crossings(study(both(curve(1000, 300), curve(800, 600)), noise=0.05, name="miniature"))
+    assert "68% interval" in report.fit_table(old, n_boot=50)

@@ -94,7 +94,13 @@ def cmd_results(args) -> int:
     if len(res.batch_sizes()) < 3:
         return 0  # a fit of S(B) needs batch sizes to fit
     done = complete_cells(res)
-    print("\nfit S(B) = S_min (1 + B_crit / B), 68% bootstrap interval over grid points"
+    from kfaclab.results import judged_v3
+    from kfaclab.results.verdicts_v3 import b_crit_intervals
+
+    v3 = {t: b_crit_intervals(done, t) for t in res.targets} if judged_v3.is_v3(res) else None
+    print("\nfit S(B) = S_min (1 + B_crit / B), "
+          + ("90% interval of rules version 3 (pooled seed bootstrap, hull)" if v3 is not None else
+             "68% bootstrap interval over grid points")
           + (" (batch sizes whose grid has finished)" if partial else "") + ":")
     for opt in res.optimizers():
         for t in res.targets:
@@ -103,7 +109,7 @@ def cmd_results(args) -> int:
             except ValueError as e:
                 print(f"  {opt} {t:g}: {e}")
                 continue
-            lo, hi = f["b_crit_interval"]
+            lo, hi = v3[t].get(opt, (float("nan"),) * 3)[1:] if v3 is not None else f["b_crit_interval"]
             print(f"  {opt} {t:g}: B_crit {f['b_crit']:,.0f} [{lo:,.0f}, {hi:,.0f}], S_min {f['s_min']:,.4g}"
                   f"{' (at the edge of the search: not identified)' if f['at_edge'] else ''}")
     return 0

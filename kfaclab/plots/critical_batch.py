@@ -27,7 +27,13 @@ from kfaclab.results import (
 
 
 def critical_batch_data(results: StudyResults, unit: str = "iterations", n_boot: int = 200):
-    """Measured points, fitted curves and fitted B_crit per (optimizer, target)."""
+    """Measured points, fitted curves and fitted B_crit per (optimizer, target), with B_crit's
+    interval: rules version 3's 90% interval for the studies it judges, else versions 1-2's 68%
+    bootstrap over grid points."""
+    from kfaclab.results import judged_v3
+    from kfaclab.results.verdicts_v3 import b_crit_intervals
+
+    v3 = {t: b_crit_intervals(results, t) for t in results.targets} if judged_v3.is_v3(results) else None
     points, curves, fits = [], [], []
     sizes = results.batch_sizes()
     dense = np.exp(np.linspace(np.log(min(sizes)), np.log(max(sizes)), 60))
@@ -42,7 +48,7 @@ def critical_batch_data(results: StudyResults, unit: str = "iterations", n_boot:
                     points.append({"optimizer": opt, "target": t, "batch_size": b, "steps": s})
             for b, s in zip(dense, steps_curve(fit, dense)):
                 curves.append({"optimizer": opt, "target": t, "batch_size": b, "steps": s})
-            lo, hi = fit["b_crit_interval"]
+            lo, hi = v3[t].get(opt, (np.nan,) * 3)[1:] if v3 is not None else fit["b_crit_interval"]
             fits.append({"optimizer": opt, "target": t, "b_crit": fit["b_crit"], "b_crit_lo": lo, "b_crit_hi": hi,
                          "s_min": fit["s_min"], "e_min": fit["e_min"], "rms_log_residual": fit["rms_log_residual"]})
     return pd.DataFrame(points), pd.DataFrame(curves), pd.DataFrame(fits)
@@ -53,7 +59,11 @@ def critical_batch_chart(results: StudyResults, unit: str = "iterations", n_boot
     """Measured steps-to-target (points), the fit S = S_min (1 + B_crit / B) (lines), and the
     fitted B_crit with its bootstrap interval (vertical rule and band). With `noise_scale`
     (optimizer, b_simple), the measured gradient noise scale is drawn as a dashed rule."""
+    from kfaclab.results import judged_v3
+
     points, curves, fits = critical_batch_data(results, unit, n_boot)
+    level, how = ("90%", "interval (rules version 3: pooled seed bootstrap, hull)") if judged_v3.is_v3(results) \
+        else ("68%", "bootstrap interval over grid points")
     # Only the targets with a fit are offered: another would show an empty plot (with none, the
     # first target stays fixed and the plot shows its axes only).
     fitted = [t for t in results.targets if len(points) and (points["target"] == t).any()]
@@ -90,7 +100,7 @@ def critical_batch_chart(results: StudyResults, unit: str = "iterations", n_boot
                 series=literal(series[1])).mark_rule(strokeWidth=2).encode(
                 x=alt.X("b_crit:Q", scale=xscale), color=color, strokeDash=dash,
                 tooltip=["optimizer:N", alt.Tooltip("b_crit:Q", title="fitted B_crit", format=",.0f"),
-                         alt.Tooltip("b_crit_lo:Q", title="68% interval from", format=",.0f"),
+                         alt.Tooltip("b_crit_lo:Q", title=f"{level} interval from", format=",.0f"),
                          alt.Tooltip("b_crit_hi:Q", title="to", format=",.0f"),
                          alt.Tooltip("s_min:Q", title="S_min", format=",.3~g")]),
         ]
@@ -105,6 +115,6 @@ def critical_batch_chart(results: StudyResults, unit: str = "iterations", n_boot
         width=width, height=height,
         title=_title(alt.ExprRef("'Critical batch size at test accuracy ≥ ' + format(target, '.0%') + "
                                  "': S(B) = S_min (1 + B_crit / B)'"), results,
-                     ["points: measured; solid: the fit; dashed rule and band: fitted B_crit and its 68%",
-                      "bootstrap interval over grid points" + ("; dotted rule: the measured noise scale of plain "
+                     ["points: measured; solid: the fit; dashed rule and band: fitted B_crit and its " + level,
+                      how + ("; dotted rule: the measured noise scale of plain "
                                                                "gradients" if len(series) > 2 else "")]))

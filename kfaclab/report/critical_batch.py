@@ -19,6 +19,7 @@ def fit_table(study: StudyResults, n_boot: int = 200) -> pd.DataFrame:
     batch sizes whose grids have finished, with its bootstrap interval over grid points and
     whether B_crit is identified (inside the batch sizes measured, not at the search's edge)."""
     done = complete_cells(study)
+    column, v3 = interval_column(study), b_crit_intervals_v3(study, done)
     fits = []
     for opt in study.optimizers():
         for target in study.targets:
@@ -27,16 +28,37 @@ def fit_table(study: StudyResults, n_boot: int = 200) -> pd.DataFrame:
             except ValueError as e:
                 fits.append({"optimizer": opt, "target": target, "identified": False, "note": str(e)})
                 continue
-            lo, hi = f["b_crit_interval"]
+            lo, hi = v3[target].get(opt, (np.nan,) * 3)[1:] if v3 is not None else f["b_crit_interval"]
             measured = max(f["batch_sizes"]) if f["batch_sizes"] else 0
             note = ("not identified: B_crit at the edge of the search" if f["at_edge"] else
                     "not identified: B_crit beyond the largest batch size measured" if f["b_crit"] > measured else
                     "")
             fits.append({"optimizer": opt, "target": target, "B_crit": f["b_crit"],
-                         "68% interval": f"{lo:,.0f}-{hi:,.0f}", "S_min (iterations)": f["s_min"],
+                         column: f"{lo:,.0f}-{hi:,.0f}" if np.isfinite([lo, hi]).all() else "–",
+                         "S_min (iterations)": f["s_min"],
                          "E_min (examples)": f["e_min"], "RMS log residual": f["rms_log_residual"],
                          "identified": not note, "note": note})
     return pd.DataFrame(fits).set_index(["optimizer", "target"])
+
+
+def interval_column(study: StudyResults) -> str:
+    """The name of the B_crit interval's column: version 3's 90% interval for the studies it
+    judges, versions 1-2's 68% bootstrap over grid points for the others."""
+    from kfaclab.results import judged_v3
+
+    return "90% interval (rules v3)" if judged_v3.is_v3(study) else "68% interval"
+
+
+def b_crit_intervals_v3(study: StudyResults, done: StudyResults) -> dict | None:
+    """For a study judged by rules version 3, target -> optimizer -> (B_crit, low, high) with its
+    90% interval (kfaclab.results.verdicts_v3.b_crit_intervals, on the finished cells `done`);
+    None for the others."""
+    from kfaclab.results import judged_v3
+    from kfaclab.results.verdicts_v3 import b_crit_intervals
+
+    if not judged_v3.is_v3(study):
+        return None
+    return {t: b_crit_intervals(done, t) for t in study.targets}
 
 
 def fit_chart(study: StudyResults, fits: pd.DataFrame):
@@ -69,7 +91,15 @@ def b_crit_lines(study: StudyResults, fits: pd.DataFrame) -> Markdown:
             continue
         ok = {o: bool(fits.loc[(o, target), "identified"]) for o in have}
         b = {o: fits.loc[(o, target), "B_crit"] for o in have}
-        found = ", ".join(f"{name(o)} {b[o]:,.0f}" for o in have if ok[o])
+        # version 3's interval in words too (versions 1-2's, which can end at its estimate, stays in the table)
+        column = next((c for c in fits.columns if "rules v3" in c), None)
+        level = column.split(" ")[0] if column else ""
+
+        def with_interval(o):  # "SGD 366 (90% interval 297-450)"
+            iv = fits.loc[(o, target), column] if column else None
+            return f"{name(o)} {b[o]:,.0f}" + (f" ({level} interval {iv})" if isinstance(iv, str) and iv != "–" else "")
+
+        found = ", ".join(with_interval(o) for o in have if ok[o])
         ratios = "; ".join(f"{name(o)} over SGD {b[o] / b['sgd']:.2f}" for o in have
                            if o != "sgd" and ok[o] and ok["sgd"])
         text = f"- at {target:.0%}: {found or 'none identified'}"

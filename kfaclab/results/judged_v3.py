@@ -127,7 +127,7 @@ def waiting_line(left: dict, names: dict | None = None) -> str:
         where = f"{names['epochs']} and {names['iterations']}" if robust else names["main"]
         lines.append(f"No verdict yet on {which}: " + ("its budget studies have no spec" if n < 0 else
                      f"{n} of {whose}'s runs in {where} have not finished (bracketing may add more)"))
-    return "; ".join(lines)
+    return ". ".join(lines)  # one sentence per group, each starting "No verdict yet"
 
 
 def chapter_verdicts(study: StudyResults, claims: str, prediction: dict | None = None):

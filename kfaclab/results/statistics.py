@@ -87,7 +87,18 @@ def steps_statistics(bs, sgd: np.ndarray, kfac: np.ndarray) -> dict:
             out[f"b_{name}"] = efficiency(bs, steps, own[0], own[-1])
     if len(used_batch_sizes(sgd[0])) >= 3 and len(used_batch_sizes(kfac[0])) >= 3:
         out["c"] = log2_ratio(b_crit(bs, kfac), b_crit(bs, sgd))
+    for name, steps in (("sgd", sgd), ("kfac", kfac)):
+        # each optimizer's own critical batch size (log2), over its own batch sizes: what the
+        # critical-batch chapter shows beside (c), with an interval whose coverage is measured too
+        if len(used_batch_sizes(steps[0])) >= 3:
+            out[f"bcrit_{name}"] = log_b_crit(bs, steps)
     return out
+
+
+def log_b_crit(bs, steps: np.ndarray) -> np.ndarray:
+    """log2 of each row's fitted B_crit (NaN where b_crit does not identify it)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.log2(b_crit(bs, steps))
 
 
 def width_statistics(bs, w_sgd: np.ndarray, w_kfac: np.ndarray) -> dict:

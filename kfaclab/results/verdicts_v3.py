@@ -229,6 +229,29 @@ def _b_crit(key, results, st: StepRows) -> Verdict:
                   detail=_join(detail, flag), why="a target not reached, or B_crit not identified")
 
 
+def b_crit_intervals(results: StudyResults, target: float, n: int = N_BOOT, seed: int = SEED) -> dict:
+    """Each optimizer's fitted B_crit at an accuracy target with version 3's 90% interval:
+    optimizer -> (estimate, low, high). The steps are (c)'s (StepRows: each batch size's grid
+    minimum of the medians over seeds, and the pooled seed bootstrap's replicates), each row refitted
+    over the optimizer's own batch sizes; the hull interval is taken on log2 B_crit (the statistic
+    whose coverage runs/coverage measures, "bcrit_sgd" and "bcrit_kfac"). NaN where the estimate's
+    fit does not identify B_crit (at the search's edge or beyond the largest batch size)."""
+    from kfaclab.results.statistics import log_b_crit
+
+    st = StepRows(results, target, n, seed)
+    out = {}
+    for opt in st.rows:
+        bs, rows = st.curve(opt)
+        logs = log_b_crit(bs, rows)
+        if not math.isfinite(logs[0]):
+            out[opt] = (math.nan, math.nan, math.nan)
+            continue
+        lo, hi = interval(float(logs[0]), logs[1:])
+        out[opt] = (2.0 ** logs[0], 2.0 ** lo if lo is not None else math.nan,
+                    2.0 ** hi if hi is not None else math.nan)
+    return out
+
+
 def _fmt(v) -> str:
     return f"{v:,.0f}" if math.isfinite(v) else "not identified"
 
@@ -399,4 +422,4 @@ def verdicts_v3(main: StudyResults, epochs: StudyResults | None = None, iteratio
 
 
 __all__ = ["VERSION", "LEVEL", "decide", "steps_verdicts", "robustness_verdicts", "verdicts_v3", "width_cells",
-           "width_rows", "width_table", "slopes"]
+           "width_rows", "width_table", "slopes", "b_crit_intervals"]

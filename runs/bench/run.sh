@@ -11,6 +11,8 @@
 #   bash runs/bench/run.sh           # the current code: runs/bench/*.json
 #   bash runs/bench/run.sh before    # the code before issue 20 (commit a182562, checked out
 #                                    # beside the repository): runs/bench/before/*.json
+#   bash runs/bench/run.sh fast-path # the resnet-cpu study's model in float32 and on the CPU fast
+#                                    # path (bf16 autocast, channels-last): runs/bench/resnet8-*.json
 set -euo pipefail
 here=$PWD/runs/bench
 py=$PWD/.venv/bin/python
@@ -40,8 +42,23 @@ if [[ "${1:-}" == "before" ]]; then
         --json "$out/mlp3072-b128-cpu.json"
     exit 0
 fi
+# The resnet-cpu study's model (issue 29): ResNet-8 on 16x16 images at two of its batch sizes, SGD
+# and K-FAC (at the defaults above; the study refreshes more often in short runs), each in float32
+# and on the fast path beside it.
+fast_path() {
+    for b in 128 1024; do
+        "$py" -m kfaclab bench --dataset cifar10-jpeg --resolution 16 --model resnet8 --batch-size "$b" \
+            --optimizers sgd,kfac --fast-path --device cpu \
+            "${amortize[@]}" --steps 2 --rounds 1 --json "$out/resnet8-16px-b$b-cpu.json"
+    done
+}
+if [[ "${1:-}" == "fast-path" ]]; then
+    fast_path
+    exit 0
+fi
 resnet 128
 resnet 512
+fast_path
 "$py" -m kfaclab bench --dataset cifar10-jpeg --model mlp:512,512 --batch-size 128 --no-augment \
     --optimizers "$mlp_variants" --device cpu "${amortize[@]}" --steps 2 --rounds 1 \
     --json "$out/mlp3072-b128-cpu.json"
