@@ -260,3 +260,31 @@ def test_each_optimizers_b_crit_has_version_3s_interval_in_the_chapters():
     # a study of versions 1-2 keeps their 68% interval
     old = with_crossings(study(both(curve(1000, 300), curve(800, 600)), noise=0.05, name="miniature"))
     assert "68% interval" in report.fit_table(old, n_boot=50)
+
+
+@pytest.mark.parametrize("flags,outcome,target,h,says", [
+    ({("kfac", 32)}, CONTRADICTED, 0.53, False, "cannot overturn it: a grid grown further could only lower K-FAC's"),
+    ({("kfac", 32)}, REPRODUCED, 0.53, False, "could only move down"),
+    ({("sgd", 32)}, REPRODUCED, 0.53, False, "cannot overturn it: a grid grown further could only lower SGD's"),
+    ({("sgd", 32), ("kfac", 32)}, CONTRADICTED, 0.53, False, "either way"),
+    ({("kfac", 32)}, CONTRADICTED, 0.50, False, "either way"),  # a higher target could become primary
+    ({("kfac", 64)}, CONTRADICTED, 0.53, False, "none of the flagged cells enters this statistic (batch 32)"),
+    ({("kfac", 4096)}, CONTRADICTED, 0.53, True, "either way"),  # beyond (h)'s batch: it could move there
+    ({("kfac", 64)}, CONTRADICTED, 0.53, True, "none of the flagged cells"),
+])
+def test_what_the_flagged_cells_can_do_to_a_ratio_at_one_batch_size(flags, outcome, target, h, says):
+    """Steps are a minimum over the grid, so a grid grown past its limit can only lower the flagged
+    optimizer's steps: a K-FAC flag lowers log2(K-FAC/SGD) at its batch size, an SGD flag raises it."""
+    res = study(both({32: 1000, 2048: 300}, {32: 700, 2048: 200}))
+    res.targets = [0.45, 0.50, 0.53]
+    res.bracket_cells = {cell: {"state": "edge"} for cell in flags}
+    batch = 2048 if h else 32  # (h) at the largest batch both reach, (g) at the smallest
+    assert says in v3.flag_reach(res, outcome, batch, target, batch if h else None)
+
+
+def test_a_flagged_verdict_on_one_batch_size_says_what_its_flags_can_do():
+    res = study(both(curve(1000, 300), curve(500, 300)), noise=0.02)  # K-FAC 2x faster everywhere
+    res.bracket_cells = {("kfac", 32): {"state": "edge"}}
+    out = v3.steps_verdicts(res, n=200, claims="gh")
+    assert out["g"].outcome == CONTRADICTED and "flags cannot overturn it" in out["g"].detail
+    assert "none of the flagged cells enters this statistic (batch 2048)" in out["h"].detail

@@ -93,13 +93,8 @@ def b_crit_lines(study: StudyResults, fits: pd.DataFrame) -> Markdown:
         b = {o: fits.loc[(o, target), "B_crit"] for o in have}
         # version 3's interval in words too (versions 1-2's, which can end at its estimate, stays in the table)
         column = next((c for c in fits.columns if "rules v3" in c), None)
-        level = column.split(" ")[0] if column else ""
 
-        def with_interval(o):  # "SGD 366 (90% interval 297-450)"
-            iv = fits.loc[(o, target), column] if column else None
-            return f"{name(o)} {b[o]:,.0f}" + (f" ({level} interval {iv})" if isinstance(iv, str) and iv != "–" else "")
-
-        found = ", ".join(with_interval(o) for o in have if ok[o])
+        found = ", ".join(_with_interval(fits, o, target, b[o], column) for o in have if ok[o])
         ratios = "; ".join(f"{name(o)} over SGD {b[o] / b['sgd']:.2f}" for o in have
                            if o != "sgd" and ok[o] and ok["sgd"])
         text = f"- at {target:.0%}: {found or 'none identified'}"
@@ -110,3 +105,10 @@ def b_crit_lines(study: StudyResults, fits: pd.DataFrame) -> Markdown:
             text += f"; not identified for {' and '.join(missing)} (B_crit beyond the batch sizes measured)"
         lines.append(text + ";")
     return Markdown(f"Fitted critical batch sizes in the `{study.name}` study:\n\n" + "\n".join(lines))
+
+
+def _with_interval(fits: pd.DataFrame, opt: str, target: float, b_crit: float, column: str | None) -> str:
+    """"SGD 366 (90% interval 297-450)", or without its interval where `column` is None or empty."""
+    iv = fits.loc[(opt, target), column] if column else None
+    level = column.split(" ")[0] if column else ""
+    return f"{name(opt)} {b_crit:,.0f}" + (f" ({level} interval {iv})" if isinstance(iv, str) and iv != "–" else "")

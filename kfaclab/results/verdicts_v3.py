@@ -16,6 +16,7 @@ versions 1 and 2 (the rules' text says where not).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 
@@ -47,6 +48,7 @@ from kfaclab.results.statistics import (
     log2_ratio,
     slopes,
     steps_statistics,
+    used_batch_sizes,
     width_statistics,
 )
 from kfaclab.results.study import FINISHED, StudyResults
@@ -152,6 +154,11 @@ def steps_verdicts(results: StudyResults, n: int = N_BOOT, seed: int = SEED, cla
                                          "both reach", "log2(K-FAC steps / SGD steps) at the largest batch size both "
                                          "reach: reproduced above 0, contradicted below 0", dict(below=0.0, above=0.0),
                                          _join(base, flag))
+        both = used_batch_sizes(sgd[0], kfac[0]) if bs else []
+        for key, at in (("g", 0), ("h", both[-1] if both else None)):
+            if flag and key in out and out[key].estimate is not None and at is not None:
+                reach = flag_reach(results, out[key].outcome, bs[at], target, bs[at] if key == "h" else None)
+                out[key] = dataclasses.replace(out[key], detail=_join(out[key].detail, reach))
         if "b" in claims:
             out["b"] = _claim_b(results, stats, bs, sgd, kfac, _join(base, flag))
         if "c" in claims:
@@ -169,6 +176,34 @@ def steps_verdicts(results: StudyResults, n: int = N_BOOT, seed: int = SEED, cla
                 key, results.name, NOT_RESOLVED, "", None, (None, None), "",
                 f"no accuracy target is reached by both {NAMES[num]} and {NAMES[den]} at three or more batch sizes")
     return out
+
+
+def flag_reach(results: StudyResults, outcome: str, batch: int, target: float, largest_both: int | None) -> str:
+    """What the flagged cells (optima on a grid edge at the bracketing limit) can do to a verdict
+    whose statistic is log2(K-FAC steps / SGD steps) at one batch size, (g) or (h). Steps to target
+    are a minimum over the grid, so a grid grown further could only lower the flagged optimizer's
+    steps in its flagged cells: K-FAC's lowers the statistic, SGD's raises it. The verdict stands
+    whatever the flagged grids would find if (1) the statistic can only move away from the side
+    the verdict lies on, (2) its target is the study's highest accuracy target (the primary
+    target can only rise as grids reach more), and (3) no flagged cell lies above the largest batch
+    size both reach, for (h) (a new reach there would move it to another batch size; `largest_both`
+    None for (g), whose batch size is the study's smallest). Not part of the rules:
+    a reading of the flags, shown beside the verdict."""
+    edge = {(o, b) for (o, b), c in results.bracket_cells.items() if c["state"] == "edge"}
+    here = {o for o, b in edge if b == batch}
+    beyond = [b for _, b in edge if largest_both is not None and b > largest_both]
+    highest = target >= max(results.targets)
+    if not here and highest and not beyond:
+        return f"none of the flagged cells enters this statistic (batch {batch}), so the flags cannot change it"
+    moves = "down" if here == {"kfac"} else "up" if here == {"sgd"} else None
+    if moves is None or not highest or beyond:
+        return "the flagged cells could move this statistic either way"
+    who = NAMES["kfac" if moves == "down" else "sgd"]
+    if (outcome == CONTRADICTED and moves == "down") or (outcome == REPRODUCED and moves == "up"):
+        return (f"the flags cannot overturn it: a grid grown further could only lower {who}'s steps at batch "
+                f"{batch}, which moves the statistic {moves}, away from its threshold")
+    return f"a grid grown further could only lower {who}'s steps at batch {batch}: the statistic could only move " \
+        + moves
 
 
 def _statistic_or_not(key, results, stats, name, statistic, rule, thresholds, detail):
