@@ -262,24 +262,39 @@ def test_each_optimizers_b_crit_has_version_3s_interval_in_the_chapters():
     assert "68% interval" in report.fit_table(old, n_boot=50)
 
 
-@pytest.mark.parametrize("flags,outcome,target,h,says", [
-    ({("kfac", 32)}, CONTRADICTED, 0.53, False, "cannot overturn it: a grid grown further could only lower K-FAC's"),
-    ({("kfac", 32)}, REPRODUCED, 0.53, False, "could only move down"),
-    ({("sgd", 32)}, REPRODUCED, 0.53, False, "cannot overturn it: a grid grown further could only lower SGD's"),
-    ({("sgd", 32), ("kfac", 32)}, CONTRADICTED, 0.53, False, "either way"),
-    ({("kfac", 32)}, CONTRADICTED, 0.50, False, "either way"),  # a higher target could become primary
-    ({("kfac", 64)}, CONTRADICTED, 0.53, False, "none of the flagged cells enters this statistic (batch 32)"),
-    ({("kfac", 4096)}, CONTRADICTED, 0.53, True, "either way"),  # beyond (h)'s batch: it could move there
-    ({("kfac", 64)}, CONTRADICTED, 0.53, True, "none of the flagged cells"),
+BS = [32, 64, 128, 256, 512, 1024, 2048]
+
+
+@pytest.mark.parametrize("key,flags,outcome,target,used,says", [
+    ("g", {("kfac", 32)}, CONTRADICTED, 0.53, 7, "cannot overturn it: a grid grown further could only lower the "
+                                                 "steps in K-FAC b32, which moves the statistic down"),
+    ("g", {("kfac", 32)}, REPRODUCED, 0.53, 7, "could only move down"),
+    ("g", {("sgd", 32)}, REPRODUCED, 0.53, 7, "cannot overturn it: a grid grown further could only lower the "
+                                               "steps in SGD b32, which moves the statistic up"),
+    ("g", {("sgd", 32), ("kfac", 32)}, CONTRADICTED, 0.53, 7, "either way"),
+    ("g", {("kfac", 32)}, CONTRADICTED, 0.50, 7, "either way"),  # a higher target could become primary
+    ("g", {("kfac", 64)}, CONTRADICTED, 0.53, 7, "none of the flagged cells can move this statistic"),
+    ("h", {("kfac", 2048)}, CONTRADICTED, 0.53, 6, "either way"),  # beyond (h)'s batch: it could move there
+    ("h", {("kfac", 64)}, CONTRADICTED, 0.53, 7, "none of the flagged cells"),
+    ("h", {("kfac", 2048)}, CONTRADICTED, 0.53, 7, "cannot overturn it"),
+    # (a): the slope of y against log2 B; K-FAC's steps falling at small batches raise it, at large lower it
+    ("a", {("kfac", 32), ("kfac", 64)}, REPRODUCED, 0.53, 7, "cannot overturn it: a grid grown further could only "
+                                                            "lower the steps in K-FAC b32, K-FAC b64, which moves "
+                                                            "the statistic up"),
+    ("a", {("kfac", 32), ("kfac", 2048)}, REPRODUCED, 0.53, 7, "either way"),
+    ("a", {("kfac", 1024), ("sgd", 32)}, CONTRADICTED, 0.53, 7, "cannot overturn it"),  # both push it down
+    ("a", {("kfac", 256)}, REPRODUCED, 0.53, 7, "none of the flagged cells"),  # at the mean of log2 B: no lever
+    ("a", {("kfac", 2048)}, REPRODUCED, 0.53, 6, "either way"),  # a new reach would add a batch size
 ])
-def test_what_the_flagged_cells_can_do_to_a_ratio_at_one_batch_size(flags, outcome, target, h, says):
+def test_what_the_flagged_cells_can_do_to_a_statistic_of_the_step_ratio(key, flags, outcome, target, used, says):
     """Steps are a minimum over the grid, so a grid grown past its limit can only lower the flagged
-    optimizer's steps: a K-FAC flag lowers log2(K-FAC/SGD) at its batch size, an SGD flag raises it."""
+    optimizer's steps: K-FAC's lower log2(K-FAC/SGD) at that batch size, SGD's raise it. `used`: how
+    many of the batch sizes, from the smallest, both optimizers reach."""
     res = study(both({32: 1000, 2048: 300}, {32: 700, 2048: 200}))
     res.targets = [0.45, 0.50, 0.53]
     res.bracket_cells = {cell: {"state": "edge"} for cell in flags}
-    batch = 2048 if h else 32  # (h) at the largest batch both reach, (g) at the smallest
-    assert says in v3.flag_reach(res, outcome, batch, target, batch if h else None)
+    effects, shifts = v3.flag_effects(res, key, BS, list(range(used)))
+    assert says in v3.flag_reach(res, outcome, effects, shifts, target)
 
 
 def test_a_flagged_verdict_on_one_batch_size_says_what_its_flags_can_do():
@@ -287,4 +302,4 @@ def test_a_flagged_verdict_on_one_batch_size_says_what_its_flags_can_do():
     res.bracket_cells = {("kfac", 32): {"state": "edge"}}
     out = v3.steps_verdicts(res, n=200, claims="gh")
     assert out["g"].outcome == CONTRADICTED and "flags cannot overturn it" in out["g"].detail
-    assert "none of the flagged cells enters this statistic (batch 2048)" in out["h"].detail
+    assert "none of the flagged cells can move this statistic" in out["h"].detail

@@ -155,9 +155,10 @@ def steps_verdicts(results: StudyResults, n: int = N_BOOT, seed: int = SEED, cla
                                          "reach: reproduced above 0, contradicted below 0", dict(below=0.0, above=0.0),
                                          _join(base, flag))
         both = used_batch_sizes(sgd[0], kfac[0]) if bs else []
-        for key, at in (("g", 0), ("h", both[-1] if both else None)):
-            if flag and key in out and out[key].estimate is not None and at is not None:
-                reach = flag_reach(results, out[key].outcome, bs[at], target, bs[at] if key == "h" else None)
+        for key in "agh":
+            if flag and both and key in out and out[key].estimate is not None:
+                effects, shifts = flag_effects(results, key, bs, both)
+                reach = flag_reach(results, out[key].outcome, effects, shifts, target)
                 out[key] = dataclasses.replace(out[key], detail=_join(out[key].detail, reach))
         if "b" in claims:
             out["b"] = _claim_b(results, stats, bs, sgd, kfac, _join(base, flag))
@@ -178,32 +179,51 @@ def steps_verdicts(results: StudyResults, n: int = N_BOOT, seed: int = SEED, cla
     return out
 
 
-def flag_reach(results: StudyResults, outcome: str, batch: int, target: float, largest_both: int | None) -> str:
-    """What the flagged cells (optima on a grid edge at the bracketing limit) can do to a verdict
-    whose statistic is log2(K-FAC steps / SGD steps) at one batch size, (g) or (h). Steps to target
-    are a minimum over the grid, so a grid grown further could only lower the flagged optimizer's
-    steps in its flagged cells: K-FAC's lowers the statistic, SGD's raises it. The verdict stands
-    whatever the flagged grids would find if (1) the statistic can only move away from the side
-    the verdict lies on, (2) its target is the study's highest accuracy target (the primary
-    target can only rise as grids reach more), and (3) no flagged cell lies above the largest batch
-    size both reach, for (h) (a new reach there would move it to another batch size; `largest_both`
-    None for (g), whose batch size is the study's smallest). Not part of the rules:
-    a reading of the flags, shown beside the verdict."""
-    edge = {(o, b) for (o, b), c in results.bracket_cells.items() if c["state"] == "edge"}
-    here = {o for o, b in edge if b == batch}
-    beyond = [b for _, b in edge if largest_both is not None and b > largest_both]
+def flag_effects(results: StudyResults, key: str, bs: list, used: list) -> tuple[dict, list]:
+    """For (a), (g) or (h), whose statistics are built from y_b = log2(K-FAC steps / SGD steps) at
+    the batch sizes `used` (indices into `bs`): per flagged cell (an optimum on a grid edge at the
+    bracketing limit), the sign of the statistic's change if that optimizer's steps there fell (a
+    grid grown further could only lower them: steps are a minimum over the grid), and the flagged
+    cells that could change which batch sizes the statistic uses. K-FAC's falling steps lower y_b,
+    SGD's raise it; (g) and (h) are y at one batch size, (a) the least-squares slope of y against
+    log2 B, which a change d of y_b moves by (log2 b - mean log2 B) d / Sxx."""
+    edge = [(o, b) for (o, b), c in sorted(results.bracket_cells.items()) if c["state"] == "edge"]
+    sizes = [bs[i] for i in used]
+    at = {"g": [sizes[0]], "h": [sizes[-1]]}.get(key, sizes)
+    mean = float(np.mean(np.log2(sizes))) if sizes else 0.0
+    effects, shifts = {}, []
+    for opt, b in edge:
+        falls = -1 if opt == "kfac" else 1  # the sign of y_b's change
+        if b in at:
+            lever = 1.0 if key in "gh" else math.log2(b) - mean
+            effects[(opt, b)] = int(np.sign(falls * lever))
+        elif key == "a" or (key == "h" and b > sizes[-1]):
+            shifts.append((opt, b))  # a new reach there would add a batch size to (a), move (h) to it
+    return effects, shifts
+
+
+def flag_reach(results: StudyResults, outcome: str, effects: dict, shifts: list, target: float) -> str:
+    """What the flagged cells can do to a verdict on log2(K-FAC/SGD steps) ((a), (g), (h)), from
+    flag_effects: the verdict stands whatever the flagged grids would find if every flagged cell
+    that enters the statistic moves it away from the side the verdict lies on (these claims are
+    contradicted below their threshold and reproduced above), none could change which batch sizes
+    it uses, and its target is the study's highest accuracy target (the primary target can only
+    rise as grids reach more). Not part of the rules: a reading of the flags, beside the verdict."""
     highest = target >= max(results.targets)
-    if not here and highest and not beyond:
-        return f"none of the flagged cells enters this statistic (batch {batch}), so the flags cannot change it"
-    moves = "down" if here == {"kfac"} else "up" if here == {"sgd"} else None
-    if moves is None or not highest or beyond:
+    moving = {cell: sign for cell, sign in effects.items() if sign}
+    if not highest or shifts:
         return "the flagged cells could move this statistic either way"
-    who = NAMES["kfac" if moves == "down" else "sgd"]
+    if not moving:
+        return "none of the flagged cells can move this statistic, so the flags cannot change it"
+    signs = set(moving.values())
+    if len(signs) > 1:
+        return "the flagged cells could move this statistic either way"
+    moves = "down" if signs == {-1} else "up"
+    cells = ", ".join(f"{NAMES[o]} b{b}" for o, b in moving)
     if (outcome == CONTRADICTED and moves == "down") or (outcome == REPRODUCED and moves == "up"):
-        return (f"the flags cannot overturn it: a grid grown further could only lower {who}'s steps at batch "
-                f"{batch}, which moves the statistic {moves}, away from its threshold")
-    return f"a grid grown further could only lower {who}'s steps at batch {batch}: the statistic could only move " \
-        + moves
+        return (f"the flags cannot overturn it: a grid grown further could only lower the steps in {cells}, which "
+                f"moves the statistic {moves}, away from its threshold")
+    return f"a grid grown further could only lower the steps in {cells}: the statistic could only move {moves}"
 
 
 def _statistic_or_not(key, results, stats, name, statistic, rule, thresholds, detail):
