@@ -303,3 +303,18 @@ def test_a_flagged_verdict_on_one_batch_size_says_what_its_flags_can_do():
     out = v3.steps_verdicts(res, n=200, claims="gh")
     assert out["g"].outcome == CONTRADICTED and "flags cannot overturn it" in out["g"].detail
     assert "none of the flagged cells can move this statistic" in out["h"].detail
+
+
+@pytest.mark.parametrize("flagged,says", [
+    (32, "the flags cannot overturn it: a grid grown further could only lower the steps in K-FAC b32, which moves "
+         "the statistic down"),  # efficiency = S(32) x 32 / 2048 / S(2048): K-FAC's S(32) falling lowers it
+    (2048, "could only move up"),
+    (256, "none of the flagged cells can move this statistic"),
+])
+def test_claim_b_says_what_its_flags_can_do_per_optimizer(flagged, says):
+    res = study(both(curve(1000, 300), curve(500, 300)), noise=0.02)  # both far below 0.5: reproduced
+    res.bracket_cells = {("kfac", flagged): {"state": "edge"}}
+    b = v3.steps_verdicts(res, n=200, claims="b")["b"]
+    parts = {p["optimizer"]: p for p in b.parts}
+    assert b.outcome == REPRODUCED and says in parts["kfac"]["flags"] and "flags" not in parts["sgd"]
+    assert f"reproduced ({parts['kfac']['flags']})" in b.detail

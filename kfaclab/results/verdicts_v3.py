@@ -161,7 +161,7 @@ def steps_verdicts(results: StudyResults, n: int = N_BOOT, seed: int = SEED, cla
                 reach = flag_reach(results, out[key].outcome, effects, shifts, target)
                 out[key] = dataclasses.replace(out[key], detail=_join(out[key].detail, reach))
         if "b" in claims:
-            out["b"] = _claim_b(results, stats, bs, sgd, kfac, _join(base, flag))
+            out["b"] = _claim_b(results, stats, bs, sgd, kfac, _join(base, flag), target)
         if "c" in claims:
             out["c"] = _b_crit("c", results, st)
     elif target is None:
@@ -202,13 +202,15 @@ def flag_effects(results: StudyResults, key: str, bs: list, used: list) -> tuple
     return effects, shifts
 
 
-def flag_reach(results: StudyResults, outcome: str, effects: dict, shifts: list, target: float) -> str:
+def flag_reach(results: StudyResults, outcome: str, effects: dict, shifts: list, target: float,
+               below_means: str = CONTRADICTED) -> str:
     """What the flagged cells can do to a verdict on log2(K-FAC/SGD steps) ((a), (g), (h)), from
     flag_effects: the verdict stands whatever the flagged grids would find if every flagged cell
     that enters the statistic moves it away from the side the verdict lies on (these claims are
     contradicted below their threshold and reproduced above), none could change which batch sizes
     it uses, and its target is the study's highest accuracy target (the primary target can only
-    rise as grids reach more). Not part of the rules: a reading of the flags, beside the verdict."""
+    rise as grids reach more). `below_means`: the outcome below the threshold ((b): reproduced).
+    Not part of the rules: a reading of the flags, beside the verdict."""
     highest = target >= max(results.targets)
     moving = {cell: sign for cell, sign in effects.items() if sign}
     if not highest or shifts:
@@ -220,7 +222,8 @@ def flag_reach(results: StudyResults, outcome: str, effects: dict, shifts: list,
         return "the flagged cells could move this statistic either way"
     moves = "down" if signs == {-1} else "up"
     cells = ", ".join(f"{NAMES[o]} b{b}" for o, b in moving)
-    if (outcome == CONTRADICTED and moves == "down") or (outcome == REPRODUCED and moves == "up"):
+    above_means = REPRODUCED if below_means == CONTRADICTED else CONTRADICTED
+    if (outcome == below_means and moves == "down") or (outcome == above_means and moves == "up"):
         return (f"the flags cannot overturn it: a grid grown further could only lower the steps in {cells}, which "
                 f"moves the statistic {moves}, away from its threshold")
     return f"a grid grown further could only lower the steps in {cells}: the statistic could only move {moves}"
@@ -233,7 +236,7 @@ def _statistic_or_not(key, results, stats, name, statistic, rule, thresholds, de
     return _judge(key, results.name, stats[name], statistic, rule, detail=detail, **thresholds)
 
 
-def _claim_b(results, stats, bs, sgd, kfac, detail) -> Verdict:
+def _claim_b(results, stats, bs, sgd, kfac, detail, target=None) -> Verdict:
     rule = ("scaling efficiency at the largest batch size reaching the target (at least 8x the smallest), each "
             "optimizer with its own interval: reproduced below 0.5 for both, contradicted above 0.8 for either")
     parts, outcomes = [], []
@@ -247,16 +250,26 @@ def _claim_b(results, stats, bs, sgd, kfac, detail) -> Verdict:
         v = _judge("b", results.name, stats[key], "efficiency", rule, below=0.5, above=0.8, below_means=REPRODUCED,
                    above_means=CONTRADICTED)
         steps = sgd if opt == "sgd" else kfac
-        largest = bs[int(np.flatnonzero(np.isfinite(steps[0]))[-1])]
-        parts.append({"optimizer": opt, "batch_size": largest, "efficiency": v.estimate, "interval": v.interval,
-                      "outcome": v.outcome, "detail": v.detail})
+        own = np.flatnonzero(np.isfinite(steps[0]))
+        first, largest = bs[int(own[0])], bs[int(own[-1])]
+        part = {"optimizer": opt, "batch_size": largest, "efficiency": v.estimate, "interval": v.interval,
+                "outcome": v.outcome, "detail": v.detail}
+        mine = [b for (o, b), c in sorted(results.bracket_cells.items()) if o == opt and c["state"] == "edge"]
+        if mine and target is not None:
+            # the efficiency is steps[first] x first / largest / steps[largest]: this optimizer's steps
+            # falling at the first batch size lower it, at the largest raise it, elsewhere leave it
+            effects = {(opt, b): -1 if b == first else 1 if b == largest else 0 for b in mine}
+            shifts = [(opt, b) for b in mine if b > largest or b < first]
+            part["flags"] = flag_reach(results, v.outcome, effects, shifts, target, below_means=REPRODUCED)
+        parts.append(part)
         outcomes.append(v.outcome)
     outcome = CONTRADICTED if CONTRADICTED in outcomes else (REPRODUCED if all(o == REPRODUCED for o in outcomes)
                                                               else NOT_RESOLVED)
     text = "; ".join(f"{NAMES[p['optimizer']]} " + (f"{p['efficiency']:.3g} [{p['interval'][0]:.3g}, "
                                                      f"{p['interval'][1]:.3g}] at batch {p['batch_size']}: "
-                                                     f"{p['outcome']}" if "efficiency" in p and p["efficiency"] is not
-                                                     None else p.get("detail", p["outcome"])) for p in parts)
+                                                     f"{p['outcome']}" + (f" ({p['flags']})" if p.get("flags") else "")
+                                                     if "efficiency" in p and p["efficiency"] is not None
+                                                     else p.get("detail", p["outcome"])) for p in parts)
     return _verdict("b", results.name, outcome, "scaling efficiency at the largest batch size, per optimizer", None,
                     (None, None), rule, _join(detail, text), parts)
 
