@@ -17,6 +17,7 @@ def add_parsers(sub) -> dict:
 
 
 def cmd_results(args) -> int:
+    import numpy as np
     import pandas as pd
 
     from kfaclab.results import (
@@ -110,6 +111,7 @@ def cmd_results(args) -> int:
                 print(f"  {opt} {t:g}: {e}")
                 continue
             lo, hi = v3[t].get(opt, (float("nan"),) * 3)[1:] if v3 is not None else f["b_crit_interval"]
-            print(f"  {opt} {t:g}: B_crit {f['b_crit']:,.0f} [{lo:,.0f}, {hi:,.0f}], S_min {f['s_min']:,.4g}"
+            iv = f"[{lo:,.0f}, {hi:,.0f}]" if np.isfinite([lo, hi]).all() else "[no interval: not identified]"
+            print(f"  {opt} {t:g}: B_crit {f['b_crit']:,.0f} {iv}, S_min {f['s_min']:,.4g}"
                   f"{' (at the edge of the search: not identified)' if f['at_edge'] else ''}")
     return 0
