@@ -318,3 +318,13 @@ def test_claim_b_says_what_its_flags_can_do_per_optimizer(flagged, says):
     parts = {p["optimizer"]: p for p in b.parts}
     assert b.outcome == REPRODUCED and says in parts["kfac"]["flags"] and "flags" not in parts["sgd"]
     assert f"reproduced ({parts['kfac']['flags']})" in b.detail
+
+
+def test_a_verdict_judged_in_pairs_names_each_pair_in_its_summary():
+    """(k) is judged per pair of optimizers: the versions table names each pair, not ': cannot tell'."""
+    from kfaclab.results.claims import Verdict
+
+    v = Verdict("k", "statement", "source", "study", NOT_RESOLVED, "pairs", parts=[
+        {"pair": "K-FAC over SGD", "claim": "c", "outcome": "cannot tell"},
+        {"pair": "Adam over SGD", "claim": "i", "outcome": "agree"}])
+    assert judged_v3.summary(v) == "K-FAC over SGD: cannot tell; Adam over SGD: agree"

@@ -187,7 +187,8 @@ def summary(v: Verdict) -> str:
     out = []
     for p in v.parts:
         value = next((p[k] for k in ("efficiency", "slope", "difference") if p.get(k) is not None), None)
-        label = " ".join(str(x) for x in (NAMES.get(p.get("optimizer"), p.get("optimizer")), p.get("budget")) if x)
+        label = " ".join(str(x) for x in (NAMES.get(p.get("optimizer"), p.get("optimizer")), p.get("pair"),
+                                           p.get("budget")) if x)
         if value is None:
             out.append(f"{label}: {p.get('outcome', '–')}")
             continue
