@@ -85,13 +85,15 @@ def steps_statistics(bs, sgd: np.ndarray, kfac: np.ndarray) -> dict:
         own = used_batch_sizes(steps[0])
         if own and bs[own[-1]] >= 8 * bs[own[0]]:
             out[f"b_{name}"] = efficiency(bs, steps, own[0], own[-1])
-    if len(used_batch_sizes(sgd[0])) >= 3 and len(used_batch_sizes(kfac[0])) >= 3:
-        out["c"] = log2_ratio(b_crit(bs, kfac), b_crit(bs, sgd))
-    for name, steps in (("sgd", sgd), ("kfac", kfac)):
-        # each optimizer's own critical batch size (log2), over its own batch sizes: what the
-        # critical-batch chapter shows beside (c), with an interval whose coverage is measured too
-        if len(used_batch_sizes(steps[0])) >= 3:
-            out[f"bcrit_{name}"] = log_b_crit(bs, steps)
+    # each optimizer's own critical batch size, over its own batch sizes: (c) is their ratio, and
+    # the critical-batch chapter shows each (log2) with an interval whose coverage is measured too
+    fits = {name: b_crit(bs, steps) for name, steps in (("sgd", sgd), ("kfac", kfac))
+            if len(used_batch_sizes(steps[0])) >= 3}
+    if len(fits) == 2:
+        out["c"] = log2_ratio(fits["kfac"], fits["sgd"])
+    for name, fit in fits.items():
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[f"bcrit_{name}"] = np.log2(fit)
     return out
 
 
