@@ -301,3 +301,23 @@ def test_the_dataset_sizes_the_specs_are_checked_against_are_the_integrity_count
             c = counts[split]
             assert DATASET_SIZES[name][k] == c.get("total", c.get("per_class", 0) * c["classes"])
     assert DATASET_SIZES["cifar10-jpeg"] == DATASET_SIZES["cifar10"]
+
+
+def test_dry_run_estimates_adam_at_sgds_measured_cost_until_adam_has_run(tmp_path):
+    """A study whose SGD runs have finished but none of Adam's: the dry run's cost model prices
+    Adam's runs at SGD's rate (its step costs what SGD's does) and says so, not "no estimate"."""
+    import shutil
+
+    from kfaclab.sweep.estimate import dry_run
+
+    src = ROOT / "runs" / "resnet-cpu"
+    shutil.copy(src / "study.yaml", tmp_path / "study.yaml")
+    for b in (32, 256, 2048):
+        for p in sorted(src.glob(f"sgd-b{b}-*.json"))[:2]:
+            shutil.copy(p, tmp_path / p.name)
+    text = dry_run(load_study(tmp_path / "study.yaml"), only="adam-*")
+    line = next(x for x in text.splitlines() if x.startswith("estimated time"))
+    assert "adam (resnet8) at SGD's measured cost" in line and "no estimate yet" not in line
+    assert float(line.split("estimated time: ")[1].split(" min")[0]) > 0
+    text = dry_run(load_study(tmp_path / "study.yaml"), only="kfac-*")  # K-FAC's cost is not SGD's
+    assert "no estimate yet for kfac (resnet8)" in text

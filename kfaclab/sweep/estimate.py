@@ -34,7 +34,7 @@ def dry_run(study: Study, retry_failed: bool = False, only: str | None = None, l
     if study.bracket:
         lines.append(bracket_summary(study))
     totals = {"iterations": 0, "examples": 0}
-    seconds, unknown = 0.0, 0
+    seconds, unknown, proxied = 0.0, 0, set()
     for r in pending:
         c = r.config
         n_train = c.train_subset or TRAIN_SIZES.get(c.dataset)
@@ -46,6 +46,9 @@ def dry_run(study: Study, retry_failed: bool = False, only: str | None = None, l
         totals["iterations"] += iters
         totals["examples"] += iters * c.batch_size
         rate = rates.get((c.optimizer, c.model))
+        if rate is None and c.optimizer == "adam" and ("sgd", c.model) in rates:
+            rate = rates[("sgd", c.model)]  # Adam's step costs what SGD's does, give or take elementwise work
+            proxied.add(f"adam ({c.model})")
         if rate is not None:
             seconds += rate[0] * iters + rate[1] * iters * c.batch_size
         lines.append(f"  {r.name}: {iters} iterations, {iters * c.batch_size} examples")
@@ -59,10 +62,12 @@ def dry_run(study: Study, retry_failed: bool = False, only: str | None = None, l
         lines.append(harvested)
     elif rates:
         missing = sorted({f"{r.config.optimizer} ({r.config.model})" for r in pending
-                          if (r.config.optimizer, r.config.model) not in rates})
+                          if (r.config.optimizer, r.config.model) not in rates} - proxied)
         lines.append(f"estimated time: {seconds / 60:.1f} min of training in one worker, from a cost model "
                      f"(seconds per iteration and per example) fitted to this study's finished runs, plus runner "
                      "overhead per run"
+                     + (f"; {', '.join(sorted(proxied))} at SGD's measured cost (none of its runs has finished)"
+                        if proxied else "")
                      + (f"; no estimate yet for {', '.join(missing)}" if missing else ""))
     elif study.throughput:
         tp = study.throughput
