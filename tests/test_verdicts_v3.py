@@ -285,6 +285,8 @@ BS = [32, 64, 128, 256, 512, 1024, 2048]
     ("a", {("kfac", 1024), ("sgd", 32)}, CONTRADICTED, 0.53, 7, "cannot overturn it"),  # both push it down
     ("a", {("kfac", 256)}, REPRODUCED, 0.53, 7, "none of the flagged cells"),  # at the mean of log2 B: no lever
     ("a", {("kfac", 2048)}, REPRODUCED, 0.53, 6, "either way"),  # a new reach would add a batch size
+    ("g", {("adam", 32)}, CONTRADICTED, 0.53, 7, "none of the flagged cells"),  # Adam's cells do not enter
+    ("a", {("adam", 2048)}, REPRODUCED, 0.53, 6, "none of the flagged cells"),
 ])
 def test_what_the_flagged_cells_can_do_to_a_statistic_of_the_step_ratio(key, flags, outcome, target, used, says):
     """Steps are a minimum over the grid, so a grid grown past its limit can only lower the flagged

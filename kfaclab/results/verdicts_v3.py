@@ -187,7 +187,8 @@ def flag_effects(results: StudyResults, key: str, bs: list, used: list) -> tuple
     cells that could change which batch sizes the statistic uses. K-FAC's falling steps lower y_b,
     SGD's raise it; (g) and (h) are y at one batch size, (a) the least-squares slope of y against
     log2 B, which a change d of y_b moves by (log2 b - mean log2 B) d / Sxx."""
-    edge = [(o, b) for (o, b), c in sorted(results.bracket_cells.items()) if c["state"] == "edge"]
+    edge = [(o, b) for (o, b), c in sorted(results.bracket_cells.items())
+            if c["state"] == "edge" and o in ("sgd", "kfac")]  # another optimizer's cells do not enter
     sizes = [bs[i] for i in used]
     at = {"g": [sizes[0]], "h": [sizes[-1]]}.get(key, sizes)
     mean = float(np.mean(np.log2(sizes))) if sizes else 0.0
