@@ -61,9 +61,15 @@ def _evidence():
 
 def test_findings_name_each_model_and_say_what_each_found():
     text = front.findings(_evidence())
-    assert "ResNet-8 on CIFAR-10 16x16 (JPEG copy) with crop and flip" in text
-    assert "MLP 768-256-10 on CIFAR-10 16x16 (JPEG copy) with no augmentation" in text
-    assert "None is the paper's own model" in text and "trained 2 models, all on a CPU: " in text
+    assert "ResNet-8 at 16x16 with crop and flip" in text and "MLP 768-256-10 at 16x16 without augmentation" in text
+    assert "None is the paper's own model" in text
+    assert "trained 2 models on the JPEG copy of CIFAR-10, all on a CPU: " in text
+    # studies on different copies of the data name it with each model
+    other = _evidence()
+    other[0].spec = {**other[0].spec, "fixed": {**other[0].spec["fixed"], "dataset": "cifar10"}}
+    mixed = front.findings(other)
+    assert "models, all on a CPU: ResNet-8 on CIFAR-10 16x16 (JPEG copy) with crop and flip; " in mixed
+    assert "MLP 768-256-10 on CIFAR-10 16x16 without augmentation" in mixed
     mlp_line = next(line for line in text.splitlines() if "`mlp3`" in line)
     assert "contradicted: (h) " + front.SHORT["h"] in mlp_line and "reproduced: (b) " + front.SHORT["b"] in mlp_line
     assert "unresolved: (a)" in mlp_line and "2 claims wait for runs" in mlp_line
@@ -113,8 +119,46 @@ def test_a_claim_judged_in_parts_points_to_its_details_instead_of_a_long_number(
 
 def test_a_finding_is_stated_in_words_once_at_its_strongest_study():
     ev = _evidence()
-    weaker = front.Evidence("mlp2", spec("miniature"), "1-2", {"h": verdict("h", CONTRADICTED, -0.7, (-1, -0.5))})
+    weaker = front.Evidence("mlp2", spec("miniature"), "3", {"h": verdict("h", CONTRADICTED, -0.7, (-1, -0.5))})
     lines = front.findings([*ev, weaker]).splitlines()
     strong = next(x for x in lines if "`mlp3`" in x)
     weak = next(x for x in lines if "`mlp2`" in x)
     assert front.SHORT["h"] in strong and "contradicted: (h)." in weak and front.SHORT["h"] not in weak
+
+
+def _worst_case():
+    """Every study of the book has run, and every claim it judges is decided, with alternating
+    outcomes: the longest the findings can get with the studies the book has."""
+    names = {"gpu": "3", "resnet-cpu": "3", "miniature3": "3", "miniature": "1-2", "cpu": "1-2", "abs": "1-2"}
+    ev = []
+    for i, (name, rules) in enumerate(names.items()):
+        claims = "f" if name == "abs" else "abcdeghijk"
+        outcomes = [CONTRADICTED, REPRODUCED]
+        verdicts = {k: verdict(k, outcomes[(i + j) % 2], 0.1, (0.0, 0.2)) for j, k in enumerate(claims)}
+        ev.append(front.Evidence(name, spec(name), rules, verdicts, claims=claims if name == "abs" else None))
+    return ev
+
+
+def test_findings_stay_short_enough_for_the_first_screen_whatever_the_verdicts():
+    """The findings' length is bounded by the studies, not by how many verdicts they reach: a claim
+    is stated in words once, studies judged by superseded rules share one line with their open claims
+    counted. At 1366 x 900 about 88 characters fit a line of the page's text column, a line is 26 px
+    and the lead starts some 400 px down (tests/test_book.py checks the page itself), so 17 lines is
+    the budget; this estimate matched the rendered line count of both the page's findings and this
+    worst case when it was written."""
+    text = front.findings(_worst_case())
+    paragraphs = [p for p in text.replace("**", "").replace("`", "").split("\n") if p.strip()]
+    lines = sum(-(-len(p) // 88) for p in paragraphs)
+    assert lines <= 17, (lines, text)
+    assert len(paragraphs) == 1 + 3 + 1  # the lead, one line per current study, one for the superseded
+    superseded = paragraphs[-1]
+    assert superseded.startswith("- Superseded rules v1-2 (MLP 768-256-10): miniature (3 seeds): ")
+    assert "cpu (1 seed): " in superseded and "abs (2 seeds): " in superseded
+    # every claim is stated in words exactly once, at the strongest study that decided it
+    for key in "abcdefghijk":
+        assert text.count(front.SHORT[key]) == 1, key
+    assert front.SHORT["a"] in paragraphs[1] and front.SHORT["f"] in superseded
+    assert ("trained 3 models on the JPEG copy of CIFAR-10, on a CPU and a GPU: ResNet-20 at 32x32 with crop and "
+            "flip; ResNet-8 at 16x16" in paragraphs[0])
+    # a claim the current rules decided is only counted on the superseded line
+    assert "miniature (3 seeds): 10 decided under v3 too." in superseded

@@ -131,31 +131,87 @@ SHORT = {
     "a": "K-FAC scales no better than SGD with the batch size",
     "b": "both optimizers leave the ideal line past a critical batch size",
     "c": "K-FAC raises the critical batch size",
-    "d": "the good region shrinks with the batch under epochs, grows under iterations",
+    "d": "the good region shrinks under epochs, grows under iterations",
     "e": "K-FAC is no more robust than SGD",
     "f": "adaptive batches lose at most 1%",
     "g": "K-FAC is comparable to SGD at small batches",
     "h": "K-FAC needs more iterations than SGD at large batches",
     "i": "Adam raises the critical batch size",
     "j": "K-FAC's critical batch size exceeds Adam's",
-    "k": "the NQM orders the critical batch sizes as the runs do",
+    "k": "the NQM orders the critical batch sizes as runs do",
 }
+
+
+# The rules' versions, oldest first (book/verdicts.md): a study judged by an older version is
+# shown after, and more briefly than, those judged by the newest that ran.
+RULES_ORDER = ["1-2", "3"]
+
+
+def _outcomes(e: Evidence, stated: set, list_open: bool, decided_elsewhere: tuple[set, str] = (set(), "")) -> list[str]:
+    """A study's findings grouped by outcome: contradicted and reproduced claims stated in words
+    the first time (`stated` keeps track), the unresolved named by letter (or only counted, where
+    `list_open` is false), and the claims still waiting for runs counted. `decided_elsewhere`, for a
+    study judged by superseded rules: the claims the newest rules decided, which it only counts, and
+    those rules' name."""
+    elsewhere, newest = decided_elsewhere
+    groups = {}
+    for key in CLAIMS:
+        if e.claims is not None and key not in e.claims:
+            continue
+        v = e.verdicts.get(key)
+        if v is None and key not in e.waiting:
+            continue  # not a claim this evidence judges
+        groups.setdefault(v.outcome if v else "waiting", []).append(key)
+    parts = []
+    for outcome, label in ((CONTRADICTED, "contradicted"), (REPRODUCED, "reproduced"),
+                           (NOT_RESOLVED, "unresolved"), (NOT_TESTABLE, "not testable here")):
+        keys = groups.get(outcome, [])
+        if not keys:
+            continue
+        decided = outcome in (CONTRADICTED, REPRODUCED)
+        if decided:
+            keys = [k for k in keys if k not in elsewhere]
+            if not keys:
+                continue
+        if decided or list_open:
+            words = [f"({k}) {SHORT[k]}" if decided and k not in stated else f"({k})" for k in keys]
+            stated |= set(keys) if decided else set()
+            parts.append(f"{label}: " + ", ".join(words))
+        else:
+            parts.append(f"{len(keys)} {label}")
+    also = sum(k in elsewhere for o in (CONTRADICTED, REPRODUCED) for k in groups.get(o, []))
+    if also:
+        parts.append(f"{also} decided under {newest} too")
+    waiting = groups.get("waiting", [])
+    wait = f"{len(waiting)} claim{'s' * (len(waiting) != 1)} wait{'s' * (len(waiting) == 1)} for runs"
+    if not parts:  # no verdict at all yet
+        parts = [f"no verdict yet ({wait})" if waiting else "no verdict"]
+    elif waiting:
+        parts.append(wait)
+    return parts
 
 
 def findings(evidence: list[Evidence]) -> str:
     """A few computed sentences: which models the verdicts rest on, and what each one found."""
     ran = [e for e in order(evidence) if e.ran]
     unrun = [e for e in order(evidence) if not e.ran]
+    # The data named once when every study used the same copy of CIFAR-10, else with each model.
+    data = {"CIFAR-10" if e.spec.get("fixed", {}).get("dataset") == "cifar10" else "the JPEG copy of CIFAR-10"
+            for e in ran}
+    one_data = data.pop() if len(data) == 1 else None
     models = []
     for e in ran:
         d = describe(e.spec)
-        aug = "crop and flip" if d["augmentation"] != "none" else "no augmentation"
-        text = f"{d['model']} on {d['data']} with {aug}"
+        aug = "with crop and flip" if d["augmentation"] != "none" else "without augmentation"
+        resolution = d["data"].split()[1]
+        text = f"{d['model']} at {resolution} {aug}" if one_data else f"{d['model']} on {d['data']} {aug}"
         if text not in models:
             models.append(text)
     devices = {str(e.spec.get("fixed", {}).get("device", "cpu")) for e in ran}
-    where = "all on a CPU" if devices == {"cpu"} else "on " + " and ".join(sorted(devices))
-    lead = [f"The studies that have run so far trained {len(models)} model{'s' * (len(models) != 1)}, {where}: "
+    hardware = sorted({"a GPU" if d.startswith("cuda") else "a CPU" if d == "cpu" else d for d in devices})
+    where = "all on a CPU" if hardware == ["a CPU"] else "on " + " and ".join(hardware)
+    on = f" on {one_data}" if one_data else ""
+    lead = [f"The studies that have run so far trained {len(models)} model{'s' * (len(models) != 1)}{on}, {where}: "
             f"{'; '.join(models)}."]
     if not any(fidelity(e.spec) == 2 for e in ran):
         lead.append("None is the paper's own model: each verdict speaks for the model it names, at budgets far "
@@ -166,38 +222,31 @@ def findings(evidence: list[Evidence]) -> str:
         lead.append(f"`{e.name}` ({d['model']} on {d['data'][len('CIFAR-10 '):].split()[0]} CIFAR-10 with "
                     f"{d['augmentation'].replace('none', 'no augmentation')}{paper}) has not run yet: it waits for a "
                     "borrowed GPU.")
-    lines = []
+    # Studies judged by superseded rules share one line, their open claims counted, not listed: the
+    # first screen has room for every study only if its length does not grow with the rules' history.
+    newest = max((RULES_ORDER.index(e.rules) for e in ran), default=0)
+    current = [e for e in ran if RULES_ORDER.index(e.rules) == newest]
+    superseded = [e for e in ran if RULES_ORDER.index(e.rules) < newest]
     stated = set()  # a claim is stated in words at its strongest study's line, then named by its letter
-    for e in ran:
+    lines = []
+    for e in current:
         d = describe(e.spec)
-        groups = {}
-        for key in CLAIMS:
-            if e.claims is not None and key not in e.claims:
-                continue
-            v = e.verdicts.get(key)
-            if v is None and key not in e.waiting:
-                continue  # not a claim this evidence judges
-            groups.setdefault(v.outcome if v else "waiting", []).append(key)
-        parts = []
-        for outcome, label in ((CONTRADICTED, "contradicted"), (REPRODUCED, "reproduced"),
-                               (NOT_RESOLVED, "unresolved"), (NOT_TESTABLE, "not testable here")):
-            keys = groups.get(outcome, [])
-            if keys:
-                # contradicted and reproduced claims are stated (once, at the strongest study that
-                # found them); the unresolved only named
-                decided = outcome in (CONTRADICTED, REPRODUCED)
-                words = [f"({k}) {SHORT[k]}" if decided and k not in stated else f"({k})" for k in keys]
-                stated |= set(keys) if decided else set()
-                parts.append(f"{label}: " + ", ".join(words))
-        waiting = groups.get("waiting", [])
-        wait = f"{len(waiting)} claim{'s' * (len(waiting) != 1)} wait{'s' * (len(waiting) == 1)} for runs"
-        if not parts:  # no verdict at all yet
-            parts = [f"no verdict yet ({wait})" if waiting else "no verdict"]
-        elif waiting:
-            parts.append(wait)
-        rules = f"rules v{e.rules}"
-        lines.append(f"**`{e.name}`** ({d['model']}, {d['seeds']} seed{'s' * (d['seeds'] != 1)}, {rules}): "
+        parts = _outcomes(e, stated, list_open=True)
+        lines.append(f"**`{e.name}`** ({d['model']}, {d['seeds']} seed{'s' * (d['seeds'] != 1)}, rules v{e.rules}): "
                      + "; ".join(parts) + ".")
+    if superseded:
+        models = {describe(e.spec)["model"] for e in superseded}
+        one_model = len(models) == 1
+        decided = {k for e in current for k, v in e.verdicts.items() if v.outcome in (CONTRADICTED, REPRODUCED)}
+        studies = []
+        for e in superseded:
+            d = describe(e.spec)
+            what = f"{d['seeds']} seed{'s' * (d['seeds'] != 1)}" + ("" if one_model else f", {d['model']}")
+            parts = _outcomes(e, stated, list_open=False, decided_elsewhere=(decided, f"v{RULES_ORDER[newest]}"))
+            studies.append(f"**`{e.name}`** ({what}): " + "; ".join(parts))
+        rules = sorted({e.rules for e in superseded}, key=RULES_ORDER.index)
+        lines.append(f"Superseded rules v{', v'.join(rules)}" + (f" ({models.pop()})" if one_model else "") + ": "
+                     + ". ".join(studies) + ".")
     return " ".join(lead) + "\n\n" + "\n".join(f"- {line}" for line in lines)
 
 
