@@ -1,4 +1,5 @@
-"""Failures of the machine, not of a run: a full disk, no memory, a kernel or worker killed.
+"""Failures of the machine, not of a run: a full disk, no memory, a kernel or worker killed, a
+kernel that did not start in time.
 
 A run that fails by itself (a bad configuration, a bug it hits) fails again when repeated, so
 the sweep records it and skips it until asked (--retry-failed). A run stopped by the machine
@@ -16,7 +17,10 @@ DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO}
 DISK_WORDS = ("No space left on device", "Disk quota exceeded", "Read-only file system", "[Errno 28]",
               "[Errno 122]", "[Errno 30]")
 MEMORY_WORDS = ("MemoryError", "out of memory", "Cannot allocate memory", "[Errno 12]")
-DEATH_WORDS = ("the kernel died", "the worker process died", "DeadKernelError")
+DEATH_WORDS = ("the kernel died", "the worker process died", "DeadKernelError", "Kernel died before replying")
+# A kernel that did not answer in its start-up time (jupyter_client's wait_for_ready): a machine so
+# loaded that importing torch took minutes, not a run that fails again when repeated.
+START_WORDS = ("Kernel didn't respond",)
 
 
 def is_disk_error(e: BaseException) -> bool:
@@ -24,8 +28,8 @@ def is_disk_error(e: BaseException) -> bool:
 
 
 def kind_of(error: str | None) -> str | None:
-    """'disk', 'memory' or 'killed' where an error's text says the machine stopped the run; None
-    where the run failed by itself."""
+    """'disk', 'memory', 'killed' or 'start' (the kernel did not start in time) where an error's
+    text says the machine stopped the run; None where the run failed by itself."""
     if not error:
         return None
     if any(w in error for w in DISK_WORDS):
@@ -34,4 +38,6 @@ def kind_of(error: str | None) -> str | None:
         return "killed"
     if any(w in error for w in MEMORY_WORDS):
         return "memory"
+    if any(w in error for w in START_WORDS):
+        return "start"
     return None

@@ -149,6 +149,9 @@ def test_a_sweep_on_a_full_disk_stops_in_one_line_and_resumes(small_fs):
     ("RuntimeError: DefaultCPUAllocator: can't allocate memory: you tried... MemoryError", "memory"),
     ("the kernel died (out of memory, or killed): ...", "killed"),
     ("the worker process died (exit status -9)", "killed"),
+    ("RuntimeError: Kernel died before replying to kernel_info", "killed"),
+    ("RuntimeError: Kernel didn't respond in 60 seconds", "start"),
+    ("RuntimeError: Kernel didn't respond to heartbeats in 60 seconds and timed out", "start"),
     ("ValueError: batch size 64 is larger than the 40 training examples", None), (None, None),
 ])
 def test_what_the_machine_did_is_told_from_what_the_run_did(error, kind):
@@ -206,3 +209,38 @@ def test_a_harvest_whose_out_fills_up_stops_and_keeps_its_last_archive(small_fs,
     with tarfile.open(out / "harvest-full.tar.gz") as tar:
         manifest = json.loads(tar.extractfile("manifest.json").read())
     assert len(manifest["runs"]) == 1 and len(report["runs"]["finished"]) == 1
+
+
+def test_a_kernel_that_does_not_start_in_time_leaves_its_run_pending(tmp_path, monkeypatch):
+    """A loaded machine can make a kernel's start-up (importing torch) slow: the run is given
+    minutes to start, not papermill's 60 s, and a start that still times out is the machine's
+    failure, so the next sweep runs it again instead of skipping it as failed."""
+    import papermill
+
+    from kfaclab.sweep import execute as ex
+    from kfaclab.sweep.worker import read_outcome
+
+    seen = {}
+
+    def slow_start(*args, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("Kernel didn't respond in 300 seconds")
+
+    class NoKernel:
+        kernel_name, km = "python3", None
+
+        def ensure(self, cwd):
+            pass
+
+    monkeypatch.setattr(papermill, "execute_notebook", slow_start)
+    d = tmp_path / "smoke"
+    d.mkdir()
+    shutil.copy(ROOT / "runs" / "smoke" / "study.yaml", d / "study.yaml")
+    run = load_study(d / "study.yaml").runs[0]
+    job = {"template": "t.ipynb", "notebook": str(d / f"{run.name}.ipynb"), "cwd": str(d), "parameters": {}}
+    code, error = ex.execute(job, NoKernel(), "kfaclab-warm-kernel")
+    assert seen["start_timeout"] == ex.KERNEL_START_S >= 300
+    assert code == 3 and "Kernel didn't respond" in error
+    out = read_outcome(run, d, code, error, 1.0)
+    assert out.status == "failed" and out.infrastructure == "start"
+    assert run_state(d, run) == "pending"

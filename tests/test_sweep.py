@@ -231,7 +231,8 @@ def test_killed_or_interrupted_sweep_resumes_losing_and_duplicating_nothing(tmp_
     s = sweep(study, workers=2, progress=False)
     assert s.skipped_done == done_before and len(s.outcomes) == 8 - done_before
     recs = records(study.directory)
-    assert len(recs) == 8 and all(r["status"] in ("completed", "diverged") for r in recs.values())
+    errors = [(o.run.name, o.status, o.error) for o in s.outcomes if o.status not in ("completed", "diverged")]
+    assert len(recs) == 8 and all(r["status"] in ("completed", "diverged") for r in recs.values()), errors
     assert not list(study.directory.glob(".*.partial"))
 
 

@@ -25,6 +25,9 @@ import traceback
 from pathlib import Path
 
 ERROR_LINES = 12
+# Seconds a kernel may take to answer after it starts (papermill's default is 60): importing torch
+# on a machine that other runs keep busy can take longer, and a run must not fail for that.
+KERNEL_START_S = 300
 
 
 def partial_path(notebook: Path) -> Path:
@@ -108,7 +111,7 @@ def execute(job: dict, kernel: Kernel, engine: str) -> tuple[int, str | None]:
         kernel.ensure(job["cwd"])
         pm.execute_notebook(job["template"], str(partial), parameters=job["parameters"], engine_name=engine,
                             kernel_name=kernel.kernel_name, km=kernel.km, progress_bar=False, log_output=False,
-                            cwd=job["cwd"])
+                            cwd=job["cwd"], start_timeout=KERNEL_START_S)
     except pm.PapermillExecutionError as e:
         lines = [_plain(t) for t in e.traceback][-ERROR_LINES:] + [f"{e.ename}: {e.evalue}"]
         code, error = 1, "\n".join(lines)
