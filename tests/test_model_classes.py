@@ -46,3 +46,21 @@ def test_agreement_needs_no_explanation_and_claim_f_is_left_out():
     resnet = [v("a", REPRODUCED), v("f", CONTRADICTED)]
     assert [c.claim for c in compare(mlp, resnet)] == ["a"]
     assert discussion(compare(mlp, resnet)).endswith("agree, so no difference needs explaining.")
+
+
+def test_one_sided_decisions_are_named_and_the_exactness_is_read_against_h():
+    """Decided on one class, not resolved on the other: named as a difference of resolution. (h)
+    contradicted on both while K-FAC's ResNet step is far less exact: the cosines say that
+    closeness to the natural gradient does not decide it; with overlapping cosines nothing is said."""
+    mlp = [v("a", NOT_RESOLVED), v("g", NOT_RESOLVED), v("h", CONTRADICTED)]
+    resnet = [v("a", REPRODUCED), v("g", CONTRADICTED), v("h", CONTRADICTED)]
+    text = discussion(compare(mlp, resnet), {"mlp": (0.79, 0.81), "resnet-bn": (0.25, 0.43)})
+    assert "Decided on the ResNet-8 only (not resolved at this scale on the other): (a), (g)" in text
+    assert "Decided on the MLP only" not in text
+    assert "(cosine 0.25-0.43) than on the MLP (0.79-0.81)" in text and "not what decides" in text
+    assert text.endswith("no difference needs explaining.")
+    close = discussion(compare(mlp, resnet), {"mlp": (0.5, 0.8), "resnet-bn": (0.4, 0.6)})
+    assert "not what decides" not in close
+    reproduced_h = discussion(compare(mlp[:2] + [v("h", REPRODUCED)], resnet[:2] + [v("h", REPRODUCED)]),
+                              {"mlp": (0.79, 0.81), "resnet-bn": (0.25, 0.43)})
+    assert "not what decides" not in reproduced_h
