@@ -120,6 +120,19 @@ def test_results_command_judges_a_version_3_study_by_version_3(judged_copies):
     assert "(e) K-FAC is no more robust" in out.stdout
 
 
+def test_results_command_draws_no_verdict_before_its_runs_finish(tmp_path):
+    """As the book: a claim whose runs have not all finished gets no verdict from `results
+    --verdicts`, but the line that says how many runs it waits for and where."""
+    runs = _linked_set(tmp_path, judged_v3.STUDIES)
+    next((runs / "miniature3-epochs").glob("kfac-b64-*.json")).unlink()
+    out = subprocess.run([sys.executable, "-m", "kfaclab", "results", str(runs / "miniature3"), "--verdicts"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert ("No verdict yet on (d) and (e): 1 of SGD and K-FAC's runs in miniature3-epochs and "
+            "miniature3-iterations have not finished") in out.stdout
+    assert "(e) K-FAC is no more robust" not in out.stdout and "(a) " in out.stdout
+
+
 def test_widths_of_the_miniature_are_finite_and_censoring_is_reported(miniature):
     table = v3.width_table(miniature)
     assert set(table["optimizer"]) == {"sgd", "kfac", "adam"}

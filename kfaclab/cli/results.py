@@ -44,20 +44,23 @@ def cmd_results(args) -> int:
         from kfaclab.results.verdict_display import verdict_display
         from kfaclab.results.verdicts import verdicts
 
-        left = int(res.runs["status"].isin(["pending", "interrupted"]).sum())
-        if left:
-            print(f"verdicts: {left} runs of {len(res.runs)} have not finished; a verdict is drawn only from a "
-                  "finished study (these are provisional)")
         if judged_v3.is_v3(res):  # rules version 3 judge the study with its siblings
-            from kfaclab.results.verdicts_v3 import verdicts_v3
-
+            # as the book does: a verdict only once every run it compares has finished, the
+            # others named with the runs they wait for
             j = judged_v3.judged_for(res)
             print(f"rules version 3, on {', '.join(s.name for s in j.studies())}")
-            vs = verdicts_v3(j.main, j.epochs, j.iterations, prediction=study_prediction(), claims="abcdeghijk")
+            vs, waiting = judged_v3.ready_verdicts(j, study_prediction())
+            if waiting:
+                print(judged_v3.waiting_line(waiting, j.names) + ".")
         else:
+            left = int(res.runs["status"].isin(["pending", "interrupted"]).sum())
+            if left:
+                print(f"verdicts: {left} runs of {len(res.runs)} have not finished; a verdict is drawn only from a "
+                      "finished study (these are provisional)")
             vs = verdicts(res, prediction=study_prediction())
-        with pd.option_context("display.width", 200, "display.max_colwidth", 70):
-            print(verdict_display(vs).to_string(index=False))
+        if vs:
+            with pd.option_context("display.width", 200, "display.max_colwidth", 70):
+                print(verdict_display(vs).to_string(index=False))
         print()
     print(f"study {res.name} ({res.directory}): {len(res.runs)} runs")
     for name, problem in res.malformed:
