@@ -135,6 +135,9 @@ def _worst_case():
         claims = "f" if name == "abs" else "abcdeghijk"
         outcomes = [CONTRADICTED, REPRODUCED]
         verdicts = {k: verdict(k, outcomes[(i + j) % 2], 0.1, (0.0, 0.2)) for j, k in enumerate(claims)}
+        if rules == "3":  # every verdict one its flags could undo: each carries the mark
+            for v in verdicts.values():
+                v.overturned_at = 0.9
         ev.append(front.Evidence(name, spec(name), rules, verdicts, claims=claims if name == "abs" else None))
     return ev
 
@@ -148,6 +151,8 @@ def test_findings_stay_short_enough_for_the_first_screen_whatever_the_verdicts()
     worst case when it was written."""
     text = front.findings(_worst_case())
     paragraphs = [p for p in text.replace("**", "").replace("`", "").split("\n") if p.strip()]
+    assert paragraphs[-1].startswith(front.FRAGILE)  # the note on marked verdicts comes after the list
+    paragraphs = paragraphs[:-1]
     lines = sum(-(-len(p) // 88) for p in paragraphs)
     assert lines <= 17, (lines, text)
     assert len(paragraphs) == 1 + 3 + 1  # the lead, one line per current study, one for the superseded
@@ -162,3 +167,24 @@ def test_findings_stay_short_enough_for_the_first_screen_whatever_the_verdicts()
             "flip; ResNet-8 at 16x16" in paragraphs[0])
     # a claim the current rules decided is only counted on the superseded line
     assert "miniature (3 seeds): 10 decided under v3 too." in superseded
+
+
+def test_a_verdict_its_flags_could_undo_is_marked_and_says_by_how_much():
+    """Rules version 3's reading of the flags (verdicts_v3.flag_margin): a resolved verdict that
+    lowering its flagged cells' steps by 5% would undo carries a mark in the findings and the table,
+    and a note under the list says how little it would take; an unresolved one is not marked."""
+    ev = _evidence()
+    rn = next(e for e in ev if e.name == "rn")
+    v = rn.verdicts["a"]
+    v.outcome, v.overturned_at = REPRODUCED, 0.95
+    text = front.findings(ev)
+    assert f"(a){front.FRAGILE} {front.SHORT['a']}" in text
+    note = text.split("\n")[-1]
+    assert note.startswith(front.FRAGILE) and f"(a) on `rn` would no longer be {v.outcome}" in note
+    assert "5% fewer" in note
+    assert front.cell(rn, "a").endswith(front.FRAGILE)
+    v.overturned_at = None
+    text = front.findings(ev)
+    assert front.FRAGILE not in text and not front.cell(rn, "a").endswith(front.FRAGILE)
+    v.outcome, v.overturned_at = NOT_RESOLVED, 0.95  # nothing to undo
+    assert front.FRAGILE not in front.findings(ev) + front.cell(rn, "a")

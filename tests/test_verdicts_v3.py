@@ -343,3 +343,100 @@ def test_a_verdict_judged_in_pairs_names_each_pair_in_its_summary():
         {"pair": "K-FAC over SGD", "claim": "c", "outcome": "cannot tell"},
         {"pair": "Adam over SGD", "claim": "i", "outcome": "agree"}])
     assert judged_v3.summary(v) == "K-FAC over SGD: cannot tell; Adam over SGD: agree"
+
+
+def test_a_flagged_cell_that_already_reaches_the_target_adds_no_batch_size():
+    """(h) is read at the largest batch size both optimizers reach. K-FAC flagged at 2048 where it
+    already reaches the target and SGD does not: a grid grown further can only lower K-FAC's steps
+    there, never make SGD reach it, so (h) cannot move to 2048."""
+    res = study(both({32: 1000, 2048: 300}, {32: 700, 2048: 200}))
+    res.targets = [0.45, 0.50, 0.53]
+    res.bracket_cells = {("kfac", 2048): {"state": "edge"}}
+    used = list(range(6))  # both reach 32 to 1024
+    reached = {("sgd", b) for b in BS[:6]} | {("kfac", b) for b in BS}
+    effects, shifts = v3.flag_effects(res, "h", BS, used, reached)
+    assert not shifts and "none of the flagged cells" in v3.flag_reach(res, CONTRADICTED, effects, shifts, 0.53)
+    # K-FAC not reaching 2048 yet: its new reach there still needs SGD's, whose grid is bracketed
+    effects, shifts = v3.flag_effects(res, "h", BS, used, reached - {("kfac", 2048)})
+    assert not shifts
+    # ... unless SGD reaches 2048 already, or could (its cell flagged too): then (h) could move there
+    assert v3.flag_effects(res, "h", BS, used, (reached - {("kfac", 2048)}) | {("sgd", 2048)})[1] == [("kfac", 2048)]
+    res.bracket_cells[("sgd", 2048)] = {"state": "edge"}
+    effects, shifts = v3.flag_effects(res, "h", BS, used, reached - {("kfac", 2048)})
+    assert shifts == [("kfac", 2048), ("sgd", 2048)]
+    assert "either way" in v3.flag_reach(res, CONTRADICTED, effects, shifts, 0.53)
+    # unknown reach: conservative, as before
+    assert v3.flag_effects(res, "h", BS, used)[1] == [("kfac", 2048), ("sgd", 2048)]
+
+
+def _fit_case(kfac_b_crit, flags):
+    res = study(both(curve(1000, 300), curve(1000, kfac_b_crit)), noise=0.02)
+    res.targets = [TARGET_V]
+    res.bracket_cells = {cell: {"state": "edge"} for cell in flags}
+    return res
+
+
+TARGET_V = 0.5  # test_verdicts' TARGET: the one target of these constructed studies
+
+
+@pytest.mark.parametrize("flags,says", [
+    # S(B) = S_min (1 + B_crit / B): K-FAC's steps falling at its smallest batch size lower its fitted
+    # B_crit, at its largest they lower S_min and raise B_crit; SGD's do the opposite to the ratio
+    ({("kfac", 32)}, "the statistic could only move down; lowering the steps in K-FAC b32 moves it toward"),
+    ({("kfac", 2048)}, "the flags cannot overturn it: a grid grown further could only lower the steps in K-FAC "
+                       "b2048, which moves the statistic up, away from its threshold"),
+    ({("sgd", 32)}, "the flags cannot overturn it: a grid grown further could only lower the steps in SGD b32, which "
+                    "moves the statistic up"),
+    ({("sgd", 32), ("kfac", 32)}, "either way; lowering the steps in K-FAC b32 moves it toward its threshold"),
+    ({("adam", 32)}, ""),  # another optimizer's cell does not enter (c)
+])
+def test_what_the_flagged_cells_can_do_to_a_ratio_of_critical_batch_sizes(flags, says):
+    res = _fit_case(1200, flags)
+    c = v3.steps_verdicts(res, n=200, claims="c")["c"]
+    assert c.outcome == REPRODUCED  # log2(1200 / 300) = 2, far above 0.5
+    if says:
+        assert says in c.detail
+    else:
+        assert "flagged" not in c.detail
+
+
+def test_the_margin_a_flagged_verdict_names_is_where_it_changes():
+    """(c) just above its threshold (log2(500/300) = 0.74 > 0.5), K-FAC flagged at its two smallest
+    batch sizes: the notes name the factor at which lowering their steps changes the verdict. Judged
+    again from the study's own steps, lowered by that factor (and not by the one before it), the
+    verdict is another; by the one before it, it is not."""
+    import re
+
+    res = _fit_case(500, {("kfac", 32), ("kfac", 64)})
+    c = v3.steps_verdicts(res, n=200, claims="c")["c"]
+    assert c.outcome == REPRODUCED
+    m = re.search(r"it would no longer be reproduced were they ([0-9.]+)x what the grid found \((\d+)% fewer\)",
+                  c.detail)
+    assert m, c.detail
+    f = float(m.group(1))
+    assert round(100 * (1 - f)) == int(m.group(2)) and 0.25 <= f < 1 and c.overturned_at == f
+
+    def outcome_at(factor):
+        plain = _fit_case(500, set())  # no flags: the verdict alone
+        st = v3.StepRows(plain, v3.primary_target(plain), 200, v3.SEED)
+        for b in (32, 64):
+            st.rows["kfac"][b] = st.rows["kfac"][b] * factor
+        return v3._b_crit("c", plain, st).outcome
+
+    assert outcome_at(f) != REPRODUCED
+    assert outcome_at(round(f + 0.05, 2)) == REPRODUCED
+
+
+def test_the_margin_is_not_named_when_the_flags_cannot_overturn_or_could_add_a_batch_size():
+    effects = {("kfac", 32): -1}
+    text, at = v3.flag_margin(REPRODUCED, effects, [], lambda scale: CONTRADICTED)
+    assert text.startswith("lowering the steps in K-FAC") and at == 0.95
+    assert v3.flag_margin(CONTRADICTED, effects, [], lambda scale: REPRODUCED) == ("", None)  # moves away
+    assert v3.flag_margin(REPRODUCED, effects, [("sgd", 2048)], lambda scale: CONTRADICTED) == ("", None)
+    assert v3.flag_margin(NOT_RESOLVED, effects, [], lambda scale: REPRODUCED) == ("", None)
+    text, at = v3.flag_margin(REPRODUCED, effects, [], lambda scale: REPRODUCED)
+    assert "stays reproduced even were they 0.25x" in text and at is None
+    # the factor is where the verdict first changes, scanning down from 0.95x
+    text, at = v3.flag_margin(REPRODUCED, effects, [], lambda scale: REPRODUCED if scale[("kfac", 32)] > 0.6
+                              else NOT_RESOLVED)
+    assert at == 0.6 and "were they 0.6x what the grid found (40% fewer)" in text

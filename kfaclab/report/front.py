@@ -100,13 +100,35 @@ def short(outcome: str) -> str:
     return {NOT_RESOLVED: "unresolved"}.get(outcome, outcome)
 
 
+FRAGILE = "\u2020"  # the mark of a verdict its flagged grid cells could undo
+
+
+def fragile(v) -> bool:
+    """Whether the verdict's flagged cells (optima still on a grid edge when bracketing stopped)
+    could undo it, by rules version 3's reading of its flags (Verdict.overturned_at)."""
+    return v.outcome in (CONTRADICTED, REPRODUCED) and getattr(v, "overturned_at", None) is not None
+
+
+def fragile_note(evidence: list[Evidence]) -> str:
+    """One sentence under the findings for the verdicts marked with FRAGILE: how little their
+    flagged cells' steps would have to fall to undo each."""
+    items = [f"({k}) on `{e.name}` would no longer be {v.outcome} were the steps in those cells "
+             f"{100 * (1 - v.overturned_at):.0f}% fewer"
+             for e in order(evidence) if e.ran for k, v in e.verdicts.items() if fragile(v)]
+    if not items:
+        return ""
+    return (f"{FRAGILE} A verdict that rests on grid cells whose optimum was still on an edge when bracketing "
+            f"stopped, and that a grid grown further could undo: " + "; ".join(items)
+            + " (the verdicts page names the cells).")
+
+
 def cell(e: Evidence, key: str) -> str:
     """A column's entry for a claim: its outcome, the runs it waits for, or a dash."""
     if e.claims is not None and key not in e.claims:
         return "–"
     v = e.verdicts.get(key)
     if v is not None:
-        return short(v.outcome)
+        return short(v.outcome) + (FRAGILE if fragile(v) else "")
     n = e.waiting.get(key)
     if n is None:
         return "–"
@@ -174,7 +196,8 @@ def _outcomes(e: Evidence, stated: set, list_open: bool, decided_elsewhere: tupl
             if not keys:
                 continue
         if decided or list_open:
-            words = [f"({k}) {SHORT[k]}" if decided and k not in stated else f"({k})" for k in keys]
+            mark = {k: FRAGILE if decided and fragile(e.verdicts[k]) else "" for k in keys}
+            words = [f"({k}){mark[k]} {SHORT[k]}" if decided and k not in stated else f"({k}){mark[k]}" for k in keys]
             stated |= set(keys) if decided else set()
             parts.append(f"{label}: " + ", ".join(words))
         else:
@@ -247,7 +270,8 @@ def findings(evidence: list[Evidence]) -> str:
         rules = sorted({e.rules for e in superseded}, key=RULES_ORDER.index)
         lines.append(f"Superseded rules v{', v'.join(rules)}" + (f" ({models.pop()})" if one_model else "") + ": "
                      + ". ".join(studies) + ".")
-    return " ".join(lead) + "\n\n" + "\n".join(f"- {line}" for line in lines)
+    note = fragile_note(evidence)
+    return " ".join(lead) + "\n\n" + "\n".join(f"- {line}" for line in lines) + (f"\n\n{note}" if note else "")
 
 
 def studies_table(evidence: list[Evidence]):

@@ -43,6 +43,10 @@ class Verdict:
     rule: str = ""
     detail: str = ""
     parts: list = field(default_factory=list)
+    # Rules version 3's reading of its flags (kfaclab.results.verdicts_v3.flag_margin): the factor
+    # by which the steps of flagged grid cells, lowered, would change this verdict; None where the
+    # flags cannot overturn it within 0.25x, or there are none.
+    overturned_at: float | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
