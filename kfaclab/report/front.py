@@ -119,7 +119,7 @@ def fragile_note(evidence: list[Evidence]) -> str:
         return ""
     return (f"{FRAGILE} A verdict that rests on grid cells whose optimum was still on an edge when bracketing "
             f"stopped, and that a grid grown further could undo: " + "; ".join(items)
-            + " (the verdicts page names the cells).")
+            + " (the claim's chapter names the cells).")
 
 
 def cell(e: Evidence, key: str) -> str:
