@@ -14,6 +14,7 @@ import pytest
 import yaml
 from test_verdicts import both, curve, study
 
+from kfaclab.results import flags as reading
 from kfaclab.results import judged_v3, load_results
 from kfaclab.results import verdicts as v2
 from kfaclab.results import verdicts_v3 as v3
@@ -308,8 +309,8 @@ def test_what_the_flagged_cells_can_do_to_a_statistic_of_the_step_ratio(key, fla
     res = study(both({32: 1000, 2048: 300}, {32: 700, 2048: 200}))
     res.targets = [0.45, 0.50, 0.53]
     res.bracket_cells = {cell: {"state": "edge"} for cell in flags}
-    effects, shifts = v3.flag_effects(res, key, BS, list(range(used)))
-    assert says in v3.flag_reach(res, outcome, effects, shifts, target)
+    effects, shifts = reading.flag_effects(res, key, BS, list(range(used)))
+    assert says in reading.flag_reach(res, outcome, effects, shifts, target)
 
 
 def test_a_flagged_verdict_on_one_batch_size_says_what_its_flags_can_do():
@@ -354,19 +355,20 @@ def test_a_flagged_cell_that_already_reaches_the_target_adds_no_batch_size():
     res.bracket_cells = {("kfac", 2048): {"state": "edge"}}
     used = list(range(6))  # both reach 32 to 1024
     reached = {("sgd", b) for b in BS[:6]} | {("kfac", b) for b in BS}
-    effects, shifts = v3.flag_effects(res, "h", BS, used, reached)
-    assert not shifts and "none of the flagged cells" in v3.flag_reach(res, CONTRADICTED, effects, shifts, 0.53)
+    effects, shifts = reading.flag_effects(res, "h", BS, used, reached)
+    assert not shifts and "none of the flagged cells" in reading.flag_reach(res, CONTRADICTED, effects, shifts, 0.53)
     # K-FAC not reaching 2048 yet: its new reach there still needs SGD's, whose grid is bracketed
-    effects, shifts = v3.flag_effects(res, "h", BS, used, reached - {("kfac", 2048)})
+    effects, shifts = reading.flag_effects(res, "h", BS, used, reached - {("kfac", 2048)})
     assert not shifts
     # ... unless SGD reaches 2048 already, or could (its cell flagged too): then (h) could move there
-    assert v3.flag_effects(res, "h", BS, used, (reached - {("kfac", 2048)}) | {("sgd", 2048)})[1] == [("kfac", 2048)]
+    sgd_there = (reached - {("kfac", 2048)}) | {("sgd", 2048)}
+    assert reading.flag_effects(res, "h", BS, used, sgd_there)[1] == [("kfac", 2048)]
     res.bracket_cells[("sgd", 2048)] = {"state": "edge"}
-    effects, shifts = v3.flag_effects(res, "h", BS, used, reached - {("kfac", 2048)})
+    effects, shifts = reading.flag_effects(res, "h", BS, used, reached - {("kfac", 2048)})
     assert shifts == [("kfac", 2048), ("sgd", 2048)]
-    assert "either way" in v3.flag_reach(res, CONTRADICTED, effects, shifts, 0.53)
+    assert "either way" in reading.flag_reach(res, CONTRADICTED, effects, shifts, 0.53)
     # unknown reach: conservative, as before
-    assert v3.flag_effects(res, "h", BS, used)[1] == [("kfac", 2048), ("sgd", 2048)]
+    assert reading.flag_effects(res, "h", BS, used)[1] == [("kfac", 2048), ("sgd", 2048)]
 
 
 def _fit_case(kfac_b_crit, flags):
@@ -429,14 +431,14 @@ def test_the_margin_a_flagged_verdict_names_is_where_it_changes():
 
 def test_the_margin_is_not_named_when_the_flags_cannot_overturn_or_could_add_a_batch_size():
     effects = {("kfac", 32): -1}
-    text, at = v3.flag_margin(REPRODUCED, effects, [], lambda scale: CONTRADICTED)
+    text, at = reading.flag_margin(REPRODUCED, effects, [], lambda scale: CONTRADICTED)
     assert text.startswith("lowering the steps in K-FAC") and at == 0.95
-    assert v3.flag_margin(CONTRADICTED, effects, [], lambda scale: REPRODUCED) == ("", None)  # moves away
-    assert v3.flag_margin(REPRODUCED, effects, [("sgd", 2048)], lambda scale: CONTRADICTED) == ("", None)
-    assert v3.flag_margin(NOT_RESOLVED, effects, [], lambda scale: REPRODUCED) == ("", None)
-    text, at = v3.flag_margin(REPRODUCED, effects, [], lambda scale: REPRODUCED)
+    assert reading.flag_margin(CONTRADICTED, effects, [], lambda scale: REPRODUCED) == ("", None)  # moves away
+    assert reading.flag_margin(REPRODUCED, effects, [("sgd", 2048)], lambda scale: CONTRADICTED) == ("", None)
+    assert reading.flag_margin(NOT_RESOLVED, effects, [], lambda scale: REPRODUCED) == ("", None)
+    text, at = reading.flag_margin(REPRODUCED, effects, [], lambda scale: REPRODUCED)
     assert "stays reproduced even were they 0.25x" in text and at is None
     # the factor is where the verdict first changes, scanning down from 0.95x
-    text, at = v3.flag_margin(REPRODUCED, effects, [], lambda scale: REPRODUCED if scale[("kfac", 32)] > 0.6
+    text, at = reading.flag_margin(REPRODUCED, effects, [], lambda scale: REPRODUCED if scale[("kfac", 32)] > 0.6
                               else NOT_RESOLVED)
     assert at == 0.6 and "were they 0.6x what the grid found (40% fewer)" in text
