@@ -474,7 +474,14 @@ def study_curves(spec: Spectrum | None = None, count: str = "first") -> dict:
 def study_prediction(spec: Spectrum | None = None, count: str = "first") -> dict:
     """The model's log2 ratios of B_crit for the verdicts' pairs: (c) K-FAC over SGD, (i) Adam
     over SGD, (j) K-FAC over Adam (book/verdicts.md, rule k: steps to target, the first
-    crossing; `count="stays"` gives the same ratios counted until the loss stays below)."""
-    b = {name: r["fit"]["b_crit"] for name, r in study_curves(spec, count).items()}
-    return {"c": float(np.log2(b["kfac"] / b["sgd"])), "i": float(np.log2(b["adam"] / b["sgd"])),
-            "j": float(np.log2(b["kfac"] / b["adam"]))}
+    crossing; `count="stays"` gives the same ratios counted until the loss stays below). Kept on
+    disk by kfaclab.computed (keyed by the code and the arguments): the book asks for it in
+    several chapters, and it takes seconds each time."""
+    from kfaclab import computed
+
+    def compute():
+        b = {name: r["fit"]["b_crit"] for name, r in study_curves(spec, count).items()}
+        return {"c": float(np.log2(b["kfac"] / b["sgd"])), "i": float(np.log2(b["adam"] / b["sgd"])),
+                "j": float(np.log2(b["kfac"] / b["adam"]))}
+
+    return computed.cached(f"nqm.study_prediction:{count}", repr(spec), compute)

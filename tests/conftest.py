@@ -1,4 +1,7 @@
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -45,7 +48,20 @@ def smoke_study(tmp_path_factory):
 
 
 def pytest_configure(config):
+    # Computed results (kfaclab.computed) kept for this session only, in a folder of its own that
+    # the book build and other subprocesses inherit: tests start from nothing, as CI does, and
+    # leave the user's cache alone.
+    if "KFACLAB_COMPUTED_CACHE" not in os.environ:
+        config._kfaclab_computed = tempfile.mkdtemp(prefix="kfaclab-computed-tests-")
+        os.environ["KFACLAB_COMPUTED_CACHE"] = config._kfaclab_computed
     config.addinivalue_line("markers", "browser: builds the book and drives headless Chromium "
                                        "(skip with -m 'not browser')")
     config.addinivalue_line("markers", "gpu: needs a CUDA device (skips without one; `pytest -m gpu` runs "
                                        "only these, as the GPU window's smoke check does)")
+
+
+def pytest_unconfigure(config):
+    # The session's own cache folder goes with the session (one made by the caller stays).
+    folder = getattr(config, "_kfaclab_computed", None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)

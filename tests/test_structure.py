@@ -22,7 +22,7 @@ MAX_LINES = 500
 # from another group of its own layer (running a study and reading its results do not depend on
 # each other). The longest matching prefix decides a module's group.
 LAYERS = [
-    {"foundation": ["kfaclab.__init__", "kfaclab.errors", "kfaclab.atomic", "kfaclab.interrupts",
+    {"foundation": ["kfaclab.__init__", "kfaclab.errors", "kfaclab.atomic", "kfaclab.computed", "kfaclab.interrupts",
                     "kfaclab.infrastructure"]},
     {"data and models": ["kfaclab.data", "kfaclab.models", "kfaclab.distributed", "kfaclab.comm_model",
                          "kfaclab.hessian"]},

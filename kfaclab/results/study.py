@@ -61,15 +61,24 @@ class StudyResults:
 
 
 def load_results(path: str | Path) -> StudyResults:
-    """Load `runs/<study>/` (or its `study.yaml`)."""
+    """Load `runs/<study>/` (or its `study.yaml`). Kept on disk by kfaclab.computed, keyed by the
+    bytes of the spec and of every JSON file in the folder (all that is read here) and by the
+    code: the book's chapters and the tests load the same studies again and again."""
+    from kfaclab import computed
+
     path = Path(path)
     directory = path.parent if path.suffix in (".yaml", ".yml") else path
     if not directory.is_dir():
         raise UsageError(f"no study folder at {directory}; give runs/<study> or its study.yaml")
     spec_file = directory / "study.yaml"
-    if spec_file.exists():
-        return _with_spec(spec_file)
-    return _without_spec(directory)
+    inputs = computed.files_fingerprint([spec_file, *directory.glob("*.json")])
+    slot = f"results:{directory.resolve()}"
+    results = computed.cached(slot, inputs, (lambda: _with_spec(spec_file)) if spec_file.exists()
+                              else (lambda: _without_spec(directory)))
+    # One entry per study however it is named (../runs/x from a chapter, an absolute path from
+    # the book's data extension); the folder is the one field that depends on the name given
+    # (tests/test_computed.py checks the others do not), so it is the caller's again here.
+    return dataclasses.replace(results, directory=directory)
 
 
 def _other_kind(path: Path) -> bool:
