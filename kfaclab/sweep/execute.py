@@ -184,6 +184,12 @@ def main(argv=None) -> int:
     engine = _engine()
     kernel = Kernel(kernel_name)
     kernels.append(kernel)
+
+    def terminated(*_):  # Worker.kill: the kernel (a session of its own) goes too, at once
+        kernel.kill_now()
+        os._exit(1)
+
+    signal.signal(signal.SIGTERM, terminated)
     try:
         for line in sys.stdin:
             if not line.strip():

@@ -56,6 +56,14 @@ from kfaclab.train.record import check_writable_folder, write_atomic
 
 FINISHED = ("completed", "diverged", "failed")
 SAFETY = 1.2  # a run starts only if 1.2 x its predicted duration fits before the deadline
+# At the deadline less INTERRUPT_LEAD_S the runs in flight are interrupted (they stay pending);
+# one that has not returned by the deadline less KILL_LEAD_S (a loaded machine: its kernel's
+# interrupt and shutdown took longer) has its worker killed, and the workers' exit is given only
+# the time left before the deadline less EXIT_LEAD_S. The harvest so ends before its deadline by
+# construction, however slow the machine (the archive already holds every finished run).
+INTERRUPT_LEAD_S = 2.0
+KILL_LEAD_S = 0.6
+EXIT_LEAD_S = 0.3
 
 
 @dataclass
@@ -82,8 +90,6 @@ class Options:
     progress: bool = True
     clock: object = time.monotonic
 
-
-# deadline less the smoke check (at most 60 s) and decoding the data
 
 
 # ------------------------------------------------------------------------------ the harvest
@@ -184,8 +190,9 @@ class Harvest:
             self.say("interrupted; the archive holds every run that finished")
             return 130
         finally:
+            # Bounded by the deadline: a worker that does not exit in the time left is killed.
             for w in self.workers:
-                w.close()
+                w.close(grace=max(0.1, self.deadline_at - EXIT_LEAD_S - o.clock()))
             restore_signals(previous)
         stopped = self.report["runs"].get("stopped")
         self.report["status"] = f"stopped: {stopped}" if stopped else "finished"
@@ -258,18 +265,26 @@ class Harvest:
             t.start()
         return threads
 
-    def _with_watchdog(self, threads, stopping, limit_at):
+    def _with_watchdog(self, threads, stopping, limit_at, kill_at=None):
         """Wait for the threads; at limit_at, or on Ctrl-C / SIGTERM, interrupt the runs in flight
-        (they stay pending) and wait for the threads to end (then re-raise the interrupt)."""
+        (they stay pending) and wait for the threads to end (then re-raise the interrupt). At
+        kill_at the workers of runs still in flight are killed (they stay pending too)."""
+        killed = False
         try:
             while any(t.is_alive() for t in threads):
-                if self.opts.clock() >= limit_at and not stopping.is_set():
+                now = self.opts.clock()
+                if now >= limit_at and not stopping.is_set():
                     stopping.set()
                     self.say("deadline: interrupting the runs in flight (they stay pending)")
                     for w in self.workers:
                         w.interrupt()
+                if kill_at is not None and now >= kill_at and not killed:
+                    killed = True
+                    self.say("deadline: killing the workers whose runs did not stop in time (they stay pending)")
+                    for w in self.workers:
+                        w.kill()
                 for t in threads:
-                    t.join(0.2)
+                    t.join(0.05)  # short: the kill must come well inside KILL_LEAD_S
         except KeyboardInterrupt:
             stopping.set()
             for w in self.workers:
@@ -405,7 +420,7 @@ class Harvest:
         threads = [threading.Thread(target=slot, args=(w,)) for w in self.workers]
         for t in threads:
             t.start()
-        self._with_watchdog(threads, stopping, self.deadline_at - 2.0)
+        self._with_watchdog(threads, stopping, self.deadline_at - INTERRUPT_LEAD_S, self.deadline_at - KILL_LEAD_S)
         left = [r.name for r in order] + [e["name"] for e in runs_report["interrupted"]]
         runs_report["left"] = len(left)
         runs_report["left_names"] = left

@@ -95,6 +95,20 @@ class Worker:
         self.log.seek(0)
         return " | ".join(self.log.read().strip().splitlines()[-3:])
 
+    def kill(self, grace: float = 0.2):
+        """Stop the worker now, whatever it is doing: SIGTERM (it kills its kernel and exits,
+        see execute.py), then SIGKILL after `grace`. The run in flight returns at once as a dead
+        worker; a harvest does this when an interrupted run has not returned by its deadline."""
+        proc = self.proc  # the slot's thread may drop it meanwhile (it sees the worker die)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
     def close(self, grace: float = 10.0):
         if self.proc is None:
             return
@@ -105,8 +119,7 @@ class Worker:
         try:
             self.proc.wait(grace)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            self.kill()
         self.proc = None
 
     def interrupt(self):
