@@ -282,3 +282,31 @@ def test_vectorised_fit_returns_the_scalar_fits_s_min_and_b_crit():
         assert got["s_min"][i] == pytest.approx(ref["s_min"], rel=1e-6)
         assert got["b_crit"][i] == pytest.approx(ref["b_crit"], rel=1e-6)
     assert list(got["count"]) == [7] * 4 and not got["at_edge"].any()
+
+
+def test_vectorised_fit_with_missing_steps_matches_the_scalar_fit_on_each_rows_finite_points():
+    # The bootstrap's rows miss batch sizes (never reached, diverged): the expanded loss
+    # (kfaclab.results.scaling.grid_loss) must weigh each row's own points only.
+    from kfaclab.results.scaling import fit_steps_rows, grid_loss
+
+    bs = np.array([32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384.0])
+    rng = np.random.default_rng(1)
+    rows = np.array([s * (1 + bc / bs) * np.exp(rng.normal(0, 0.1, len(bs)))
+                     for s, bc in rng.uniform([10, 30], [1000, 8000], (40, 2))])
+    rows[rng.random(rows.shape) < 0.3] = np.nan
+    rows[0, :7] = np.inf  # a row reached at the largest batch sizes only
+    ok = np.isfinite(rows)
+    grid = np.linspace(np.log(32) - 8, np.log(16384) + 8, 101)
+    loss = grid_loss(grid, bs, np.where(ok, np.log(np.where(ok, rows, 1.0)), 0.0), ok.astype(float))
+    for i, row in enumerate(rows):  # the direct definition: variance of log S less the shape
+        keep = ok[i]
+        resid = np.log(row[keep])[None, :] - np.log1p(np.exp(grid)[:, None] / bs[keep])
+        assert loss[i] == pytest.approx(resid.var(axis=1), abs=1e-10)
+    got = fit_steps_rows(bs, rows)
+    for i, row in enumerate(rows):
+        if ok[i].sum() < 3:
+            continue
+        ref = fit_steps_curve(bs, row)
+        assert got["count"][i] == ok[i].sum()
+        assert got["s_min"][i] == pytest.approx(ref["s_min"], rel=1e-6)
+        assert got["b_crit"][i] == pytest.approx(ref["b_crit"], rel=1e-6)
