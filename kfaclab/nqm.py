@@ -460,15 +460,23 @@ STUDY_BATCH_SIZES = 2.0 ** np.arange(0, 25)
 
 
 def study_curves(spec: Spectrum | None = None, count: str = "first") -> dict:
-    """Per study optimizer: the tuned steps-to-target curve (counted as `count`) and its fitted B_crit."""
+    """Per study optimizer: the tuned steps-to-target curve (counted as `count`) and its fitted
+    B_crit. Kept on disk by kfaclab.computed (keyed by the code and the arguments): the NQM
+    chapter, its charts and the verdicts' prediction each ask for it, and it takes seconds."""
+    from kfaclab import computed
+
     spec = spec or Spectrum()
-    target = STUDY_TARGET_FRACTION * spec.initial_loss()
-    out = {}
-    for name, o in STUDY_OPTIMIZERS.items():
-        r = tuned_steps(spec, STUDY_BATCH_SIZES, o["power"], o["momenta"], target, count=count)
-        r["fit"] = critical_batch_size(STUDY_BATCH_SIZES, r["steps"])
-        out[name] = r
-    return out
+
+    def compute():
+        target = STUDY_TARGET_FRACTION * spec.initial_loss()
+        out = {}
+        for name, o in STUDY_OPTIMIZERS.items():
+            r = tuned_steps(spec, STUDY_BATCH_SIZES, o["power"], o["momenta"], target, count=count)
+            r["fit"] = critical_batch_size(STUDY_BATCH_SIZES, r["steps"])
+            out[name] = r
+        return out
+
+    return computed.cached(f"nqm.study_curves:{count}", repr(spec), compute)
 
 
 def study_prediction(spec: Spectrum | None = None, count: str = "first") -> dict:

@@ -7,6 +7,7 @@ import os
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -200,6 +201,29 @@ def test_the_nqm_prediction_is_computed_once_per_spectrum(cache, monkeypatch):
     assert len(calls) == 2
     monkeypatch.setenv(computed.ENV, "off")
     assert nqm.study_prediction(small) == first and len(calls) == 3  # the same value, computed afresh
+
+
+def test_the_nqm_curves_are_computed_once_per_spectrum_and_count_and_equal_a_fresh_computation(cache, monkeypatch):
+    calls = []
+    real = nqm.tuned_steps
+
+    def counting(*a, **k):
+        calls.append(k.get("count"))
+        return real(*a, **k)
+
+    monkeypatch.setattr(nqm, "tuned_steps", counting)
+    small = nqm.Spectrum(dim=200, levels=8)
+    first = nqm.study_curves(small)
+    n = len(calls)
+    again = nqm.study_curves(small)
+    assert len(calls) == n  # read back, not computed
+    nqm.study_curves(small, count="stays")
+    assert len(calls) == 2 * n and calls[-1] == "stays"  # another count is another entry
+    monkeypatch.setenv(computed.ENV, "off")
+    fresh = nqm.study_curves(small)
+    for name in first:
+        np.testing.assert_array_equal(again[name]["steps"], fresh[name]["steps"])
+        assert again[name]["fit"]["b_crit"] == fresh[name]["fit"]["b_crit"]
 
 
 def test_another_pandas_or_numpy_gives_another_fingerprint(monkeypatch):
