@@ -31,6 +31,16 @@ def curve_table(decays=(0.5, 1.0, 1.5), powers=(0.0, 0.25, 0.5, 0.75, 1.0), batc
     with the fit S_min (1 + B_crit / B). Returns (curves, fits): one row per batch size with the
     steps, the perfect-scaling line from the smallest batch size and the fitted curve; one row per
     curve with S_min, B_crit and whether any best learning rate lies on the grid's edge."""
+    from kfaclab import computed
+
+    # Kept by kfaclab.computed (keyed by the code and the arguments): a minute of the chapter's
+    # build, the same at every build until the code changes.
+    inputs = repr((tuple(decays), tuple(powers), [float(b) for b in batch_sizes], float(target_fraction)))
+    return computed.cached("nqm_tables.curve_table", inputs,
+                           lambda: _curve_table(decays, powers, batch_sizes, target_fraction, progress))
+
+
+def _curve_table(decays, powers, batch_sizes, target_fraction, progress) -> tuple:
     import pandas as pd
 
     rows, fits = [], []
@@ -82,6 +92,13 @@ def authors_table(targets: dict | None = None, progress: bool = False):
     """Fitted B_crit per preconditioning power in Zhang et al.'s setting, at their absolute target
     and at the chapter's 1% target (or `targets`: {label: target loss}). One row per (target,
     power): S_min, B_crit, whether the fit or a best learning rate lies on a grid's edge."""
+    from kfaclab import computed
+
+    # Kept by kfaclab.computed, as curve_table is.
+    return computed.cached("nqm_tables.authors_table", repr(targets), lambda: _authors_table(targets, progress))
+
+
+def _authors_table(targets, progress):
     import pandas as pd
 
     spec = Spectrum()
@@ -104,7 +121,15 @@ def authors_table(targets: dict | None = None, progress: bool = False):
 
 def pooling_error(settings, count: str = "first") -> np.ndarray:
     """The pooled spectrum's (Spectrum()) steps to 1% of the initial loss relative to the full
-    10,000-coordinate model's, |pooled - full| / full, for each (lr, momentum, power, batch)."""
+    10,000-coordinate model's, |pooled - full| / full, for each (lr, momentum, power, batch).
+    Kept by kfaclab.computed, as curve_table is."""
+    from kfaclab import computed
+
+    settings = [tuple(float(x) for x in s) for s in settings]
+    return computed.cached(f"nqm_tables.pooling_error:{count}", repr(settings), lambda: _pooling_error(settings, count))
+
+
+def _pooling_error(settings, count):
     full, pooled = Spectrum(levels=None), Spectrum()
     target = STUDY_TARGET_FRACTION * full.initial_loss()
     out = []
@@ -113,3 +138,47 @@ def pooling_error(settings, count: str = "first") -> np.ndarray:
         b = float(steps_to_target(pooled, lr, momentum, power, batch, target, count))
         out.append(abs(b - a) / a if np.isfinite(a) and np.isfinite(b) else (0.0 if a == b else np.inf))
     return np.array(out)
+
+
+def full_model_reaches(settings) -> np.ndarray:
+    """Whether the full 10,000-coordinate model reaches 1% of its initial loss at each (lr,
+    momentum, power, batch): the settings pooling_error's differences are read over. Kept by
+    kfaclab.computed, as curve_table is."""
+    from kfaclab import computed
+
+    settings = [tuple(float(x) for x in s) for s in settings]
+
+    def compute():
+        full = Spectrum(levels=None)
+        target = STUDY_TARGET_FRACTION * full.initial_loss()
+        return np.array([np.isfinite(float(steps_to_target(full, *s, target))) for s in settings])
+
+    return computed.cached("nqm_tables.full_model_reaches", repr(settings), compute)
+
+
+COUNT_TABLE_POWERS = ((0.0, "p = 0 (SGD), momentum tuned"), (0.5, "p = 1/2 (Adam-like), momentum tuned"),
+                      (1.0, "p = 1 (K-FAC-like), momentum tuned"))
+
+
+def count_table():
+    """B_crit per preconditioning power counted both ways (the first crossing, and from when the
+    loss stays below): the paper's spectrum, 1% of the initial loss, learning rate and momentum
+    (MOMENTUM_CHOICES) tuned per batch size over CURVE_BATCH_SIZES. Kept by kfaclab.computed,
+    as curve_table is."""
+    from kfaclab import computed
+
+    def compute():
+        import pandas as pd
+
+        spec = Spectrum()
+        target = STUDY_TARGET_FRACTION * spec.initial_loss()
+        rows = []
+        for power, label in COUNT_TABLE_POWERS:
+            row = {"model optimizer": label}
+            for count, name in (("first", "first crossing"), ("stays", "stays below")):
+                r = tuned_steps(spec, CURVE_BATCH_SIZES, power, MOMENTUM_CHOICES, target, count=count)
+                row[f"B_crit, {name}"] = critical_batch_size(CURVE_BATCH_SIZES, r["steps"])["b_crit"]
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    return computed.cached("nqm_tables.count_table", "", compute)

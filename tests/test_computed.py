@@ -226,6 +226,43 @@ def test_the_nqm_curves_are_computed_once_per_spectrum_and_count_and_equal_a_fre
         assert again[name]["fit"]["b_crit"] == fresh[name]["fit"]["b_crit"]
 
 
+def test_the_nqm_chapters_tables_are_read_back_equal_to_a_fresh_computation(cache, monkeypatch):
+    from kfaclab import nqm_tables
+
+    calls = []
+    real_tuned, real_steps = nqm_tables.tuned_steps, nqm_tables.steps_to_target
+    monkeypatch.setattr(nqm_tables, "tuned_steps", lambda *a, **k: calls.append("t") or real_tuned(*a, **k))
+    monkeypatch.setattr(nqm_tables, "steps_to_target", lambda *a, **k: calls.append("s") or real_steps(*a, **k))
+    settings = [(0.3, 0.9, 1.0, 64), (2.0, 0.99, 0.0, 1)]
+    bs = 2.0 ** np.arange(0, 10, 3)
+
+    def tables():
+        curves, fits = nqm_tables.curve_table(decays=(1.0,), powers=(0.0,), batch_sizes=bs)
+        return curves, fits, nqm_tables.pooling_error(settings), nqm_tables.full_model_reaches(settings)
+
+    first = tables()
+    n = len(calls)
+    assert n > 0
+    again = tables()
+    assert len(calls) == n  # all four read back
+    nqm_tables.pooling_error(settings[:1])
+    assert len(calls) == n + 2  # other arguments: computed (the full and the pooled model)
+    monkeypatch.setenv(computed.ENV, "off")
+    fresh = tables()
+    for a, b, c in zip(first, again, fresh):
+        if isinstance(a, pd.DataFrame):
+            pd.testing.assert_frame_equal(a, b)
+            pd.testing.assert_frame_equal(a, c)
+        else:
+            np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(a, c)
+    # the reach is the full model's own: the direct computation agrees
+    full = nqm.Spectrum(levels=None)
+    target = nqm.STUDY_TARGET_FRACTION * full.initial_loss()
+    direct = [np.isfinite(float(real_steps(full, *s, target))) for s in settings]
+    assert list(first[3]) == direct
+
+
 def test_another_pandas_or_numpy_gives_another_fingerprint(monkeypatch):
     from importlib import metadata
 
