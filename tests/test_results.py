@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from kfaclab.results import (
@@ -310,3 +311,42 @@ def test_vectorised_fit_with_missing_steps_matches_the_scalar_fit_on_each_rows_f
         assert got["count"][i] == ok[i].sum()
         assert got["s_min"][i] == pytest.approx(ref["s_min"], rel=1e-6)
         assert got["b_crit"][i] == pytest.approx(ref["b_crit"], rel=1e-6)
+
+
+def test_config_medians_match_a_plain_loop_over_configurations_with_ties_misses_and_missing_keys():
+    # The grouped computation (kfaclab.results.scaling._config_medians) against the definition,
+    # one configuration at a time: medians with never-crossed seeds as inf, the seeds' range, and
+    # the first seed nearest the median (its median where the median is inf).
+    from kfaclab.results.scaling import UNITS, _config_medians
+
+    rng = np.random.default_rng(3)
+    n = 60
+    df = pd.DataFrame({"name": [f"r{i}" for i in range(n)],
+                       "hp_lr": rng.choice([0.1, 0.3, 1.0], n), "hp_momentum": rng.choice([0.0, 0.9, np.nan], n)})
+    for field in UNITS.values():
+        df[f"{field}_to_0.5"] = np.where(rng.random(n) < 0.3, np.nan, rng.integers(1, 6, n) * 10.0)
+    df = df.sample(frac=1.0, random_state=0).set_index(rng.permutation(1000)[:n])  # any order, any index
+    got = _config_medians(df, ["hp_lr", "hp_momentum"], "0.5")
+    seen = []
+    for _, r in df.iterrows():
+        key = (r["hp_lr"], r["hp_momentum"])
+        if not any(k[0] == key[0] and (k[1] == key[1] or (np.isnan(k[1]) and np.isnan(key[1]))) for k in seen):
+            seen.append(key)
+    assert len(got) == len(seen)
+    for (lr, mom), row in zip(seen, got.itertuples(index=False)):
+        g = df[(df["hp_lr"] == lr) & ((df["hp_momentum"] == mom) | (np.isnan(mom) & df["hp_momentum"].isna()))]
+        assert row.hp_lr == lr and (row.hp_momentum == mom or (np.isnan(mom) and np.isnan(row.hp_momentum)))
+        for unit, field in UNITS.items():
+            med = float(np.median(g[f"{field}_to_0.5"].fillna(np.inf)))
+            want = med if np.isfinite(med) else np.nan
+            assert getattr(row, unit) == want or (np.isnan(want) and np.isnan(getattr(row, unit)))
+        its = g["iteration_to_0.5"]
+        assert row.seed_low == its.min() or (its.isna().all() and np.isnan(row.seed_low))
+        assert row.seed_high == its.max() or (its.isna().all() and np.isnan(row.seed_high))
+        reached = its.dropna()
+        if len(reached):
+            centre = row.iterations if np.isfinite(row.iterations) else reached.median()
+            dev = (reached - centre).abs()
+            assert row.best_run == g.loc[dev[dev == dev.min()].index[0], "name"]
+        else:
+            assert row.best_run is None
