@@ -91,7 +91,6 @@ class Options:
     clock: object = time.monotonic
 
 
-
 # ------------------------------------------------------------------------------ the harvest
 
 @dataclass
