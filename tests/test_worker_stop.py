@@ -73,16 +73,21 @@ def gone_within(pids, seconds) -> bool:
     return True
 
 
-def test_a_killed_worker_takes_its_kernel_with_it_and_the_run_returns_at_once(tmp_path):
-    worker = Worker(threads=1, gpu=None)
-    t, result, kernels = running(worker, tmp_path)
+def killed_at_once(worker: Worker, t: threading.Thread, result: dict, status: str):
+    """Kill the worker; its run must return within 2 s as a dead worker with `status`."""
     t0 = time.monotonic()
-    worker.kill()
+    worker.kill(grace=0.2)
     t.join(10)
     assert not t.is_alive() and time.monotonic() - t0 < 2
     code, error = result["out"]
+    assert code == 3 and status in error, error
+
+
+def test_a_killed_worker_takes_its_kernel_with_it_and_the_run_returns_at_once(tmp_path):
+    worker = Worker(threads=1, gpu=None)
+    t, result, kernels = running(worker, tmp_path)
     # exit status 1: its SIGTERM handler ran (killing the kernel first), not the SIGKILL fallback
-    assert code == 3 and "exit status 1)" in error
+    killed_at_once(worker, t, result, "exit status 1)")
     assert gone_within(kernels, 0.5), "the kernel outlived its killed worker"
     worker.close()
 
@@ -96,12 +101,7 @@ def test_a_frozen_worker_ignores_its_interrupt_and_is_still_killed_in_time(tmp_p
     worker.interrupt()
     time.sleep(1.0)
     assert t.is_alive(), "a frozen worker cannot act on its interrupt"
-    t0 = time.monotonic()
-    worker.kill(grace=0.2)
-    t.join(10)
-    assert not t.is_alive() and time.monotonic() - t0 < 2
-    code, error = result["out"]
-    assert code == 3 and "exit status -9)" in error
+    killed_at_once(worker, t, result, "exit status -9)")
     # Its kernel (a session of its own) notices that its parent is gone and exits by itself.
     assert gone_within(kernels, 10), "the kernel of a SIGKILLed worker lingered"
     worker.close()
