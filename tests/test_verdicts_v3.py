@@ -121,6 +121,30 @@ def test_results_command_judges_a_version_3_study_by_version_3(judged_copies):
     assert "(e) K-FAC is no more robust" in out.stdout
 
 
+def test_the_csv_files_of_a_version_3_set_carry_every_claim_once(judged_copies, tmp_path):
+    """Each claim of version 3 lands in exactly one study's verdicts file (the stopping-rule study's
+    for (a)-(c), (g)-(k), each budget study's for (d) and (e)), with the numbers the book shows;
+    (k) needs the NQM's prediction and is left out without one."""
+    import pandas as pd
+
+    from kfaclab.results.export import write_csv
+
+    prediction = {"c": 4.85, "i": -0.42, "j": 5.27}
+    j = judged_v3.load_judged(judged_copies)
+    claims = {}
+    for s in j.studies():
+        write_csv(s, tmp_path, prediction)
+        claims[s.name] = list(pd.read_csv(tmp_path / f"{s.name}-verdicts.csv")["claim"])
+    assert claims == {"miniature3": list("abcghijk"), "miniature3-epochs": ["d", "e"],
+                      "miniature3-iterations": ["d", "e"]}
+    shown = {v.claim: v for v in judged_v3.ready_verdicts(j, prediction, claims="ck")[0]}
+    table = pd.read_csv(tmp_path / "miniature3-verdicts.csv").set_index("claim")
+    assert table.loc["c", "estimate"] == pytest.approx(shown["c"].estimate)
+    assert table.loc["k", "verdict"] == shown["k"].outcome
+    write_csv(j.main, tmp_path / "without", None)
+    assert "k" not in set(pd.read_csv(tmp_path / "without" / "miniature3-verdicts.csv")["claim"])
+
+
 def test_results_command_draws_no_verdict_before_its_runs_finish(tmp_path):
     """As the book: a claim whose runs have not all finished gets no verdict from `results
     --verdicts`, but the line that says how many runs it waits for and where."""

@@ -39,7 +39,9 @@ def tables(results: StudyResults, prediction: dict | None = None) -> dict:
 
 
 def _claims_of(results: StudyResults, j) -> str:
-    return "abcghij" if results.name == j.main.name else "de"
+    """The claims a version-3 study's own verdicts file carries: the stopping-rule study's (with
+    (k), which compares its critical batch sizes with the NQM's), or the budget studies' (d), (e)."""
+    return "abcghijk" if results.name == j.main.name else "de"
 
 
 def _any_ready(results: StudyResults) -> bool:
@@ -60,7 +62,7 @@ def _ready(results: StudyResults, prediction: dict | None = None) -> list:
 
     if judged_v3.is_v3(results):
         j = judged_v3.judged_for(results)
-        return judged_v3.ready_verdicts(j, claims=_claims_of(results, j))[0]
+        return judged_v3.ready_verdicts(j, prediction, claims=_claims_of(results, j))[0]
     return ready_verdicts(results, prediction=prediction)[0]
 
 
