@@ -269,6 +269,26 @@ def test_widths_and_robustness_verdicts_on_grids_of_the_learning_rate_alone():
     assert notes.startswith("epochs: reproduced") and "None" not in notes
 
 
+def test_claim_b_says_why_a_part_with_a_clear_interval_is_not_resolved():
+    """A part of (b) whose interval lies below 0.5 but whose bootstrap replicates often lack the
+    statistic (the target not reached at its largest batch size) is not resolved, and its text
+    says so beside the interval; a part with every replicate says nothing of the kind."""
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(0)
+    bs = [32, 64, 128, 256]
+    steps = np.array([[1000.0, 600.0, 400.0, 300.0]])  # the estimate's row: reached at every batch size
+    full = np.r_[0.2, rng.normal(0.2, 0.01, 400)]
+    holed = full.copy()
+    holed[1:121] = np.nan  # 30% of replicates without the statistic
+    res = SimpleNamespace(name="constructed", bracket_cells={})
+    v = v3._claim_b(res, {"b_sgd": holed, "b_kfac": full}, bs, steps, steps, "")
+    sgd, kfac = v.parts
+    assert sgd["interval"][1] < 0.5 and sgd["outcome"] == NOT_RESOLVED and kfac["outcome"] == REPRODUCED
+    assert "SGD 0.2 [" in v.detail and "not resolved at this scale (30% of bootstrap replicates lack it" in v.detail
+    assert v.detail.count("replicates lack") == 1 and v.outcome == NOT_RESOLVED
+
+
 def test_each_optimizers_b_crit_has_version_3s_interval_in_the_chapters():
     """The critical-batch tables and chart of a version-3 study give each fitted B_crit (the same
     estimate as the fit of versions 1-2) the 90% hull interval of the pooled seed bootstrap, which

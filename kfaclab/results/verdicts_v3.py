@@ -221,6 +221,9 @@ def _claim_b(results, stats, bs, sgd, kfac, detail, target=None) -> Verdict:
         first, largest = bs[int(own[0])], bs[int(own[-1])]
         part = {"optimizer": opt, "batch_size": largest, "efficiency": v.estimate, "interval": v.interval,
                 "outcome": v.outcome, "detail": v.detail}
+        miss = missing_share(stats[key][1:])
+        if miss > MAX_MISSING:  # say why an interval clear of both thresholds still does not resolve
+            part["missing"] = f"{100 * miss:.0f}% of bootstrap replicates lack it (a target not reached)"
         mine = [b for (o, b), c in sorted(results.bracket_cells.items()) if o == opt and c["state"] == "edge"]
         if mine and target is not None:
             # the efficiency is steps[first] x first / largest / steps[largest]: this optimizer's steps
@@ -232,13 +235,22 @@ def _claim_b(results, stats, bs, sgd, kfac, detail, target=None) -> Verdict:
         outcomes.append(v.outcome)
     outcome = CONTRADICTED if CONTRADICTED in outcomes else (REPRODUCED if all(o == REPRODUCED for o in outcomes)
                                                               else NOT_RESOLVED)
-    text = "; ".join(f"{NAMES[p['optimizer']]} " + (f"{p['efficiency']:.3g} [{p['interval'][0]:.3g}, "
-                                                     f"{p['interval'][1]:.3g}] at batch {p['batch_size']}: "
-                                                     f"{p['outcome']}" + (f" ({p['flags']})" if p.get("flags") else "")
-                                                     if "efficiency" in p and p["efficiency"] is not None
-                                                     else p.get("detail", p["outcome"])) for p in parts)
+    text = "; ".join(_b_part_text(p) for p in parts)
     return _verdict("b", results.name, outcome, "scaling efficiency at the largest batch size, per optimizer", None,
                     (None, None), rule, _join(detail, text), parts)
+
+
+def _b_part_text(p: dict) -> str:
+    """One optimizer's part of (b) in words: its efficiency, interval, batch size and outcome, with
+    why it does not resolve where its interval alone would, and what its flagged cells can do."""
+    if p.get("efficiency") is None:
+        return f"{NAMES[p['optimizer']]} {p.get('detail', p['outcome'])}"
+    lo, hi = p["interval"]
+    text = f"{NAMES[p['optimizer']]} {p['efficiency']:.3g} [{lo:.3g}, {hi:.3g}] at batch {p['batch_size']}: "
+    text += p["outcome"]
+    for why in (p.get("missing"), p.get("flags")):
+        text += f" ({why})" if why else ""
+    return text
 
 
 def _b_crit(key, results, st: StepRows) -> Verdict:
