@@ -267,6 +267,26 @@ def test_widths_and_robustness_verdicts_on_grids_of_the_learning_rate_alone():
 
     notes = verdict_display([out["e"]])["notes"].iloc[0]
     assert notes.startswith("epochs: reproduced") and "None" not in notes
+    assert "censored" not in judged_v3.summary(out["d"]) + notes  # nothing to explain
+
+
+def test_a_robustness_part_left_open_by_a_censored_width_says_so():
+    """K-FAC's region reaching the top of its row at every batch size is a lower bound: the parts
+    resting on it are not resolved, and the summary and the notes say which widths are censored,
+    while SGD's parts (bracketed) carry no such reason."""
+    from kfaclab.results.verdict_display import verdict_display
+
+    profiles = {"sgd": [0.30, 0.40, 0.495, 0.50, 0.495, 0.40], "kfac": [0.30, 0.40, 0.495, 0.50, 0.50, 0.50]}
+    epochs, iterations = (_one_axis_budget_study(n, profiles) for n in ("cut-epochs", "cut-iterations"))
+    out = v3.robustness_verdicts(epochs, iterations, n=100)
+    parts = {(p["optimizer"], p["budget"]): p for p in out["d"].parts}
+    assert parts[("kfac", "epochs")]["outcome"] == NOT_RESOLVED
+    assert "] (censored width at b32, b64, b128, b256); SGD iterations" in judged_v3.summary(out["d"])
+    assert not parts[("sgd", "epochs")]["why"]
+    notes = verdict_display([out["d"], out["e"]])["notes"].tolist()
+    assert "kfac epochs: not resolved at this scale (censored width at b32, b64, b128, b256)" in notes[0]
+    assert notes[1] == ("epochs: not resolved at this scale (a censored width); iterations: not resolved at this "
+                        "scale (a censored width)")
 
 
 def test_claim_b_says_why_a_part_with_a_clear_interval_is_not_resolved():

@@ -194,7 +194,7 @@ def summary(v: Verdict) -> str:
             continue
         lo, hi = p.get("interval", (None, None))
         iv = f" [{lo:.3g}, {hi:.3g}]" if lo is not None else ""
-        out.append(f"{label} {value:.3g}{iv}")
+        out.append(f"{label} {value:.3g}{iv}" + (f" ({p['why']})" if p.get("why") else ""))  # why it stays open
     return "; ".join(out)
 
 

@@ -44,7 +44,7 @@ def verdict_display(vs: list[Verdict], claims: str | None = None) -> pd.DataFram
             continue
         notes = v.detail or "; ".join(
             f"{' '.join(str(x) for x in (p.get('optimizer') or p.get('method'), p.get('budget')) if x)}: "
-            f"{p['outcome']}" for p in v.parts if "outcome" in p)
+            f"{p['outcome']}" + (f" ({p['why']})" if p.get("why") else "") for p in v.parts if "outcome" in p)
         rows.append({"claim": f"({v.claim}) {v.statement}", "source": v.source, "verdict": v.outcome,
                      "statistic": v.statistic.replace(IN_POINTS, "(points)"), "estimate [90% interval]": _number(v),
                      "notes": notes,

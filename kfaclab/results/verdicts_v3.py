@@ -90,6 +90,13 @@ def _judge(key, study, rows, statistic, rule, below, above, below_means=CONTRADI
     return _verdict(key, study, outcome, statistic, est, iv, rule, _join(detail, note.strip("; ")), parts)
 
 
+def _missing_note(rows) -> str:
+    """Why a part whose interval clears its thresholds may still not resolve: too many bootstrap
+    replicates without the statistic ("" when there are few enough)."""
+    miss = missing_share(rows[1:])
+    return f"{100 * miss:.0f}% of bootstrap replicates lack it" if miss > MAX_MISSING else ""
+
+
 def _join(*texts) -> str:
     return "; ".join(t for t in texts if t)
 
@@ -221,9 +228,7 @@ def _claim_b(results, stats, bs, sgd, kfac, detail, target=None) -> Verdict:
         first, largest = bs[int(own[0])], bs[int(own[-1])]
         part = {"optimizer": opt, "batch_size": largest, "efficiency": v.estimate, "interval": v.interval,
                 "outcome": v.outcome, "detail": v.detail}
-        miss = missing_share(stats[key][1:])
-        if miss > MAX_MISSING:  # say why an interval clear of both thresholds still does not resolve
-            part["missing"] = f"{100 * miss:.0f}% of bootstrap replicates lack it (a target not reached)"
+        part["why"] = _missing_note(stats[key])
         mine = [b for (o, b), c in sorted(results.bracket_cells.items()) if o == opt and c["state"] == "edge"]
         if mine and target is not None:
             # the efficiency is steps[first] x first / largest / steps[largest]: this optimizer's steps
@@ -248,7 +253,7 @@ def _b_part_text(p: dict) -> str:
     lo, hi = p["interval"]
     text = f"{NAMES[p['optimizer']]} {p['efficiency']:.3g} [{lo:.3g}, {hi:.3g}] at batch {p['batch_size']}: "
     text += p["outcome"]
-    for why in (p.get("missing"), p.get("flags")):
+    for why in (p.get("why"), p.get("flags")):
         text += f" ({why})" if why else ""
     return text
 
@@ -421,15 +426,20 @@ def robustness_verdicts(epochs: StudyResults | None, iterations: StudyResults | 
             else:
                 v = _judge("d", res.name, rows, "slope", "", below=0.0, above=0.0)
             o = v.outcome if not any(cens) else NOT_RESOLVED
+            censored_at = [b for b, c in zip(bs, cens) if c]
+            why = "; ".join(t for t in (_missing_note(rows), f"censored width at b{', b'.join(map(str, censored_at))}"
+                                        if censored_at else "") if t)
             parts_d.append({"optimizer": opt, "budget": budget, "study": res.name, "slope": v.estimate,
-                            "interval": v.interval, "outcome": o, "censored_at": [b for b, c in zip(bs, cens) if c],
+                            "interval": v.interval, "outcome": o, "censored_at": censored_at, "why": why,
                             "widths": dict(zip(bs, map(float, (w_s if opt == "sgd" else w_k)[0])))})
         if "e" in stats:
             v = _judge("e", res.name, stats["e"], "mean width difference", "", below=E_THRESHOLD, above=E_THRESHOLD,
                        below_means=REPRODUCED, above_means=CONTRADICTED)
-            o = v.outcome if not (any(cens_s) or any(cens_k)) else NOT_RESOLVED
+            censored = any(cens_s) or any(cens_k)
+            o = v.outcome if not censored else NOT_RESOLVED
+            why = "; ".join(t for t in (_missing_note(stats["e"]), "a censored width" if censored else "") if t)
             parts_e.append({"budget": budget, "study": res.name, "difference": v.estimate, "interval": v.interval,
-                            "outcome": o, "censored": any(cens_s) or any(cens_k)})
+                            "outcome": o, "censored": censored, "why": why})
     rule_d = ("slope per doubling of the width of the region within one point of the optimizer's best (log2 of the "
               "effective learning rate), on runs trained to a fixed epoch budget (reproduced below 0) and to a fixed "
               "iteration budget (reproduced above 0); all four parts must hold; a part with a censored width is not "
